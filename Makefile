@@ -1,0 +1,29 @@
+# make demo: create .venv if missing, install, run the demo pipeline on the embedded default.
+# make test: same install with test extras, then every test tier.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sllm-installed
+SLLM   := $(VENV)/bin/sllm
+
+.PHONY: demo test install clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+# torch first, pinned: the pin takes the local CPU wheel here (a looser one pulls CUDA packages)
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(SLLM) submit jobs/demo_sllm_tiny.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,106 @@
+"""The eval stage: batched greedy generation on held-out sets, Korean-correct metrics, predictions artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sllm_lib.data.encode import SpeechCollator, encode_record
+from sllm_lib.data.records import read_records
+from sllm_lib.metrics.text import compute_text_metrics
+from sllm_lib.models.adapters import apply_chain
+from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenizer_and_features, resolve_model_path
+from sllm_lib.spec import EvalDatasetRef, EvalStage, ModelSpec
+from sllm_lib.tracking.tracker import DatasetRecord
+from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS = {"asr": ["cer", "wer"], "speech_qa": ["rougeL", "distinct_1", "distinct_2"],
+                   "text_qa": ["rougeL", "distinct_1", "distinct_2"]}
+
+
+def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
+    """Model, tokenizer and feature extractor: a merged folder as is, or base + adapter chain."""
+    if ctx.upstream_kind == "merge" and ctx.upstream_output is not None:
+        path = str(ctx.upstream_output)
+        spec = ModelSpec(base=path)
+        return load_base_model(path, model=spec), *load_tokenizer_and_features(path)
+    path = resolve_model_path(ctx.job.model)
+    model = apply_chain(load_base_model(path, model=ctx.job.model), ctx.chain)
+    return model, *load_tokenizer_and_features(path, revision=ctx.job.model.revision)
+
+
+def generate(model: Any, batch_examples: list[Any], *, chat: Any, gen: Any) -> list[str]:
+    """Left-padded batched generation; returns the decoded new text of each example."""
+    import torch
+
+    batch = SpeechCollator(pad_id=chat.pad, padding_side="left")(batch_examples)
+    kwargs: dict[str, Any] = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, pad_token_id=chat.pad,
+                                  eos_token_id=chat.eos, use_cache=True)
+    if gen.do_sample:
+        kwargs["temperature"] = gen.temperature
+    if "input_features" in batch:
+        kwargs["input_features"] = batch["input_features"]
+    with torch.no_grad():
+        out = model.generate(**kwargs)
+    return [row[batch["input_ids"].shape[1]:].tolist() for row in out]
+
+
+def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, features: Any, chat: Any,
+                     gen: Any) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """Predictions and metrics for one dataset."""
+    data = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
+    records = data.records[: ref.max_records] if ref.max_records else data.records
+    examples = [encode_record(r, ref.kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
+                              max_seq_len=10**9, with_target=False) for r in records]
+    hyps: list[str] = []
+    for i in range(0, len(examples), gen.batch_size):
+        for ids in generate(model, examples[i:i + gen.batch_size], chat=chat, gen=gen):
+            ids = [t for t in ids if t not in (chat.pad, chat.eos)]
+            hyps.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    refs = [e.target for e in examples]
+    names = ref.metrics or DEFAULT_METRICS[ref.kind]
+    results = compute_text_metrics(names, refs, hyps)
+    preds = [{"dataset": Path(ref.path).stem, "kind": ref.kind, "reference": r, "prediction": h,
+              **{n: res.per_sample[i] for n, res in results.items() if len(res.per_sample) == len(refs)}}
+             for i, (r, h) in enumerate(zip(refs, hyps))]
+    return {n: res.score for n, res in results.items()}, preds, data
+
+
+def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
+    """Score the upstream model on every dataset of the stage; log metrics and a predictions JSONL."""
+    t0 = time.perf_counter()
+    model, tokenizer, features = load_eval_model(ctx)
+    model.eval()
+    chat = chat_tokens(tokenizer, model.config)
+    metrics: dict[str, float] = {}
+    predictions: list[dict[str, Any]] = []
+    lineage: list[DatasetRecord] = []
+    for ref in stage.datasets:
+        scores, preds, data = evaluate_dataset(ref, model=model, tokenizer=tokenizer, features=features, chat=chat,
+                                               gen=stage.generation)
+        name = Path(ref.path).stem
+        metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+        predictions += preds
+        lineage.append(DatasetRecord(name=name, digest=data.digest(), source=str(data.path),
+                                     num_rows=len(preds), context="eval"))
+        log.info("stage=%s %s: %s", stage.name, name, " | ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    metrics["eval_runtime_s"] = time.perf_counter() - t0
+    result = StageResult(stage=stage.name, kind=stage.kind, output_dir=str(ctx.output_dir), metrics=metrics)
+    if not ctx.is_main:
+        return result
+    tmp = new_output_tmp(ctx)
+    with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for p in predictions:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    final = publish_output(tmp, ctx, {"stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash,
+                                      "metrics": metrics, "model": str(ctx.upstream_output)})
+    ctx.tracker.log_datasets(lineage)
+    ctx.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
+    ctx.tracker.log_artifact(final / "predictions.jsonl", "eval")
+    return result

@@ -1,0 +1,279 @@
+"""The `sllm` command: validate | plan | submit | status | lineage | schema | data.
+
+Start-up imports nothing heavy (no torch, transformers or mlflow): those load inside the commands
+that need them, so `sllm --help` and `sllm validate` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sllm_lib.errors import SllmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Launch multi-stage fine-tuning pipelines.")
+data_app = typer.Typer(no_args_is_help=True, help="Validate and describe JSONL datasets.")
+app.add_typer(data_app, name="data")
+# wide enough for tables when output goes to a file or CI log (rich falls back to 80 columns there)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+log = logging.getLogger("launch.cli")
+_STATE = {"debug": False}
+
+SetOpt = typer.Option(None, "--set", help="Override a spec field: stages[0].train.lr=2e-4 (repeatable).")
+ClusterOpt = typer.Option(None, "--cluster", help="Cluster profile name or YAML path (default: the spec's).")
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda r: r.levelno < logging.WARNING)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.handlers = [out, err]
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    log_level: str = typer.Option(os.environ.get("SLLM_LOG_LEVEL", "INFO"), "--log-level", help="Logging level."),
+) -> None:
+    _STATE["debug"] = debug
+    _configure_logging(log_level)
+
+
+def _is_profile(raw: Any) -> bool:
+    return isinstance(raw, dict) and "stages" not in raw and raw.get("kind") in {"local", "slurm", "ray"}
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="Job specs or cluster profiles."),
+             set_: Optional[list[str]] = SetOpt) -> None:
+    """Validate job specs and cluster profiles; print OK or every problem (exit 2)."""
+    from sllm_lib.spec import load_cluster_profile, load_job_spec, read_yaml, spec_hash
+
+    failed: list[str] = []
+    for path in paths:
+        try:
+            if _is_profile(read_yaml(path)):
+                prof = load_cluster_profile(path)
+                console.print(f"OK {path}: cluster profile {prof.name!r} ({prof.kind})")
+            else:
+                spec = load_job_spec(path, set_ or [])
+                console.print(f"OK {path}: job {spec.name!r}, {len(spec.stages)} stages, hash {spec_hash(spec)[:12]}")
+        except SllmError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise SllmError("\n".join(failed))
+
+
+def _load(spec_path: Path, set_: list[str] | None, cluster: str | None) -> Any:
+    from launch.pipeline import build_plan
+    from sllm_lib.spec import find_cluster_profile, load_job_spec
+
+    spec = load_job_spec(spec_path, set_ or [])
+    profile = find_cluster_profile(cluster or spec.cluster, spec_path=spec_path)
+    return build_plan(spec, spec_path, profile)
+
+
+@app.command()
+def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[list[str]] = SetOpt,
+         cluster: Optional[str] = ClusterOpt,
+         show_spec: bool = typer.Option(True, "--show-spec/--no-show-spec", help="Print the resolved spec.")) -> None:
+    """Validate, check inputs and print the stage plan without running or writing anything."""
+    from launch.executor import LaunchRequest, get_executor
+    from launch.pipeline import preflight
+    from sllm_lib.spec import dump_resolved_yaml
+
+    p = _load(spec_path, set_, cluster)
+    preflight(p.spec)
+    executor = get_executor(p.profile)
+    table = Table(title=f"{p.spec.name}  hash {p.spec_hash[:12]}  cluster {p.profile.name} ({p.profile.kind})")
+    for col in ("#", "stage", "kind", "after", "starts from", "inputs", "command"):
+        table.add_column(col, overflow="fold")
+    for i, s in enumerate(p.stages, 1):
+        req = LaunchRequest(job_name=p.spec.name, stage=s.name, spec_path="spec.resolved.yaml", spec_hash=p.spec_hash,
+                            run_dir=str(p.run_dir), stage_dir=str(p.stage_dir(s.name)), tracking_uri="",
+                            tracking_strict=False, run_id=None)
+        table.add_row(str(i), s.name, s.kind, ", ".join(s.upstream) or "-",
+                      " + ".join(["base", *s.chain]) if s.kind != "eval" else (s.upstream[0] if s.upstream else "-"),
+                      ", ".join(Path(x.split(":", 1)[1]).name for x in s.inputs) or "-",
+                      executor.render(req).replace(str(p.run_dir) + "/", "<run dir>/"))
+    console.print(table)
+    console.print(f"run dir: {p.run_dir}\nresources: {p.stages[0].resources}")
+    if show_spec:
+        console.rule("resolved spec")
+        console.print(dump_resolved_yaml(p.spec), markup=False, highlight=False)
+
+
+@app.command()
+def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[list[str]] = SetOpt,
+           cluster: Optional[str] = ClusterOpt) -> None:
+    """Run every stage of SPEC on the cluster profile, then print results and the model's lineage."""
+    from launch.pipeline import submit_pipeline
+
+    p = _load(spec_path, set_, cluster)
+    console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]} on {p.profile.name}: "
+                  f"{len(p.stages)} stages -> {p.run_dir}")
+    outcome = submit_pipeline(p)
+    _print_outcome(outcome)
+
+
+def _print_outcome(outcome: Any) -> None:
+    from sllm_lib.tracking.lineage import lineage_tree, walk_lineage
+
+    table = Table(title=f"{outcome.plan.spec.name}: pipeline run {outcome.parent_run_id} ({outcome.wall_s:.0f} s)")
+    for col in ("stage", "kind", "steps", "loss first -> last", "metrics", "run id"):
+        table.add_column(col, overflow="fold")
+    for s in outcome.plan.stages:
+        r = outcome.results[s.name]
+        loss = f"{r.loss_first:.3f} -> {r.loss_last:.3f}" if r.loss_first is not None else "-"
+        shown = {k: v for k, v in r.metrics.items() if not k.endswith("runtime_s")}
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+        tag = " (reused)" if s.name in outcome.reused else ""
+        table.add_row(s.name + tag, s.kind, str(r.steps or "-"), loss, metrics or "-", outcome.run_ids[s.name])
+    console.print(table)
+    for s in outcome.plan.stages:
+        reg = getattr(outcome.plan.spec.stage(s.name), "register_as", None)
+        if reg:
+            ref = f"{reg.name}@{reg.alias}"
+            console.print(f"\nlineage of [bold]{ref}[/]:")
+            console.print(lineage_tree(walk_lineage(outcome.tracking_uri, ref)))
+    uri = outcome.tracking_uri
+    console.print(f"\nMLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
+
+
+@app.command()
+def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an output dir holding runs.")) -> None:
+    """Show the stages of the pipeline runs under TARGET and their state."""
+    states = [target / "state.json"] if (target / "state.json").is_file() else sorted(target.glob("*/*/state.json"))
+    if not states:
+        raise SllmError(f"{target}: no pipeline runs found (looked for state.json); run `sllm submit SPEC` first")
+    table = Table()
+    for col in ("run dir", "pipeline run", "stage", "status", "job id", "stage run"):
+        table.add_column(col, overflow="fold")
+    for st in states:
+        data = json.loads(st.read_text(encoding="utf-8"))
+        for name, e in data.get("stages", {}).items():
+            table.add_row(str(st.parent), data.get("parent_run_id", "-"), name, e.get("status", "-"),
+                          e.get("job_id", "-"), e.get("run_id", "-"))
+    console.print(table)
+
+
+@app.command()
+def lineage(model: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION, e.g. sllm-demo-tiny@candidate"),
+            tracking_uri: Optional[str] = typer.Option(None, help="Default: sqlite file under --output-dir."),
+            output_dir: Path = typer.Option(Path("runs"), help="Where the embedded default store lives.")) -> None:
+    """Walk a registered model back through its stage runs to the datasets."""
+    from sllm_lib.tracking.lineage import lineage_tree, walk_lineage
+    from sllm_lib.tracking.tracker import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(output_dir)
+    console.print(lineage_tree(walk_lineage(uri, model)))
+
+
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file.")) -> None:
+    """Print (or write) the JSON schema of job specs, for editors."""
+    from sllm_lib.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2, ensure_ascii=False)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {output}")
+    else:
+        print(text)
+
+
+KindOpt = typer.Option(..., "--kind", help="text_qa | asr | speech_qa")
+
+
+@data_app.command("validate")
+def data_validate(path: Path, kind: str = KindOpt) -> None:
+    """Check every record of a JSONL file; list bad lines (exit 2 if any)."""
+    from sllm_lib.data.records import validate_dataset
+
+    res = validate_dataset(path, kind)  # type: ignore[arg-type]
+    console.print(f"{path}: {len(res.records)} good records, {len(res.skipped)} bad, "
+                  f"{res.duplicates_removed} duplicates removed, digest {res.digest()[:12]}")
+    if res.skipped:
+        raise SllmError("\n".join(str(b) for b in res.skipped[:50]))
+
+
+@data_app.command("stats")
+def data_stats(path: Path, kind: str = KindOpt,
+               model: str = typer.Option("tiny:voxtral", help="Whose tokenizer counts tokens."),
+               batch_size: int = typer.Option(8, help="Batch size for the padding-share estimate.")) -> None:
+    """Token-length percentiles (prompt, target, total) and the padding share with/without length grouping."""
+    from sllm_lib.data.records import read_records
+    from sllm_lib.data.sampler import length_grouped_batches, padding_share, random_batches
+    from sllm_lib.data.stats import dataset_length_stats
+    from sllm_lib.models.builders import load_tokenizer_and_features, resolve_model_path
+    from sllm_lib.spec import ModelSpec
+
+    res = read_records(path, kind, on_bad_record="skip")  # type: ignore[arg-type]
+    tok, _ = load_tokenizer_and_features(resolve_model_path(ModelSpec(base=model)))
+    stats = dataset_length_stats(res, lambda t: len(tok.encode(t, add_special_tokens=False)))
+    table = Table(title=f"{path} ({len(res.records)} records, tokens by {model})")
+    cols = ["count", "min", "mean", "p50", "p90", "p95", "p99", "max"]
+    table.add_column("part")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for part, row in stats.items():
+        table.add_row(part, *(f"{row[c]:.0f}" if c != "mean" else f"{row[c]:.1f}" for c in cols))
+    console.print(table)
+    totals = [int(x) for x in _total_lengths(res, tok)]
+    grouped = padding_share(totals, length_grouped_batches(totals, batch_size, seed=0))
+    plain = padding_share(totals, random_batches(totals, batch_size, seed=0))
+    console.print(f"padding share at batch size {batch_size}: random {plain:.1%}, length-grouped {grouped:.1%}")
+
+
+def _total_lengths(res: Any, tok: Any) -> list[int]:
+    from sllm_lib.data.stats import record_text
+
+    out = []
+    for r in res.records:
+        prompt, target = record_text(r, res.kind)
+        n = len(tok.encode(prompt + target, add_special_tokens=False))
+        out.append(n + (375 if "audio_path" in r else 0))
+    return out
+
+
+def main() -> None:
+    """Console-script entry: SllmError -> exit 2 with the message, no traceback unless --debug."""
+    try:
+        app(standalone_mode=False)
+    except SllmError as exc:
+        if _STATE["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

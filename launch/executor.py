@@ -1,0 +1,93 @@
+"""The executor interface: run "a stage callable with its resources" somewhere; nothing about models.
+
+SLURM and Ray executors implement the same two protocols; selecting one is a dict lookup on the
+cluster profile's `kind`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from sllm_lib.errors import JobSpecError
+from sllm_lib.training.context import StageResult
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """One stage to run: which, where its files go, how it tracks, what it starts from."""
+
+    job_name: str
+    stage: str
+    spec_path: str  # the resolved spec YAML written by the launcher
+    spec_hash: str
+    run_dir: str
+    stage_dir: str
+    tracking_uri: str
+    tracking_strict: bool
+    run_id: str | None
+    chain: list[str] = field(default_factory=list)
+    upstream_output: str | None = None
+    upstream_kind: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> LaunchRequest:
+        return cls(**json.loads(text))
+
+    @property
+    def request_file(self) -> Path:
+        return Path(self.stage_dir) / "request.json"
+
+    @property
+    def result_file(self) -> Path:
+        return Path(self.stage_dir) / "result.json"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.stage_dir) / "stage.log"
+
+
+class JobHandle(Protocol):
+    """Shaped like submitit.Job / a Future."""
+
+    job_id: str
+
+    def state(self) -> JobState: ...
+    def result(self, timeout_s: float | None = None) -> StageResult: ...
+    def cancel(self) -> None: ...
+
+
+class Executor(Protocol):
+    name: ClassVar[str]
+
+    def render(self, request: LaunchRequest) -> str: ...
+    def submit(self, request: LaunchRequest) -> JobHandle: ...
+
+
+def get_executor(profile: Any) -> Executor:
+    """The executor for a cluster profile (dict lookup on `profile.kind`)."""
+    from launch.local import LocalExecutor
+
+    executors: dict[str, Any] = {"local": LocalExecutor}
+    cls = executors.get(profile.kind)
+    if cls is None:
+        raise JobSpecError(
+            f"cluster profile {profile.name!r}: kind {profile.kind!r} validates but has no executor in this version "
+            f"(available: {', '.join(executors)}); run it with --cluster local"
+        )
+    return cls(profile)

@@ -1,0 +1,264 @@
+"""Spec -> plan -> submission through an executor, with the launcher owning the MLflow runs.
+
+The launcher resolves the spec, computes its hash, checks every input before anything is created,
+then creates one parent run per pipeline submission and one child run per stage. A re-run of the
+same spec reuses the run folder: completed stages are kept, an interrupted stage resumes from its
+latest complete checkpoint in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launch.executor import LaunchRequest, get_executor
+from sllm_lib.errors import PlanError, SllmError
+from sllm_lib.spec import TRAIN_KINDS, JobSpec, dump_resolved_yaml, spec_hash, spec_to_dict, topo_order
+from sllm_lib.training.context import StageResult, read_manifest, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class PlannedStage:
+    """One stage as planned: its order, inputs and where its files go."""
+
+    name: str
+    kind: str
+    upstream: list[str]
+    chain: list[str]  # training stages whose outputs compose this stage's starting model
+    inputs: list[str]
+    resources: str
+
+
+@dataclass
+class Plan:
+    spec: JobSpec
+    spec_path: Path
+    spec_hash: str
+    run_dir: Path
+    profile: Any
+    stages: list[PlannedStage] = field(default_factory=list)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / "stages" / name
+
+
+def model_chain(spec: JobSpec, name: str | None) -> list[str]:
+    """Training stages (oldest first) whose outputs make up the model stage `name` produces."""
+    if name is None:
+        return []
+    stage = spec.stage(name)
+    below = model_chain(spec, stage.from_stage)
+    return below + [name] if stage.kind in TRAIN_KINDS else below
+
+
+def _stage_inputs(stage: Any) -> list[str]:
+    if stage.kind in TRAIN_KINDS:
+        return [f"{r.kind}:{r.path}" for r in [*stage.data.train, *stage.data.val]]
+    if stage.kind == "eval":
+        return [f"{r.kind}:{r.path}" for r in stage.datasets]
+    return []
+
+
+def _resources(profile: Any) -> str:
+    if profile.kind == "local":
+        return f"local {profile.isolation}, gpus={profile.gpus}, cpus={profile.cpus or os.cpu_count()}"
+    return profile.kind
+
+
+def build_plan(spec: JobSpec, spec_path: Path, profile: Any) -> Plan:
+    """The stage DAG in run order with each stage's inputs (touches nothing)."""
+    h = spec_hash(spec)
+    run_dir = (Path(spec.output_dir) / spec.name / h[:12]).resolve()
+    plan = Plan(spec=spec, spec_path=spec_path, spec_hash=h, run_dir=run_dir, profile=profile)
+    for name in topo_order(spec):
+        s = spec.stage(name)
+        plan.stages.append(PlannedStage(
+            name=name, kind=s.kind, upstream=s.upstream(), chain=model_chain(spec, s.from_stage),
+            inputs=_stage_inputs(s), resources=_resources(profile),
+        ))
+    return plan
+
+
+def preflight(spec: JobSpec) -> None:
+    """Read and validate every dataset the spec names (all problems at once) before anything is created."""
+    from sllm_lib.data.records import read_records
+
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for s in spec.stages:
+        refs = [*s.data.train, *s.data.val] if s.kind in TRAIN_KINDS else list(getattr(s, "datasets", []))
+        for ref in refs:
+            if (ref.path, ref.kind) in seen:
+                continue
+            seen.add((ref.path, ref.kind))
+            try:
+                read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
+            except SllmError as exc:
+                problems.append(f"stage {s.name!r}: {exc}")
+    base = spec.model.base
+    if base.startswith("/") and not (Path(base) / "config.json").is_file():
+        problems.append(f"model.base: {base} is not a model folder (no config.json)")
+    if problems:
+        raise PlanError("pre-flight checks failed; nothing was submitted:\n" + "\n".join(problems))
+
+
+# ------------------------------------------------------------------------------------------ tracking set-up
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parents[1])
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracking_uri(spec: JobSpec) -> str:
+    from sllm_lib.tracking.tracker import default_tracking_uri
+
+    return spec.tracking.uri or default_tracking_uri(Path(spec.output_dir).resolve())
+
+
+def _experiment_id(client: Any, name: str, artifact_root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def _load_state(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    p = run_dir / STATE_FILE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("%s is unreadable; starting a fresh pipeline run", p)
+    return {"stages": {}}
+
+
+def _stage_done(plan: Plan, state: dict[str, Any], name: str) -> StageResult | None:
+    entry = state["stages"].get(name) or {}
+    manifest = read_manifest(plan.stage_dir(name) / "output")
+    if entry.get("status") == "COMPLETED" and manifest and manifest.get("spec_hash") == plan.spec_hash:
+        return StageResult(**entry["result"])
+    return None
+
+
+@dataclass
+class PipelineOutcome:
+    plan: Plan
+    tracking_uri: str
+    parent_run_id: str
+    results: dict[str, StageResult]
+    run_ids: dict[str, str]
+    reused: list[str]
+    wall_s: float
+
+
+def submit_pipeline(plan: Plan) -> PipelineOutcome:
+    """Run every stage of `plan` in order through the profile's executor; record lineage in MLflow."""
+    from mlflow import MlflowClient
+
+    from sllm_lib.tracking.tracker import (TAG_GIT_SHA, TAG_JOB, TAG_OUTPUT, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE,
+                                           TAG_STAGE_KIND, TAG_UPSTREAM_RUNS, MlflowTracker)
+
+    t0 = time.perf_counter()
+    spec = plan.spec
+    preflight(spec)
+    executor = get_executor(plan.profile)
+    uri = tracking_uri(spec)
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = _experiment_id(client, spec.tracking.experiment or spec.name, Path(spec.output_dir) / "mlartifacts")
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = plan.run_dir / "spec.resolved.yaml"
+    resolved.write_text(dump_resolved_yaml(spec), encoding="utf-8")
+    state = _load_state(plan.run_dir)
+    sha = git_sha()
+    if not state.get("parent_run_id"):
+        parent = client.create_run(exp_id, run_name=spec.name, tags={
+            TAG_JOB: spec.name, TAG_SPEC_HASH: plan.spec_hash, TAG_GIT_SHA: sha, "sllm.cluster": plan.profile.name,
+            "sllm.run_dir": str(plan.run_dir), "sllm.kind": "pipeline"})
+        state["parent_run_id"] = parent.info.run_id
+        write_json_atomic(plan.run_dir / STATE_FILE, state)
+        ptracker = MlflowTracker(uri, parent.info.run_id, strict=spec.tracking.strict)
+        ptracker.log_params({k: v for k, v in spec_to_dict(spec).items() if k != "stages"})
+        ptracker.log_artifact(resolved)
+    parent_id = state["parent_run_id"]
+    client.update_run(parent_id, status="RUNNING")
+    results: dict[str, StageResult] = {}
+    run_ids: dict[str, str] = {}
+    reused: list[str] = []
+    try:
+        for ps in plan.stages:
+            stage = spec.stage(ps.name)
+            done = _stage_done(plan, state, ps.name)
+            if done is not None:
+                log.info("stage %s: reusing completed output (run %s)", ps.name, state["stages"][ps.name]["run_id"])
+                results[ps.name], run_ids[ps.name] = done, state["stages"][ps.name]["run_id"]
+                reused.append(ps.name)
+                continue
+            entry = state["stages"].setdefault(ps.name, {})
+            if not entry.get("run_id"):
+                upstream_ids = [run_ids[u] for u in ps.upstream if u in run_ids]
+                run = client.create_run(exp_id, run_name=f"{spec.name}/{ps.name}", tags={
+                    TAG_PARENT: parent_id, TAG_JOB: spec.name, TAG_SPEC_HASH: plan.spec_hash, TAG_GIT_SHA: sha,
+                    TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids),
+                    "sllm.kind": "stage"})
+                entry["run_id"] = run.info.run_id
+                MlflowTracker(uri, run.info.run_id, strict=spec.tracking.strict).log_params(
+                    stage.model_dump(mode="json"))
+            run_id = entry["run_id"]
+            run_ids[ps.name] = run_id
+            client.update_run(run_id, status="RUNNING")
+            entry["status"] = "RUNNING"
+            write_json_atomic(plan.run_dir / STATE_FILE, state)
+            up = stage.from_stage
+            req = LaunchRequest(
+                job_name=spec.name, stage=ps.name, spec_path=str(resolved), spec_hash=plan.spec_hash,
+                run_dir=str(plan.run_dir), stage_dir=str(plan.stage_dir(ps.name)), tracking_uri=uri,
+                tracking_strict=spec.tracking.strict, run_id=run_id,
+                chain=[str(plan.stage_dir(c) / "output") for c in ps.chain],
+                upstream_output=str(plan.stage_dir(up) / "output") if up else None,
+                upstream_kind=spec.stage(up).kind if up else None,
+            )
+            log.info("stage %s (%s): starting, run %s", ps.name, ps.kind, run_id)
+            handle = executor.submit(req)
+            entry["job_id"] = handle.job_id
+            client.set_tag(run_id, "sllm.job_id", handle.job_id)
+            try:
+                result = handle.result()
+            except BaseException:
+                entry["status"] = "FAILED"
+                write_json_atomic(plan.run_dir / STATE_FILE, state)
+                client.set_terminated(run_id, status="FAILED")
+                raise
+            client.set_tag(run_id, TAG_OUTPUT, result.output_dir or "")
+            client.set_terminated(run_id, status="FINISHED")
+            entry.update(status="COMPLETED", result=_result_dict(result))
+            write_json_atomic(plan.run_dir / STATE_FILE, state)
+            results[ps.name] = result
+            log.info("stage %s: done in %s", ps.name, handle.job_id)
+    except BaseException:
+        client.set_terminated(parent_id, status="FAILED")
+        raise
+    client.set_terminated(parent_id, status="FINISHED")
+    return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results, run_ids=run_ids,
+                           reused=reused, wall_s=time.perf_counter() - t0)
+
+
+def _result_dict(result: StageResult) -> dict[str, Any]:
+    import json
+
+    return json.loads(result.to_json())

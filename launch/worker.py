@@ -1,0 +1,86 @@
+"""Runs one stage from a LaunchRequest: `python -m launch.worker REQUEST.json` (or in-process).
+
+The worker is the only place that turns a request into a StageContext: it reads the resolved spec the
+launcher wrote, binds the tracker to the stage's run id, calls the stage function and writes
+result.json atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from launch.executor import LaunchRequest
+from sllm_lib.spec import load_job_spec
+from sllm_lib.training.context import StageContext, StageResult, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _tracker(req: LaunchRequest, rank: int):
+    from sllm_lib.tracking.tracker import MlflowTracker, NullTracker
+
+    if rank != 0 or not req.run_id:
+        return NullTracker()
+    return MlflowTracker(req.tracking_uri, req.run_id, strict=req.tracking_strict)
+
+
+def run_request(req: LaunchRequest) -> StageResult:
+    """Run the stage described by `req` in this process and return its result."""
+    from sllm_lib.training.stages import STAGE_FUNCTIONS
+
+    job = load_job_spec(req.spec_path)
+    stage = job.stage(req.stage)
+    rank = int(os.environ.get("RANK", "0"))
+    ctx = StageContext(
+        job=job, spec_hash=req.spec_hash, stage_dir=Path(req.stage_dir), chain=[Path(p) for p in req.chain],
+        upstream_output=Path(req.upstream_output) if req.upstream_output else None, upstream_kind=req.upstream_kind,
+        tracker=_tracker(req, rank), rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+    log.info("stage=%s kind=%s starting (run %s)", stage.name, stage.kind, req.run_id)
+    result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
+    if rank == 0:
+        write_json_atomic(req.result_file, json_result(result))
+    return result
+
+
+def json_result(result: StageResult) -> dict:
+    import json
+
+    return json.loads(result.to_json())
+
+
+def _configure_logging(log_file: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(os.environ.get("SLLM_LOG_LEVEL", "INFO").upper())
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("  %(message)s"))
+    out.addFilter(lambda r: r.levelno < logging.WARNING and r.name.startswith(("sllm_lib", "launch", "eval")))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("  %(levelname)s %(name)s: %(message)s"))
+    file = logging.FileHandler(log_file, encoding="utf-8")
+    file.setFormatter(fmt)
+    root.handlers = [out, err, file]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Subprocess entry point; exit code 0 on success, 1 on a failed stage (traceback in stage.log)."""
+    argv = sys.argv[1:] if argv is None else argv
+    req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
+    Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
+    _configure_logging(req.log_file)
+    try:
+        run_request(req)
+    except BaseException as exc:
+        logging.getLogger(__name__).error("stage %s failed: %s\n%s", req.stage, exc, traceback.format_exc())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Records -> token ids with answer-only labels, audio placeholders, mixtures and the collator.
+
+Prompts are built at the token-id level from the model's control tokens ([INST], [/INST],
+[BEGIN_AUDIO], [AUDIO]), which the tiny preset's tokenizer and Mistral's tekken tokenizer both carry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from sllm_lib.audio.features import TOKENS_PER_CHUNK, audio_features
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+ASR_PROMPT = {"ko": "다음 음성을 한국어로 받아 적으세요.", "en": "Transcribe the audio."}
+
+
+@dataclass
+class Example:
+    """One tokenized training or evaluation example."""
+
+    input_ids: list[int]
+    labels: list[int]
+    features: np.ndarray | None  # (n_chunks, n_mels, 3000) or None for text-only
+    target: str
+    kind: str
+
+
+def prompt_text(record: dict, kind: str) -> str:
+    """The user-turn text of a record (the instruction plus its input, or the ASR request)."""
+    if kind == "asr":
+        return ASR_PROMPT.get(record.get("language", "ko"), ASR_PROMPT["en"])
+    text = record["instruction"]
+    if record.get("input"):
+        text = f"{text}\n{record['input']}"
+    return text
+
+
+def target_text(record: dict, kind: str) -> str:
+    """What the model must produce."""
+    return record["transcript"] if kind == "asr" else record["output"]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def build_prompt_ids(tokenizer: Any, chat: Any, text: str, n_audio_chunks: int) -> list[int]:
+    """[bos][INST]([BEGIN_AUDIO][AUDIO]*375k)text[/INST]."""
+    ids: list[int] = []
+    if chat.bos is not None:
+        ids.append(chat.bos)
+    if chat.inst is not None:
+        ids.append(chat.inst)
+    if n_audio_chunks:
+        if chat.begin_audio is not None:
+            ids.append(chat.begin_audio)
+        ids += [chat.audio] * (TOKENS_PER_CHUNK * n_audio_chunks)
+    ids += _encode(tokenizer, text)
+    if chat.inst_end is not None:
+        ids.append(chat.inst_end)
+    return ids
+
+
+def encode_record(
+    record: dict, kind: str, *, tokenizer: Any, chat: Any, feature_extractor: Any, max_seq_len: int,
+    with_target: bool = True,
+) -> Example | None:
+    """Tokenize one record; loss only on the target (+eos). None when the prompt alone exceeds max_seq_len."""
+    feats = audio_features(record["audio_path"], feature_extractor) if kind in ("asr", "speech_qa") else None
+    n_chunks = 0 if feats is None else feats.shape[0]
+    prompt = build_prompt_ids(tokenizer, chat, prompt_text(record, kind), n_chunks)
+    target = target_text(record, kind)
+    if not with_target:
+        return Example(prompt, [IGNORE_INDEX] * len(prompt), feats, target, kind)
+    answer = _encode(tokenizer, target) + [chat.eos]
+    room = max_seq_len - len(prompt)
+    if room < 2:
+        return None
+    answer = answer[:room]  # truncate the answer tail, never the audio placeholders
+    return Example(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, feats, target, kind)
+
+
+def mixture_indices(sizes: Sequence[int], weights: Sequence[float], *, seed: int) -> list[tuple[int, int]]:
+    """(dataset, row) pairs for one epoch: dataset i gets round(w_i / sum(w) * total) rows, cycling if short."""
+    total = sum(sizes)
+    wsum = float(sum(weights))
+    rng = np.random.default_rng(seed)
+    out: list[tuple[int, int]] = []
+    for d, (size, w) in enumerate(zip(sizes, weights)):
+        n = max(1, int(round(w / wsum * total)))
+        order = np.concatenate([rng.permutation(size) for _ in range(-(-n // size))])[:n]
+        out += [(d, int(r)) for r in order]
+    return out
+
+
+class ExampleDataset:
+    """A map-style dataset over encoded examples (torch's DataLoader accepts it)."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+
+@dataclass
+class SpeechCollator:
+    """Pads a batch; audio chunks of all samples are concatenated in row order (Voxtral scatters them so)."""
+
+    pad_id: int
+    padding_side: str = "right"
+
+    def __call__(self, batch: list[Example]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(e.input_ids) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):
+            n = len(e.input_ids)
+            sl = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            ids[i, sl] = torch.tensor(e.input_ids)
+            labels[i, sl] = torch.tensor(e.labels)
+            mask[i, sl] = 1
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        feats = [e.features for e in batch if e.features is not None]
+        if feats:
+            out["input_features"] = torch.from_numpy(np.concatenate(feats, axis=0))
+        return out

@@ -1,0 +1,107 @@
+"""Adapter chains: apply upstream stage outputs to a base, add this stage's LoRA, pick trainable groups.
+
+A training stage's output folder holds `adapter/` (a standard PEFT LoRA adapter, when the stage
+trained one) and `modules.safetensors` (full weights of fully trained modules such as the projector,
+keyed by base-model parameter names). A later stage applies the chain oldest first: load modules,
+merge the LoRA into the base, then adds its own LoRA on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+MODULES_FILE = "modules.safetensors"
+# parameter-name fragments of each trainable group in the Voxtral architecture
+GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
+    "projector": ("multi_modal_projector.",),
+    "audio_encoder": ("audio_tower.",),
+    "llm": ("language_model.", "lm_head."),
+}
+
+
+def apply_chain(model: Any, chain: list[Path]) -> Any:
+    """Apply upstream outputs oldest first (modules, then LoRA merged into the base)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    for out in chain:
+        modules = out / MODULES_FILE
+        if modules.is_file():
+            state = load_file(str(modules))
+            missing = [k for k in state if k not in dict(model.named_parameters())]
+            if missing:
+                raise ValueError(f"{modules}: {len(missing)} weights do not exist in the base model, e.g. {missing[0]}")
+            model.load_state_dict(state, strict=False)
+        adapter = out / ADAPTER_DIR
+        if adapter.is_dir():
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        log.info("applied upstream output %s", out)
+    return model
+
+
+def lora_target_regex(targets: list[str]) -> str:
+    """LoRA only inside the language model (the Whisper encoder has q_proj/k_proj/v_proj too)."""
+    names = "|".join(sorted(set(targets)))
+    return rf".*language_model.*\.({names})$"
+
+
+def prepare_trainable(model: Any, *, lora: Any, trainable: list[str], gradient_checkpointing: bool) -> Any:
+    """Add this stage's LoRA (if any) and set requires_grad on exactly the chosen groups."""
+    from peft import LoraConfig, get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    quantized = getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if lora is not None:
+        cfg = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora_target_regex(lora.targets),
+            bias="none", task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, cfg)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_("lora" in trainable)
+        elif any(frag in name for g in trainable for frag in GROUP_PATTERNS.get(g, ())):
+            p.requires_grad_(True)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n_train == 0:
+        raise ValueError(f"trainable={trainable} selects no parameters in this model")
+    return model
+
+
+def base_of(model: Any) -> Any:
+    """The underlying transformers model (unwraps PEFT)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def save_stage_weights(model: Any, out_dir: Path, *, trainable: list[str]) -> dict[str, Any]:
+    """Write adapter/ and modules.safetensors for the groups this stage trained; return what was written."""
+    from safetensors.torch import save_file
+
+    written: dict[str, Any] = {}
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(out_dir / ADAPTER_DIR))
+        written["adapter"] = ADAPTER_DIR
+    full_groups = [g for g in trainable if g != "lora"]
+    if full_groups:
+        frags = tuple(f for g in full_groups for f in GROUP_PATTERNS[g])
+        state = {
+            n: p.detach().to("cpu").contiguous().clone()
+            for n, p in base_of(model).named_parameters()
+            if any(f in n for f in frags) and "lora_" not in n
+        }
+        save_file(state, str(out_dir / MODULES_FILE))
+        written["modules"] = {"file": MODULES_FILE, "groups": full_groups, "tensors": len(state)}
+    return written

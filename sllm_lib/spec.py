@@ -1,0 +1,664 @@
+"""Job specs and cluster profiles: pydantic v2 models, strict loading, overrides and a canonical hash.
+
+A spec is validated once, here, into frozen typed objects; everything after `load_job_spec` takes those.
+Importing this module must stay cheap (no torch): `sllm validate` uses it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sllm_lib.errors import JobSpecError
+
+log = logging.getLogger(__name__)
+
+RecordKind = Literal["text_qa", "asr", "speech_qa"]
+TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- pieces
+
+
+class DatasetRef(_Strict):
+    kind: RecordKind = Field(description="Record type of the JSONL file: text_qa, asr or speech_qa.")
+    path: str = Field(description="JSONL file; relative paths are resolved against the spec file's folder.")
+    weight: float = Field(default=1.0, gt=0, description="Sampling weight in a multitask mixture.")
+    on_bad_record: Literal["fail", "skip"] = Field(
+        default="fail", description="fail: stop on the first bad file; skip: drop bad records, count and log them."
+    )
+    max_records: int | None = Field(default=None, gt=0, description="Use only the first N records.")
+
+
+class DataSpec(_Strict):
+    train: list[DatasetRef] = Field(min_length=1, description="Training datasets (mixed by weight).")
+    val: list[DatasetRef] = Field(default_factory=list, description="Validation datasets (loss only).")
+
+
+class LoraSpec(_Strict):
+    r: int = Field(default=16, gt=0, le=1024, description="LoRA rank.")
+    alpha: int = Field(default=32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Linear layer names inside the language model that get LoRA adapters.",
+    )
+
+
+class QuantSpec(_Strict):
+    bits: Literal[4, 8, "none"] = Field(default="none", description="Weight quantization of the frozen base.")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the 4-bit quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(default="bfloat16")
+
+
+class TrainSpec(_Strict):
+    per_device_bsz: int = Field(default=1, gt=0, description="Micro-batch size per device.")
+    grad_accum: int = Field(default=1, gt=0, description="Gradient accumulation steps.")
+    epochs: float | None = Field(default=None, gt=0, description="Epochs (ignored when max_steps is set).")
+    max_steps: int | None = Field(default=None, gt=0, description="Optimizer steps; wins over epochs.")
+    lr: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = Field(default=42, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="bf16", description="bf16/fp16 fall back to fp32 on CPU.")
+    gradient_checkpointing: bool = False
+    save_steps: int = Field(default=50, gt=0, description="Write a resumable checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(default=2, gt=0, description="Complete checkpoints kept per stage.")
+    logging_steps: int = Field(default=5, gt=0, description="One status line and one tracker write every N steps.")
+    group_by_length: bool = Field(default=True, description="Length-grouped batches (less padding).")
+    max_seq_len: int = Field(default=2048, gt=0, description="Longer examples are truncated (audio tokens kept).")
+
+    @model_validator(mode="after")
+    def _has_length(self) -> TrainSpec:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
+        if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
+        return self
+
+
+class GenerationSpec(_Strict):
+    max_new_tokens: int = Field(default=64, gt=0, le=4096)
+    batch_size: int = Field(default=4, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+class _StageBase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique stage name.")
+    from_stage: str | None = Field(
+        default=None, description="Upstream stage whose output (adapter chain or merged model) this stage starts from."
+    )
+    depends_on: list[str] = Field(default_factory=list, description="Extra upstream stages (ordering only).")
+
+    def upstream(self) -> list[str]:
+        """All stage names this stage waits for: from_stage first, then depends_on."""
+        names = [self.from_stage] if self.from_stage else []
+        return names + [d for d in self.depends_on if d not in names]
+
+
+class _TrainStageBase(_StageBase):
+    data: DataSpec
+    train: TrainSpec
+    lora: LoraSpec | None = Field(default=None, description="New LoRA adapter on the LLM; None trains no LoRA.")
+    quant: QuantSpec = Field(default_factory=QuantSpec)
+    trainable: list[TrainableGroup] = Field(description="Parameter groups trained in this stage.")
+
+    @model_validator(mode="after")
+    def _trainable_consistent(self) -> _TrainStageBase:
+        if "lora" in self.trainable and self.lora is None:
+            raise ValueError("trainable contains 'lora' but the stage has no lora block")
+        if self.lora is not None and "lora" not in self.trainable:
+            raise ValueError("a lora block is set but 'lora' is not in trainable")
+        if self.quant.bits != "none" and {"llm", "audio_encoder"} & set(self.trainable):
+            raise ValueError("full 'llm'/'audio_encoder' training cannot run on a quantized base; use lora")
+        return self
+
+
+class TextSftStage(_TrainStageBase):
+    kind: Literal["text_sft"]
+    trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
+
+    @field_validator("data")
+    @classmethod
+    def _text_only(cls, v: DataSpec) -> DataSpec:
+        for ref in [*v.train, *v.val]:
+            if ref.kind != "text_qa":
+                raise ValueError(f"text_sft takes text_qa datasets only (got {ref.kind!r} for {ref.path})")
+        return v
+
+
+class AsrAdapterStage(_TrainStageBase):
+    kind: Literal["asr_adapter"]
+    trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector"])
+
+    @field_validator("data")
+    @classmethod
+    def _asr_only(cls, v: DataSpec) -> DataSpec:
+        for ref in [*v.train, *v.val]:
+            if ref.kind != "asr":
+                raise ValueError(f"asr_adapter takes asr datasets only (got {ref.kind!r} for {ref.path})")
+        return v
+
+
+class MultitaskStage(_TrainStageBase):
+    kind: Literal["multitask"]
+    trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector", "lora"])
+
+
+class RegisterSpec(_Strict):
+    name: str = Field(min_length=1, description="Registered model name in the MLflow model registry.")
+    alias: str = Field(default="candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class MergeStage(_StageBase):
+    kind: Literal["merge"]
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="bfloat16", description="Saved weight dtype.")
+    register_as: RegisterSpec | None = Field(default=None, description="Register the merged model (None: log only).")
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> MergeStage:
+        if not self.from_stage:
+            raise ValueError("merge needs from_stage (the last training stage)")
+        return self
+
+
+class EvalDatasetRef(DatasetRef):
+    metrics: list[str] | None = Field(
+        default=None, description="Metric names; default: cer+wer for asr, rougeL+distinct_1+distinct_2 otherwise."
+    )
+
+
+class EvalStage(_StageBase):
+    kind: Literal["eval"]
+    datasets: list[EvalDatasetRef] = Field(min_length=1)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> EvalStage:
+        if not self.from_stage:
+            raise ValueError("eval needs from_stage (a merge or training stage)")
+        return self
+
+
+StageSpec = Annotated[
+    Union[TextSftStage, AsrAdapterStage, MultitaskStage, MergeStage, EvalStage], Field(discriminator="kind")
+]
+TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask")
+
+
+# --------------------------------------------------------------------------------------------- job
+
+
+class ModelSpec(_Strict):
+    base: str = Field(
+        description="Base model: 'tiny:<preset>' (random weights from a config, no download), a local path, or a hub id."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (commit, tag or branch).")
+    audio_token_id: int | None = Field(default=None, description="Override; Voxtral's config leaves it None.")
+    trust_remote_code: bool = False
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = Field(default=None, description="MLflow tracking URI; default: sqlite file in the output dir.")
+    experiment: str | None = Field(default=None, description="MLflow experiment; default: the job name.")
+    strict: bool = Field(default=False, description="Fail the stage on a tracking error instead of warning.")
+
+
+class CacheSpec(_Strict):
+    dir: str | None = Field(default=None, description="Audio-feature cache directory; default <output_dir>/cache.")
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Job name (runs/<name>/...).")
+    description: str = ""
+    cluster: str = Field(default="local", description="Cluster profile name (cluster_configs/<name>.yaml) or path.")
+    model: ModelSpec
+    output_dir: str = Field(default="runs", description="Root for run directories; relative to the working dir.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> JobSpec:
+        seen: set[str] = set()
+        for s in self.stages:
+            if s.name in seen:
+                raise ValueError(f"duplicate stage name {s.name!r}")
+            seen.add(s.name)
+        return self
+
+    def stage(self, name: str) -> Any:
+        """The stage named `name` (KeyError if absent)."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------- profiles
+
+
+class LocalProfile(_Strict):
+    kind: Literal["local"]
+    name: str = "local"
+    isolation: Literal["subprocess", "inprocess"] = Field(
+        default="subprocess", description="subprocess: one process per stage (memory freed); inprocess: for tests."
+    )
+    gpus: int = Field(default=0, ge=0, description="GPUs visible to a stage (0 = CPU).")
+    cpus: int | None = Field(default=None, gt=0, description="Threads per stage (OMP_NUM_THREADS); default all.")
+
+
+class SlurmProfile(_Strict):
+    kind: Literal["slurm"]
+    name: str
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = Field(default=1, gt=0)
+    gpus_per_node: int = Field(default=0, ge=0)
+    cpus_per_task: int = Field(default=1, gt=0)
+    mem_gb: int | None = Field(default=None, gt=0)
+    timeout_min: int = Field(default=60, gt=0)
+    constraint: str | None = None
+    exclusive: bool = False
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before each job (module load, ...).")
+    additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
+    signal_delay_s: int = Field(default=120, ge=0)
+    max_num_timeout: int = Field(default=3, ge=0, description="Requeues allowed after timeout/preemption.")
+    folder: str = Field(default="runs/slurm", description="submitit log/pickle folder.")
+
+
+class RayProfile(_Strict):
+    kind: Literal["ray"]
+    name: str
+    address: str = Field(default="local", description="'local', 'auto' or ray://host:port / http://host:8265.")
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    storage_path: str | None = None
+    max_failures: int = Field(default=0, ge=-1)
+    num_to_keep: int | None = Field(default=2, gt=0)
+
+
+ClusterProfile = Annotated[Union[LocalProfile, SlurmProfile, RayProfile], Field(discriminator="kind")]
+
+
+_PROFILE_ADAPTER: Any = None
+
+
+def _profile_adapter() -> Any:
+    global _PROFILE_ADAPTER
+    if _PROFILE_ADAPTER is None:
+        from pydantic import TypeAdapter
+
+        _PROFILE_ADAPTER = TypeAdapter(ClusterProfile)
+    return _PROFILE_ADAPTER
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+_TAG_MODELS: dict[str, type[BaseModel]] = {
+    "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
+    "merge": MergeStage, "eval": EvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
+}
+
+
+def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """Discriminated unions put the tag into an error location right after the list index (or first)."""
+    return isinstance(loc[i], str) and loc[i] in _TAG_MODELS and (i == 0 or isinstance(loc[i - 1], int))
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class reached by walking an error location from `root` (None if it leaves models)."""
+    import typing
+
+    current: Any = root
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        if _is_tag(loc, i):
+            current = _TAG_MODELS[part]
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _unwrap_model(field.annotation, typing)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any, typing: Any) -> Any:
+    """The BaseModel class inside an annotation such as list[X] / X | None, if any (unions: the first)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _unwrap_model(arg, typing)
+        if found is not None:
+            return found
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
+    """One line: dotted field, what went wrong, the bad value, and what is allowed."""
+    raw_loc = tuple(err["loc"])
+    where = _dotted(tuple(p for i, p in enumerate(raw_loc) if not _is_tag(raw_loc, i)))
+    typ = err["type"]
+    if typ == "extra_forbidden":
+        key = str(raw_loc[-1])
+        parent = _model_at(root, raw_loc[:-1])
+        hint = ""
+        if parent is not None:
+            close = difflib.get_close_matches(key, list(parent.model_fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(parent.model_fields)}"
+        return f"{where}: unknown key{hint}"
+    if typ in {"union_tag_invalid", "union_tag_not_found"}:
+        return f"{where}: {err['msg']}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = err.get("input")
+    got_text = "" if typ == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{where}: {msg}{got_text}"
+
+
+def _validation_problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+    return [_format_error(e, root) for e in exc.errors()]
+
+
+def _raise_problems(source: str, problems: list[str]) -> None:
+    n = len(problems)
+    lines = "\n".join(f"  {p}" for p in problems)
+    raise JobSpecError(f"{source}: {n} problem{'s' if n != 1 else ''}\n{lines}")
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a missing file or a YAML syntax error becomes a JobSpecError naming the file."""
+    if not path.is_file():
+        raise JobSpecError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError(f"{path}: cannot read ({exc})") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise JobSpecError(f"{path}: not valid YAML{where}: {problem}") from exc
+
+
+_OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][\w.\[\]-]*)=(?P<value>.*)$", re.S)
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path[0].field=value` overrides (values parsed as YAML) to a raw spec dict.
+
+    A stage may be addressed by index (`stages[1].train.lr=1e-4`) or by name (`stages.asr.train.lr=1e-4`).
+
+    Raises:
+        JobSpecError: for a malformed override or a path that does not exist.
+    """
+    import copy
+
+    data = copy.deepcopy(raw)
+    for item in overrides:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise JobSpecError(f"--set {item!r}: expected KEY=VALUE, e.g. stages[0].train.lr=2e-4")
+        tokens = [t[0] or int(t[1]) for t in _TOKEN.findall(m["key"])]
+        value = yaml.safe_load(m["value"]) if m["value"] else ""
+        node: Any = data
+        for i, tok in enumerate(tokens):
+            last = i == len(tokens) - 1
+            if isinstance(node, list) and isinstance(tok, str):
+                matches = [k for k, s in enumerate(node) if isinstance(s, dict) and s.get("name") == tok]
+                if not matches:
+                    raise JobSpecError(f"--set {item!r}: no list element named {tok!r}")
+                tok = matches[0]
+            if isinstance(node, list):
+                if not isinstance(tok, int) or tok >= len(node):
+                    raise JobSpecError(f"--set {item!r}: index {tok} out of range (list has {len(node)} items)")
+            elif not isinstance(node, dict):
+                raise JobSpecError(f"--set {item!r}: {_dotted(tuple(tokens[:i]))} is not a mapping")
+            if last:
+                node[tok] = value
+            else:
+                if isinstance(node, dict) and tok not in node:
+                    node[tok] = {}
+                node = node[tok]
+    return data
+
+
+def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    """Make dataset paths absolute against the spec's folder (in place, before validation)."""
+    for stage in raw.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        refs: list[Any] = []
+        data = stage.get("data")
+        if isinstance(data, dict):
+            refs += list(data.get("train") or []) + list(data.get("val") or [])
+        refs += list(stage.get("datasets") or [])
+        for ref in refs:
+            if isinstance(ref, dict) and isinstance(ref.get("path"), str) and ref["path"]:
+                p = Path(ref["path"]).expanduser()
+                ref["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("base"), str):
+        b = model["base"]
+        if b.startswith((".", "/", "~")):
+            p = Path(b).expanduser()
+            model["base"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def parse_job_spec(raw: Any, *, source: str, base_dir: Path, overrides: list[str] | None = None) -> JobSpec:
+    """Validate a raw (already parsed) spec; see load_job_spec."""
+    if not isinstance(raw, dict):
+        _raise_problems(source, [f"<root>: expected a mapping of job fields (got {type(raw).__name__})"])
+    raw = apply_overrides(raw, overrides or [])
+    _resolve_data_paths(raw, base_dir)
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        _raise_problems(source, _validation_problems(exc, JobSpec))
+    problems = graph_problems(spec)
+    if problems:
+        _raise_problems(source, problems)
+    return spec
+
+
+def load_job_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Load, override and validate a job spec file.
+
+    Args:
+        path: YAML job spec.
+        overrides: `KEY=VALUE` strings applied before validation.
+
+    Returns:
+        The frozen JobSpec with dataset paths made absolute.
+
+    Raises:
+        JobSpecError: listing every problem, each with the dotted field, the bad value and what is allowed.
+
+    Example:
+        >>> spec = load_job_spec("jobs/demo_sllm_tiny.yaml", ["stages[0].train.lr=1e-4"])
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    return parse_job_spec(raw, source=str(path), base_dir=path.parent.resolve(), overrides=overrides)
+
+
+def load_cluster_profile(path: str | Path) -> LocalProfile | SlurmProfile | RayProfile:
+    """Load and validate a cluster profile YAML (raises JobSpecError naming file and field)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        _raise_problems(str(path), [f"<root>: expected a mapping of profile fields (got {type(raw).__name__})"])
+    try:
+        return _profile_adapter().validate_python(raw)
+    except ValidationError as exc:
+        _raise_problems(str(path), [_format_error(dict(e), LocalProfile) for e in exc.errors()])
+    raise AssertionError("unreachable")
+
+
+def find_cluster_profile(name: str, *, spec_path: Path | None = None) -> LocalProfile | SlurmProfile | RayProfile:
+    """Resolve a profile name or path: a file path, or cluster_configs/<name>.yaml next to the spec or CWD.
+
+    The name `local` falls back to the embedded default when no file is found.
+    """
+    candidates: list[Path] = []
+    p = Path(name).expanduser()
+    if p.suffix in {".yaml", ".yml"}:
+        candidates.append(p)
+    else:
+        roots = [Path.cwd()]
+        if spec_path is not None:
+            roots += list(spec_path.resolve().parents)
+        for root in roots:
+            candidates.append(root / "cluster_configs" / f"{name}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return load_cluster_profile(c)
+    if name == "local":
+        return LocalProfile(kind="local")
+    searched = ", ".join(str(c) for c in candidates[:4])
+    raise JobSpecError(f"cluster profile {name!r} not found (looked in {searched})")
+
+
+# --------------------------------------------------------------------------------------------- graph
+
+
+def graph_problems(spec: JobSpec) -> list[str]:
+    """Unknown upstream names, cycles, and stages fed by the wrong kind of upstream."""
+    problems: list[str] = []
+    index = {s.name: i for i, s in enumerate(spec.stages)}
+    for i, s in enumerate(spec.stages):
+        for field, names in (("from_stage", [s.from_stage] if s.from_stage else []), ("depends_on", s.depends_on)):
+            for n in names:
+                if n not in index:
+                    close = difflib.get_close_matches(n, list(index), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f"; stages are: {', '.join(index)}"
+                    problems.append(f"stages[{i}].{field}: unknown stage {n!r}{hint}")
+                elif n == s.name:
+                    problems.append(f"stages[{i}].{field}: stage {n!r} depends on itself")
+        if s.from_stage in index:
+            up = spec.stages[index[s.from_stage]]
+            if up.kind == "eval":
+                problems.append(f"stages[{i}].from_stage: {s.from_stage!r} is an eval stage and produces no model")
+            if s.kind in TRAIN_KINDS and up.kind == "merge":
+                problems.append(
+                    f"stages[{i}].from_stage: training from a merged model is not supported; "
+                    f"start from the training stage that {s.from_stage!r} merges"
+                )
+    if not problems:
+        cycle = find_cycle(spec)
+        if cycle:
+            problems.append(f"stages: dependency cycle: {' needs '.join(cycle)}")
+    return problems
+
+
+def find_cycle(spec: JobSpec) -> list[str] | None:
+    """A cycle in the stage graph as a list of names (first == last), or None."""
+    edges = {s.name: s.upstream() for s in spec.stages}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in edges.get(n, []):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if state.get(m) is None:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for s in spec.stages:
+        if s.name not in state:
+            found = visit(s.name)
+            if found:
+                return found
+    return None
+
+
+def topo_order(spec: JobSpec) -> list[str]:
+    """Stage names in an order that respects every dependency (stable w.r.t. file order)."""
+    done: list[str] = []
+    remaining = [s.name for s in spec.stages]
+    edges = {s.name: s.upstream() for s in spec.stages}
+    while remaining:
+        for n in remaining:
+            if all(u in done for u in edges[n]):
+                done.append(n)
+                remaining.remove(n)
+                break
+        else:  # pragma: no cover - graph_problems rejects cycles at load
+            raise AssertionError(f"cycle among {remaining}")
+    return done
+
+
+# --------------------------------------------------------------------------------------------- hash / dump
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """The resolved spec as plain JSON-able data (written from the object, never re-parsed from argv)."""
+    return spec.model_dump(mode="json")
+
+
+def spec_hash(spec: JobSpec) -> str:
+    """Canonical sha256 of the resolved spec (sorted keys, no whitespace)."""
+    blob = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def dump_resolved_yaml(spec: JobSpec) -> str:
+    """YAML text of the resolved spec."""
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of the job spec (for editors)."""
+    return JobSpec.model_json_schema()

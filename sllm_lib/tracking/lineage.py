@@ -1,0 +1,114 @@
+"""Walk lineage back from a registered model: version -> merge run -> stage runs -> datasets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sllm_lib.errors import ArtifactNotFoundError
+from sllm_lib.tracking.tracker import TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE, TAG_STAGE_KIND, TAG_UPSTREAM_RUNS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LineageNode:
+    """One run in the chain with its datasets and upstream runs."""
+
+    run_id: str
+    stage: str
+    kind: str
+    status: str
+    spec_hash: str
+    datasets: list[dict[str, str]] = field(default_factory=list)
+    upstream: list[LineageNode] = field(default_factory=list)
+
+    def stages(self) -> list[str]:
+        """Every stage name in the tree (this one first)."""
+        return [self.stage] + [s for u in self.upstream for s in u.stages()]
+
+
+@dataclass
+class ModelLineage:
+    name: str
+    version: str
+    alias: str | None
+    source: str
+    pipeline_run_id: str | None
+    root: LineageNode
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """'name@alias', 'models:/name@alias', 'name/3' or 'models:/name/3' -> (name, alias, version)."""
+    body = ref[len("models:/"):] if ref.startswith("models:/") else ref
+    if "@" in body:
+        name, alias = body.rsplit("@", 1)
+        return name, alias, None
+    if "/" in body:
+        name, version = body.rsplit("/", 1)
+        return name, None, version
+    raise ArtifactNotFoundError(f"model reference {ref!r}: expected NAME@ALIAS or NAME/VERSION (e.g. sllm-demo@candidate)")
+
+
+def _node(client: Any, run_id: str, seen: set[str]) -> LineageNode:
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    datasets = []
+    for di in run.inputs.dataset_inputs or []:
+        ctx = next((t.value for t in di.tags if t.key == "mlflow.data.context"), "")
+        try:
+            src = json.loads(di.dataset.source).get("uri", di.dataset.source)
+        except (ValueError, AttributeError):
+            src = di.dataset.source
+        datasets.append({"name": di.dataset.name, "digest": di.dataset.digest, "source": src, "context": ctx})
+    node = LineageNode(run_id=run_id, stage=tags.get(TAG_STAGE, run.info.run_name or run_id),
+                       kind=tags.get(TAG_STAGE_KIND, "?"), status=run.info.status,
+                       spec_hash=tags.get(TAG_SPEC_HASH, ""), datasets=datasets)
+    seen.add(run_id)
+    for up in filter(None, tags.get(TAG_UPSTREAM_RUNS, "").split(",")):
+        if up not in seen:
+            node.upstream.append(_node(client, up, seen))
+    return node
+
+
+def walk_lineage(tracking_uri: str, ref: str) -> ModelLineage:
+    """Resolve a registered model reference and walk its runs back to the datasets."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_ref(ref)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise ArtifactNotFoundError(f"{ref}: not found in the registry at {tracking_uri} ({exc.message})") from exc
+    if not mv.run_id:
+        raise ArtifactNotFoundError(f"{ref}: version {mv.version} has no source run; lineage unknown")
+    root = _node(client, mv.run_id, set())
+    parent = client.get_run(mv.run_id).data.tags.get(TAG_PARENT)
+    return ModelLineage(name=name, version=str(mv.version), alias=alias, source=mv.source, pipeline_run_id=parent,
+                        root=root)
+
+
+def lineage_tree(lin: ModelLineage) -> Any:
+    """A rich Tree of the lineage."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    head = f"[bold]{lin.name}[/] v{lin.version}" + (f" @{lin.alias}" if lin.alias else "") + f"  ({lin.source})"
+    if lin.pipeline_run_id:
+        head += f"\npipeline run {lin.pipeline_run_id}"
+    tree = Tree(head)
+
+    def add(parent: Any, node: LineageNode) -> None:
+        branch = parent.add(f"[cyan]{node.stage}[/] ({node.kind}) run {node.run_id} {node.status}")
+        for d in node.datasets:
+            branch.add(f"[green]dataset[/] {escape(d['name'])} {escape('[' + d['context'] + ']')} "
+                       f"digest {d['digest'][:12]} {escape(d['source'])}")
+        for up in node.upstream:
+            add(branch, up)
+
+    add(tree, lin.root)
+    return tree

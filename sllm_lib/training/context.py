@@ -1,0 +1,106 @@
+"""What every stage function receives and returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sllm_lib.spec import JobSpec
+from sllm_lib.tracking.tracker import NullTracker, Tracker
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs: its folder, the job, its tracker, the upstream output chain, rank info."""
+
+    job: JobSpec
+    spec_hash: str
+    stage_dir: Path
+    chain: list[Path] = field(default_factory=list)  # upstream stage outputs, oldest first
+    upstream_output: Path | None = None  # the output of `from_stage` (a merged model folder for eval)
+    upstream_kind: str | None = None
+    tracker: Tracker = field(default_factory=NullTracker)
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def output_dir(self) -> Path:
+        return self.stage_dir / "output"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class StageResult:
+    """The small typed result of a stage (also written as result.json)."""
+
+    stage: str
+    kind: str
+    output_dir: str | None
+    steps: int = 0
+    loss_first: float | None = None
+    loss_last: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StageResult:
+        return cls(**json.loads(text))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temp file in the same folder and rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_output_tmp(ctx: StageContext) -> Path:
+    """A fresh temp folder beside the final output; publish it with `publish_output`."""
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".output-", dir=ctx.stage_dir))
+
+
+def publish_output(tmp: Path, ctx: StageContext, manifest: dict[str, Any]) -> Path:
+    """Write the manifest last, then swap the temp folder into place as `output/`."""
+    write_json_atomic(tmp / MANIFEST, manifest)
+    final = ctx.output_dir
+    if final.exists():
+        old = final.with_name(f".output-old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def read_manifest(output_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a complete output folder, or None."""
+    p = output_dir / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,272 @@
+"""Training stages (text_sft, asr_adapter, multitask) through the HF Trainer + PEFT.
+
+Checkpoints hold only the trainable tensors (plus optimizer, scheduler, RNG and trainer state) and are
+marked complete after everything is written; a re-run resumes from the newest complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sllm_lib.data.encode import Example, ExampleDataset, SpeechCollator, encode_record, mixture_indices
+from sllm_lib.data.records import ReadResult, read_records
+from sllm_lib.models.adapters import apply_chain, prepare_trainable, save_stage_weights
+from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenizer_and_features, resolve_model_path
+from sllm_lib.spec import DatasetRef
+from sllm_lib.tracking.tracker import DatasetRecord
+from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "sllm_complete.json"
+TRAINABLE_FILE = "trainable.safetensors"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint-N folder that carries the completion marker (half-written ones are ignored)."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.iterdir():
+        m = _CKPT.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def _trainer_class() -> type:
+    from safetensors.torch import load_file, save_file
+    from transformers import Trainer
+
+    from sllm_lib.data.sampler import LengthGroupedSampler
+
+    class StageTrainer(Trainer):
+        """Trainer that checkpoints only trainable tensors, marks complete checkpoints, and groups by length."""
+
+        group_lengths: list[int] | None = None
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            out = Path(output_dir or self.args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+            save_file(state, str(out / TRAINABLE_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            model = model or self.model
+            state = load_file(str(Path(resume_from_checkpoint) / TRAINABLE_FILE))
+            names = {n for n, p in model.named_parameters() if p.requires_grad}
+            if set(state) != names:
+                raise ValueError(
+                    f"{resume_from_checkpoint}: checkpoint tensors do not match this stage's trainable parameters "
+                    f"({len(set(state) ^ names)} differ); was the spec changed? delete the folder to start over"
+                )
+            model.load_state_dict(state, strict=False)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            super()._save_checkpoint(model, trial)
+            ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if self.args.should_save:
+                write_json_atomic(ckpt / COMPLETE_MARKER, {"step": self.state.global_step, "time": time.time()})
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.group_lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(self.group_lengths, self.args.per_device_train_batch_size, seed=self.args.seed)
+
+    return StageTrainer
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def load_datasets(refs: list[DatasetRef]) -> list[ReadResult]:
+    """Read and validate each dataset of a stage."""
+    out = []
+    for ref in refs:
+        res = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
+        if ref.max_records:
+            res.records = res.records[: ref.max_records]
+        out.append(res)
+    return out
+
+
+def dataset_records(results: list[ReadResult], refs: list[DatasetRef], context: str) -> list[DatasetRecord]:
+    """Lineage records (name, digest, source, rows) for the tracker."""
+    return [
+        DatasetRecord(name=Path(r.path).stem, digest=r.digest(), source=str(r.path), num_rows=len(r.records),
+                      context=context)
+        for r, _ in zip(results, refs)
+    ]
+
+
+def encode_mixture(
+    results: list[ReadResult], refs: list[DatasetRef], *, tokenizer: Any, chat: Any, features: Any, max_seq_len: int,
+    seed: int,
+) -> list[Example]:
+    """Encode every record once, then draw the weighted mixture for one epoch."""
+    encoded: list[list[Example]] = []
+    for res in results:
+        rows = []
+        for rec in res.records:
+            ex = encode_record(rec, res.kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
+                               max_seq_len=max_seq_len)
+            if ex is not None:
+                rows.append(ex)
+        if len(rows) < len(res.records):
+            log.warning("%s: %d records longer than max_seq_len=%d skipped", res.path, len(res.records) - len(rows),
+                        max_seq_len)
+        encoded.append(rows)
+    if len(encoded) == 1:
+        return encoded[0]
+    picks = mixture_indices([len(e) for e in encoded], [r.weight for r in refs], seed=seed)
+    return [encoded[d][i] for d, i in picks]
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+def _status_callback(stage_name: str, ctx: StageContext, history: list[tuple[int, float]]) -> Any:
+    from transformers import TrainerCallback
+
+    class StatusLine(TrainerCallback):
+        """One fixed-format line per logging interval, same numbers to the tracker."""
+
+        def __init__(self) -> None:
+            self.t_last = time.perf_counter()
+            self.step_last = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t_last, self.step_last = time.perf_counter(), state.global_step
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if not logs or "loss" not in logs or not ctx.is_main:
+                return
+            now = time.perf_counter()
+            dt = (now - self.t_last) / max(1, state.global_step - self.step_last) * 1000
+            self.t_last, self.step_last = now, state.global_step
+            history.append((state.global_step, float(logs["loss"])))
+            lr = float(logs.get("learning_rate", 0.0))
+            log.info("stage=%s step %d/%d | loss %.3f | lr %.1e | %.0f ms/step", stage_name, state.global_step,
+                     state.max_steps, logs["loss"], lr, dt)
+            ctx.tracker.log_metrics({"train/loss": float(logs["loss"]), "train/lr": lr,
+                                     "train/grad_norm": float(logs.get("grad_norm", 0.0) or 0.0)},
+                                    step=state.global_step)
+
+    return StatusLine()
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def _precision(requested: str) -> dict[str, bool]:
+    import torch
+
+    if requested == "fp32" or not torch.cuda.is_available():
+        if requested != "fp32":
+            log.warning("precision=%s needs a GPU; training in fp32 on CPU", requested)
+        return {"bf16": False, "fp16": False}
+    return {"bf16": requested == "bf16", "fp16": requested == "fp16"}
+
+
+def _training_args(stage: Any, ctx: StageContext) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t = stage.train
+    return TrainingArguments(
+        output_dir=str(ctx.stage_dir / "checkpoints"), per_device_train_batch_size=t.per_device_bsz,
+        per_device_eval_batch_size=t.per_device_bsz, gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs or 1.0, max_steps=t.max_steps or -1, learning_rate=t.lr,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, logging_steps=t.logging_steps, logging_first_step=True,
+        report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), eval_strategy="no", **_precision(t.precision),
+    )
+
+
+def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
+    """Fine-tune from the upstream chain on the stage's data; publish adapter/modules under output/."""
+    import torch
+
+    t0 = time.perf_counter()
+    path = resolve_model_path(ctx.job.model)
+    tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
+    train_sets, val_sets = load_datasets(stage.data.train), load_datasets(stage.data.val)
+    if ctx.is_main:
+        ctx.tracker.log_datasets(dataset_records(train_sets, stage.data.train, "train")
+                                 + dataset_records(val_sets, stage.data.val, "validation"))
+    dtype = "float32" if not torch.cuda.is_available() or stage.train.precision == "fp32" else (
+        "bfloat16" if stage.train.precision == "bf16" else "float16")
+    model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype)
+    chat = chat_tokens(tokenizer, model.config)
+    model = apply_chain(model, ctx.chain)
+    model = prepare_trainable(model, lora=stage.lora, trainable=list(stage.trainable),
+                              gradient_checkpointing=stage.train.gradient_checkpointing)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info("stage=%s trainable %s: %d of %d parameters (%.2f%%)", stage.name, stage.trainable, n_trainable, n_total,
+             100.0 * n_trainable / n_total)
+
+    enc = dict(tokenizer=tokenizer, chat=chat, features=features, max_seq_len=stage.train.max_seq_len)
+    train_ds = ExampleDataset(encode_mixture(train_sets, stage.data.train, seed=stage.train.seed, **enc))
+    val_ds = ExampleDataset(encode_mixture(val_sets, stage.data.val, seed=stage.train.seed, **enc)) if val_sets else None
+    history: list[tuple[int, float]] = []
+    trainer = _trainer_class()(
+        model=model, args=_training_args(stage, ctx), train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=SpeechCollator(pad_id=chat.pad), callbacks=[_status_callback(stage.name, ctx, history)],
+    )
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our status line replaces its raw dict prints
+    if stage.train.group_by_length:
+        trainer.group_lengths = train_ds.lengths()
+    resume = latest_complete_checkpoint(ctx.stage_dir / "checkpoints")
+    if resume is not None:
+        log.info("stage=%s resuming from %s", stage.name, resume)
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics: dict[str, float] = {"train_loss": float(out.training_loss), "train_runtime_s": time.perf_counter() - t0}
+    if val_ds is not None and len(val_ds):
+        ev = trainer.evaluate()
+        metrics["val_loss"] = float(ev["eval_loss"])
+        metrics["val_perplexity"] = float(math.exp(min(ev["eval_loss"], 50.0)))
+    if ctx.is_main:
+        ctx.tracker.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=trainer.state.global_step)
+    return _publish_training_output(stage, ctx, model, trainer, history, metrics, train_sets)
+
+
+def _publish_training_output(
+    stage: Any, ctx: StageContext, model: Any, trainer: Any, history: list[tuple[int, float]],
+    metrics: dict[str, float], train_sets: list[ReadResult],
+) -> StageResult:
+    steps = int(trainer.state.global_step)
+    losses = [v for _, v in history] or [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    result = StageResult(stage=stage.name, kind=stage.kind, output_dir=str(ctx.output_dir), steps=steps,
+                         loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
+                         metrics=metrics)
+    if not ctx.is_main:
+        return result
+    tmp = new_output_tmp(ctx)
+    try:
+        written = save_stage_weights(model, tmp, trainable=list(stage.trainable))
+        manifest = {
+            "stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash, "base_model": ctx.job.model.base,
+            "chain": [str(p) for p in ctx.chain], "trainable": list(stage.trainable), "written": written,
+            "lora": stage.lora.model_dump() if stage.lora else None, "steps": steps, "metrics": metrics,
+            "datasets": {str(r.path): r.digest() for r in train_sets},
+        }
+        publish_output(tmp, ctx, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

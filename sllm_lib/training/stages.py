@@ -1,0 +1,54 @@
+"""Stage kind -> stage function. Every stage is `fn(stage_spec, ctx) -> StageResult`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from sllm_lib.training.context import StageContext, StageResult
+
+log = logging.getLogger(__name__)
+
+
+def run_text_sft(stage: Any, ctx: StageContext) -> StageResult:
+    """Stage 1: LoRA on the LLM with text QA; the audio tower stays frozen."""
+    from sllm_lib.training.runner import run_training_stage
+
+    return run_training_stage(stage, ctx)
+
+
+def run_asr_adapter(stage: Any, ctx: StageContext) -> StageResult:
+    """Stage 2: from stage 1's adapter, train the projector (and optionally an LLM LoRA) on ASR."""
+    from sllm_lib.training.runner import run_training_stage
+
+    return run_training_stage(stage, ctx)
+
+
+def run_multitask(stage: Any, ctx: StageContext) -> StageResult:
+    """Stage 3: ASR + speech QA + text QA mixture by weight; projector + LLM LoRA."""
+    from sllm_lib.training.runner import run_training_stage
+
+    return run_training_stage(stage, ctx)
+
+
+def run_merge(stage: Any, ctx: StageContext) -> StageResult:
+    """Merge the adapter chain into the base; log and register the model."""
+    from sllm_lib.training.merge import run_merge as merge
+
+    return merge(stage, ctx)
+
+
+def run_eval(stage: Any, ctx: StageContext) -> StageResult:
+    """Generate on held-out sets and score them."""
+    from eval.stage import run_eval as evaluate
+
+    return evaluate(stage, ctx)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Any, StageContext], StageResult]] = {
+    "text_sft": run_text_sft,
+    "asr_adapter": run_asr_adapter,
+    "multitask": run_multitask,
+    "merge": run_merge,
+    "eval": run_eval,
+}
