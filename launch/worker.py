@@ -66,6 +66,8 @@ def _configure_logging(log_file: Path) -> None:
     file = logging.FileHandler(log_file, encoding="utf-8")
     file.setFormatter(fmt)
     root.handlers = [out, err, file]
+    # bitsandbytes warns on import that an optional CPU kernel package is absent; it changes nothing here
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

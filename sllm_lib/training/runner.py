@@ -198,8 +198,10 @@ def _training_args(stage: Any, ctx: StageContext) -> Any:
 def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     """Fine-tune from the upstream chain on the stage's data; publish adapter/modules under output/."""
     import torch
+    from transformers import set_seed
 
     t0 = time.perf_counter()
+    set_seed(stage.train.seed)  # before the LoRA init: the Trainer seeds only after the model exists
     path = resolve_model_path(ctx.job.model)
     tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
     train_sets, val_sets = load_datasets(stage.data.train), load_datasets(stage.data.val)

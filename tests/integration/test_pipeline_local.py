@@ -1,0 +1,111 @@
+"""Local pipeline against a real MLflow sqlite store: checkpoint resume, bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.mlflow
+
+
+def _spec(tmp: Path, *, asr_path: Path | None = None, max_steps: int = 6) -> Path:
+    stages: list[dict] = [{
+        "name": "text", "kind": "text_sft",
+        "data": {"train": [{"kind": "text_qa", "path": str(SAMPLE / "text_qa_train.jsonl"), "max_records": 16}]},
+        "train": {"per_device_bsz": 4, "max_steps": max_steps, "lr": 5e-3, "precision": "fp32", "save_steps": 3,
+                  "save_total_limit": 2, "logging_steps": 1, "seed": 3, "max_seq_len": 128},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "trainable": ["lora"],
+    }]
+    if asr_path is not None:
+        stages.append({
+            "name": "asr", "kind": "asr_adapter", "from_stage": "text",
+            "data": {"train": [{"kind": "asr", "path": str(asr_path)}]},
+            "train": {"max_steps": 2, "precision": "fp32"}, "trainable": ["projector"],
+        })
+    stages.append({"name": "merge", "kind": "merge", "from_stage": stages[-1]["name"], "dtype": "float32",
+                   "register_as": {"name": "it-model", "alias": "candidate"}})
+    spec = {"name": "it-job", "model": {"base": "tiny:voxtral"}, "output_dir": str(tmp / "runs"), "stages": stages}
+    path = tmp / "job.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    (tmp / "inproc.yaml").write_text("kind: local\nname: inproc\nisolation: inprocess\n", encoding="utf-8")
+    return path
+
+
+def _plan(spec_path: Path):
+    from launch.pipeline import build_plan
+    from sllm_lib.spec import find_cluster_profile, load_job_spec
+
+    spec = load_job_spec(spec_path)
+    return build_plan(spec, spec_path, find_cluster_profile(str(spec_path.parent / "inproc.yaml")))
+
+
+def test_missing_audio_fails_before_anything_is_created(tmp_path: Path) -> None:
+    from sllm_lib.errors import PlanError
+    from launch.pipeline import submit_pipeline
+
+    bad = tmp_path / "asr.jsonl"
+    bad.write_text('{"audio_path": "nowhere.wav", "transcript": "안녕하세요", "language": "ko"}\n', encoding="utf-8")
+    plan = _plan(_spec(tmp_path, asr_path=bad))
+    with pytest.raises(PlanError) as err:
+        submit_pipeline(plan)
+    assert f"{bad}:1" in str(err.value) and "audio_path" in str(err.value)
+    assert "nothing was submitted" in str(err.value)
+    assert not (tmp_path / "runs").exists()  # no run folder, no sqlite store, no checkpoint, no model
+
+
+def test_pipeline_registers_and_records_lineage(tmp_path: Path) -> None:
+    from launch.pipeline import submit_pipeline
+    from sllm_lib.tracking.lineage import walk_lineage
+
+    outcome = submit_pipeline(_plan(_spec(tmp_path)))
+    assert outcome.results["text"].steps == 6
+    lin = walk_lineage(outcome.tracking_uri, "it-model@candidate")
+    assert lin.root.stages() == ["merge", "text"]
+    assert lin.pipeline_run_id == outcome.parent_run_id
+    (ds,) = lin.root.upstream[0].datasets
+    assert ds["name"] == "text_qa_train" and ds["context"] == "train"
+
+
+def _run_text_stage(spec_path: Path, stage_dir: Path):
+    from sllm_lib.spec import load_job_spec
+    from sllm_lib.tracking.tracker import RecordingTracker
+    from sllm_lib.training.context import StageContext
+    from sllm_lib.training.runner import run_training_stage
+
+    job = load_job_spec(spec_path)
+    tracker = RecordingTracker()
+    ctx = StageContext(job=job, spec_hash="h", stage_dir=stage_dir, tracker=tracker)
+    result = run_training_stage(job.stage("text"), ctx)
+    losses = {step: v for k, v, step in tracker.metrics if k == "train/loss"}
+    return result, losses
+
+
+def test_resume_from_latest_complete_checkpoint_repeats_no_step(tmp_path: Path) -> None:
+    from sllm_lib.training.runner import COMPLETE_MARKER, latest_complete_checkpoint
+
+    spec_path = _spec(tmp_path)
+    _, straight = _run_text_stage(spec_path, tmp_path / "a")
+
+    stage_dir = tmp_path / "b"
+    _run_text_stage(spec_path, stage_dir)
+    ckpts = stage_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    # simulate a crash: the last checkpoint never happened, a newer one was half-written, no output yet
+    shutil.rmtree(ckpts / "checkpoint-6")
+    shutil.rmtree(stage_dir / "output")
+    (ckpts / "checkpoint-5").mkdir()
+    (ckpts / "checkpoint-5" / "trainable.safetensors").write_bytes(b"truncated")
+    assert latest_complete_checkpoint(ckpts) == ckpts / "checkpoint-3"
+    assert (ckpts / "checkpoint-3" / COMPLETE_MARKER).is_file()
+
+    result, resumed = _run_text_stage(spec_path, stage_dir)
+    assert result.steps == 6
+    assert sorted(resumed) == [4, 5, 6]  # steps 1-3 came from the checkpoint, none repeated or lost
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
+    assert (stage_dir / "output" / "manifest.json").is_file()
