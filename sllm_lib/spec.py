@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -320,6 +321,7 @@ def _profile_adapter() -> Any:
 # --------------------------------------------------------------------------------------------- errors
 
 
+_PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
 _TAG_MODELS: dict[str, type[BaseModel]] = {
     "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
     "merge": MergeStage, "eval": EvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
@@ -327,8 +329,13 @@ _TAG_MODELS: dict[str, type[BaseModel]] = {
 
 
 def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
-    """Discriminated unions put the tag into an error location right after the list index (or first)."""
-    return isinstance(loc[i], str) and loc[i] in _TAG_MODELS and (i == 0 or isinstance(loc[i - 1], int))
+    """Discriminated unions put the tag into an error location: after `stages[i]`, or first for a profile."""
+    part = loc[i]
+    if not (isinstance(part, str) and part in _TAG_MODELS):
+        return False
+    if i == 0:
+        return part in {"local", "slurm", "ray"} and _PROFILE_ROOT.get()
+    return i == 2 and loc[0] == "stages" and isinstance(loc[1], int)
 
 
 def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -536,7 +543,12 @@ def load_cluster_profile(path: str | Path) -> LocalProfile | SlurmProfile | RayP
     try:
         return _profile_adapter().validate_python(raw)
     except ValidationError as exc:
-        _raise_problems(str(path), [_format_error(dict(e), LocalProfile) for e in exc.errors()])
+        token = _PROFILE_ROOT.set(True)  # a profile's errors start with its kind tag
+        try:
+            problems = [_format_error(dict(e), LocalProfile) for e in exc.errors()]
+        finally:
+            _PROFILE_ROOT.reset(token)
+        _raise_problems(str(path), problems)
     raise AssertionError("unreachable")
 
 

@@ -109,3 +109,29 @@ def test_resume_from_latest_complete_checkpoint_repeats_no_step(tmp_path: Path) 
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
     assert (stage_dir / "output" / "manifest.json").is_file()
+
+
+def test_4bit_lora_stage_trains_then_merges_into_an_unquantized_base(tmp_path: Path) -> None:
+    """QLoRA path on CPU (bitsandbytes nf4): adapter saved non-empty, merge dequantizes nothing it needs."""
+    from safetensors.torch import load_file
+
+    from sllm_lib.spec import load_job_spec
+    from sllm_lib.training.context import StageContext
+    from sllm_lib.training.merge import run_merge
+    from sllm_lib.training.runner import run_training_stage
+
+    spec_path = _spec(tmp_path, max_steps=2)
+    raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    raw["stages"][0]["quant"] = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    spec_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    job = load_job_spec(spec_path)
+    text_dir = tmp_path / "text"
+    result = run_training_stage(job.stage("text"), StageContext(job=job, spec_hash="h", stage_dir=text_dir))
+    assert result.steps == 2
+    adapter = load_file(str(text_dir / "output" / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all(t.numel() > 0 for t in adapter.values())
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # it trained
+    merged = run_merge(job.stage("merge"), StageContext(job=job, spec_hash="h", stage_dir=tmp_path / "merge",
+                                                        chain=[text_dir / "output"]))
+    weights = load_file(str(Path(merged.output_dir) / "model.safetensors"))
+    assert all(t.dtype.is_floating_point for t in weights.values())  # merged into a 16/32-bit base

@@ -204,12 +204,6 @@ def test_unknown_key_in_nested_models_hides_union_tag(tmp_path: Path, mutate, ex
     assert problem_lines(msg) == [expected]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG sllm_lib/spec.py _is_tag/_format_error: an unknown top-level key whose name equals a union tag "
-    "(eval, merge, local, ...) is taken for a discriminator tag and dropped, so the message reads "
-    "'<root>: unknown key; allowed keys: ...' without naming the key",
-)
 def test_unknown_top_level_key_named_like_a_stage_kind_is_named(tmp_path: Path) -> None:
     path = mutated(tmp_path, lambda r: r.update(eval={"datasets": []}))
     (line,) = problem_lines(spec_error(path))
