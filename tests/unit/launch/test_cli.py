@@ -282,3 +282,13 @@ def test_error_text_with_closing_tag_does_not_crash(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
     assert res.returncode == 2
     assert "(got '[/oops]')" in res.stderr
+
+
+def test_data_stats_prints_percentiles_and_padding_share() -> None:
+    res = sllm("data", "stats", str(REPO / "data" / "sample" / "text_qa_train.jsonl"), "--kind", "text_qa")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for col in ("p50", "p90", "p95", "p99", "prompt", "target", "total"):
+        assert col in out
+    assert "64 records" in out
+    assert "padding share at batch size 8: random" in out and "length-grouped" in out
