@@ -125,7 +125,7 @@ class LocalExecutor:
 
     def render(self, req: LaunchRequest) -> str:
         """The command line a stage runs as (pure; used by `sllm plan`)."""
-        extra = {k: v for k, v in req.env.items()}
+        extra = dict(req.env)
         if self.profile.cpus:
             extra["OMP_NUM_THREADS"] = str(self.profile.cpus)
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(extra.items()))

@@ -167,98 +167,130 @@ class PipelineOutcome:
     wall_s: float
 
 
+class _Runs:
+    """The launcher's side of tracking: creates and closes the pipeline and stage runs."""
+
+    def __init__(self, plan: Plan, uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.plan, self.uri = plan, uri
+        self.client = MlflowClient(tracking_uri=uri)
+        spec = plan.spec
+        self.exp_id = _experiment_id(self.client, spec.tracking.experiment or spec.name,
+                                     Path(spec.output_dir) / "mlartifacts")
+        self.sha = git_sha()
+
+    def _tracker(self, run_id: str) -> Any:
+        from sllm_lib.tracking.tracker import MlflowTracker
+
+        return MlflowTracker(self.uri, run_id, strict=self.plan.spec.tracking.strict)
+
+    def open_pipeline(self, state: dict[str, Any], resolved: Path) -> str:
+        from sllm_lib.tracking.tracker import TAG_GIT_SHA, TAG_JOB, TAG_SPEC_HASH
+
+        spec = self.plan.spec
+        if not state.get("parent_run_id"):
+            run = self.client.create_run(self.exp_id, run_name=spec.name, tags={
+                TAG_JOB: spec.name, TAG_SPEC_HASH: self.plan.spec_hash, TAG_GIT_SHA: self.sha,
+                "sllm.cluster": self.plan.profile.name, "sllm.run_dir": str(self.plan.run_dir), "sllm.kind": "pipeline"})
+            state["parent_run_id"] = run.info.run_id
+            write_json_atomic(self.plan.run_dir / STATE_FILE, state)
+            tracker = self._tracker(run.info.run_id)
+            tracker.log_params({k: v for k, v in spec_to_dict(spec).items() if k != "stages"})
+            tracker.log_artifact(resolved)
+        self.client.update_run(state["parent_run_id"], status="RUNNING")
+        return state["parent_run_id"]
+
+    def open_stage(self, entry: dict[str, Any], ps: PlannedStage, parent_id: str, upstream_ids: list[str]) -> str:
+        from sllm_lib.tracking.tracker import (TAG_GIT_SHA, TAG_JOB, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE,
+                                               TAG_STAGE_KIND, TAG_UPSTREAM_RUNS)
+
+        spec = self.plan.spec
+        if not entry.get("run_id"):  # an interrupted stage resumes in its existing run
+            run = self.client.create_run(self.exp_id, run_name=f"{spec.name}/{ps.name}", tags={
+                TAG_PARENT: parent_id, TAG_JOB: spec.name, TAG_SPEC_HASH: self.plan.spec_hash, TAG_GIT_SHA: self.sha,
+                TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids),
+                "sllm.kind": "stage"})
+            entry["run_id"] = run.info.run_id
+            self._tracker(run.info.run_id).log_params(spec.stage(ps.name).model_dump(mode="json"))
+        self.client.update_run(entry["run_id"], status="RUNNING")
+        return entry["run_id"]
+
+    def close(self, run_id: str, *, ok: bool, output: str | None = None) -> None:
+        from sllm_lib.tracking.tracker import TAG_OUTPUT
+
+        if output is not None:
+            self.client.set_tag(run_id, TAG_OUTPUT, output)
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: str) -> LaunchRequest:
+    spec = plan.spec
+    up = spec.stage(ps.name).from_stage
+    return LaunchRequest(
+        job_name=spec.name, stage=ps.name, spec_path=str(resolved), spec_hash=plan.spec_hash,
+        run_dir=str(plan.run_dir), stage_dir=str(plan.stage_dir(ps.name)), tracking_uri=uri,
+        tracking_strict=spec.tracking.strict, run_id=run_id,
+        chain=[str(plan.stage_dir(c) / "output") for c in ps.chain],
+        upstream_output=str(plan.stage_dir(up) / "output") if up else None,
+        upstream_kind=spec.stage(up).kind if up else None,
+    )
+
+
 def submit_pipeline(plan: Plan) -> PipelineOutcome:
-    """Run every stage of `plan` in order through the profile's executor; record lineage in MLflow."""
-    from mlflow import MlflowClient
+    """Run every stage of `plan` in order through the profile's executor; record lineage in MLflow.
 
-    from sllm_lib.tracking.tracker import (TAG_GIT_SHA, TAG_JOB, TAG_OUTPUT, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE,
-                                           TAG_STAGE_KIND, TAG_UPSTREAM_RUNS, MlflowTracker)
-
+    Raises:
+        PlanError: pre-flight found bad inputs (nothing was created).
+        StageFailedError: a stage failed (its run and the pipeline run are marked FAILED).
+    """
     t0 = time.perf_counter()
     spec = plan.spec
     preflight(spec)
     executor = get_executor(plan.profile)
     uri = tracking_uri(spec)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = _experiment_id(client, spec.tracking.experiment or spec.name, Path(spec.output_dir) / "mlartifacts")
+    runs = _Runs(plan, uri)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resolved = plan.run_dir / "spec.resolved.yaml"
     resolved.write_text(dump_resolved_yaml(spec), encoding="utf-8")
     state = _load_state(plan.run_dir)
-    sha = git_sha()
-    if not state.get("parent_run_id"):
-        parent = client.create_run(exp_id, run_name=spec.name, tags={
-            TAG_JOB: spec.name, TAG_SPEC_HASH: plan.spec_hash, TAG_GIT_SHA: sha, "sllm.cluster": plan.profile.name,
-            "sllm.run_dir": str(plan.run_dir), "sllm.kind": "pipeline"})
-        state["parent_run_id"] = parent.info.run_id
-        write_json_atomic(plan.run_dir / STATE_FILE, state)
-        ptracker = MlflowTracker(uri, parent.info.run_id, strict=spec.tracking.strict)
-        ptracker.log_params({k: v for k, v in spec_to_dict(spec).items() if k != "stages"})
-        ptracker.log_artifact(resolved)
-    parent_id = state["parent_run_id"]
-    client.update_run(parent_id, status="RUNNING")
+    parent_id = runs.open_pipeline(state, resolved)
     results: dict[str, StageResult] = {}
     run_ids: dict[str, str] = {}
     reused: list[str] = []
     try:
         for ps in plan.stages:
-            stage = spec.stage(ps.name)
             done = _stage_done(plan, state, ps.name)
             if done is not None:
-                log.info("stage %s: reusing completed output (run %s)", ps.name, state["stages"][ps.name]["run_id"])
-                results[ps.name], run_ids[ps.name] = done, state["stages"][ps.name]["run_id"]
+                run_ids[ps.name] = state["stages"][ps.name]["run_id"]
+                log.info("stage %s: reusing completed output (run %s)", ps.name, run_ids[ps.name])
+                results[ps.name] = done
                 reused.append(ps.name)
                 continue
             entry = state["stages"].setdefault(ps.name, {})
-            if not entry.get("run_id"):
-                upstream_ids = [run_ids[u] for u in ps.upstream if u in run_ids]
-                run = client.create_run(exp_id, run_name=f"{spec.name}/{ps.name}", tags={
-                    TAG_PARENT: parent_id, TAG_JOB: spec.name, TAG_SPEC_HASH: plan.spec_hash, TAG_GIT_SHA: sha,
-                    TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids),
-                    "sllm.kind": "stage"})
-                entry["run_id"] = run.info.run_id
-                MlflowTracker(uri, run.info.run_id, strict=spec.tracking.strict).log_params(
-                    stage.model_dump(mode="json"))
-            run_id = entry["run_id"]
+            run_id = runs.open_stage(entry, ps, parent_id, [run_ids[u] for u in ps.upstream if u in run_ids])
             run_ids[ps.name] = run_id
-            client.update_run(run_id, status="RUNNING")
             entry["status"] = "RUNNING"
             write_json_atomic(plan.run_dir / STATE_FILE, state)
-            up = stage.from_stage
-            req = LaunchRequest(
-                job_name=spec.name, stage=ps.name, spec_path=str(resolved), spec_hash=plan.spec_hash,
-                run_dir=str(plan.run_dir), stage_dir=str(plan.stage_dir(ps.name)), tracking_uri=uri,
-                tracking_strict=spec.tracking.strict, run_id=run_id,
-                chain=[str(plan.stage_dir(c) / "output") for c in ps.chain],
-                upstream_output=str(plan.stage_dir(up) / "output") if up else None,
-                upstream_kind=spec.stage(up).kind if up else None,
-            )
             log.info("stage %s (%s): starting, run %s", ps.name, ps.kind, run_id)
-            handle = executor.submit(req)
+            handle = executor.submit(_request(plan, ps, resolved=resolved, uri=uri, run_id=run_id))
             entry["job_id"] = handle.job_id
-            client.set_tag(run_id, "sllm.job_id", handle.job_id)
+            runs.client.set_tag(run_id, "sllm.job_id", handle.job_id)
             try:
                 result = handle.result()
             except BaseException:
                 entry["status"] = "FAILED"
                 write_json_atomic(plan.run_dir / STATE_FILE, state)
-                client.set_terminated(run_id, status="FAILED")
+                runs.close(run_id, ok=False)
                 raise
-            client.set_tag(run_id, TAG_OUTPUT, result.output_dir or "")
-            client.set_terminated(run_id, status="FINISHED")
-            entry.update(status="COMPLETED", result=_result_dict(result))
+            runs.close(run_id, ok=True, output=result.output_dir or "")
+            entry.update(status="COMPLETED", result=result.to_dict())
             write_json_atomic(plan.run_dir / STATE_FILE, state)
             results[ps.name] = result
             log.info("stage %s: done in %s", ps.name, handle.job_id)
     except BaseException:
-        client.set_terminated(parent_id, status="FAILED")
+        runs.close(parent_id, ok=False)
         raise
-    client.set_terminated(parent_id, status="FINISHED")
+    runs.close(parent_id, ok=True)
     return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results, run_ids=run_ids,
                            reused=reused, wall_s=time.perf_counter() - t0)
-
-
-def _result_dict(result: StageResult) -> dict[str, Any]:
-    import json
-
-    return json.loads(result.to_json())

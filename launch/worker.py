@@ -43,14 +43,8 @@ def run_request(req: LaunchRequest) -> StageResult:
     log.info("stage=%s kind=%s starting (run %s)", stage.name, stage.kind, req.run_id)
     result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
     if rank == 0:
-        write_json_atomic(req.result_file, json_result(result))
+        write_json_atomic(req.result_file, result.to_dict())
     return result
-
-
-def json_result(result: StageResult) -> dict:
-    import json
-
-    return json.loads(result.to_json())
 
 
 def _configure_logging(log_file: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import typing
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -340,8 +341,6 @@ def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
 
 def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class reached by walking an error location from `root` (None if it leaves models)."""
-    import typing
-
     current: Any = root
     for i, part in enumerate(loc):
         if isinstance(part, int):
@@ -354,16 +353,16 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
         field = current.model_fields.get(part)
         if field is None:
             return None
-        current = _unwrap_model(field.annotation, typing)
+        current = _unwrap_model(field.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _unwrap_model(annotation: Any, typing: Any) -> Any:
+def _unwrap_model(annotation: Any) -> Any:
     """The BaseModel class inside an annotation such as list[X] / X | None, if any (unions: the first)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _unwrap_model(arg, typing)
+        found = _unwrap_model(arg)
         if found is not None:
             return found
     return None

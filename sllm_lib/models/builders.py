@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]"]
-PRESET_VERSION = 2  # bump when a preset's construction changes (part of its folder name)
+PRESET_VERSION = 3  # bump when a preset's construction changes (part of its folder name)
 
 
 def tiny_voxtral_config(
@@ -56,10 +56,10 @@ def tiny_voxtral_config(
 
 
 def korean_char_vocab() -> list[str]:
-    """Special tokens, every precomposed Hangul syllable, compatibility jamo, printable ASCII, a few symbols."""
+    """Special tokens, every precomposed Hangul syllable, compatibility jamo, newline/tab, printable ASCII, symbols."""
     chars = [chr(c) for c in range(0xAC00, 0xD7A4)]
     chars += [chr(c) for c in range(0x3131, 0x318F)]
-    chars += [chr(c) for c in range(0x20, 0x7F)]
+    chars += ["\n", "\t"] + [chr(c) for c in range(0x20, 0x7F)]
     chars += list("·“”‘’…℃°%±×÷→~")
     seen: set[str] = set()
     vocab = []

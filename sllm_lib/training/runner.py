@@ -100,13 +100,10 @@ def load_datasets(refs: list[DatasetRef]) -> list[ReadResult]:
     return out
 
 
-def dataset_records(results: list[ReadResult], refs: list[DatasetRef], context: str) -> list[DatasetRecord]:
+def dataset_records(results: list[ReadResult], context: str) -> list[DatasetRecord]:
     """Lineage records (name, digest, source, rows) for the tracker."""
-    return [
-        DatasetRecord(name=Path(r.path).stem, digest=r.digest(), source=str(r.path), num_rows=len(r.records),
-                      context=context)
-        for r, _ in zip(results, refs)
-    ]
+    return [DatasetRecord(name=Path(r.path).stem, digest=r.digest(), source=str(r.path), num_rows=len(r.records),
+                          context=context) for r in results]
 
 
 def encode_mixture(
@@ -195,6 +192,20 @@ def _training_args(stage: Any, ctx: StageContext) -> Any:
     )
 
 
+def _log_padding(stage: Any, ctx: StageContext, lengths: list[int]) -> None:
+    """Report the padding share of this stage's batching next to plain shuffled batches."""
+    from sllm_lib.data.sampler import length_grouped_batches, padding_share, random_batches
+
+    bsz, seed = stage.train.per_device_bsz, stage.train.seed
+    plain = padding_share(lengths, random_batches(lengths, bsz, seed=seed))
+    used = padding_share(lengths, length_grouped_batches(lengths, bsz, seed=seed)) if stage.train.group_by_length \
+        else plain
+    log.info("stage=%s %d examples | padding share %.1f%% (shuffled batches: %.1f%%)", stage.name, len(lengths),
+             100 * used, 100 * plain)
+    if ctx.is_main:
+        ctx.tracker.log_metrics({"data/padding_share": used, "data/padding_share_shuffled": plain}, step=0)
+
+
 def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     """Fine-tune from the upstream chain on the stage's data; publish adapter/modules under output/."""
     import torch
@@ -206,8 +217,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
     train_sets, val_sets = load_datasets(stage.data.train), load_datasets(stage.data.val)
     if ctx.is_main:
-        ctx.tracker.log_datasets(dataset_records(train_sets, stage.data.train, "train")
-                                 + dataset_records(val_sets, stage.data.val, "validation"))
+        ctx.tracker.log_datasets(dataset_records(train_sets, "train") + dataset_records(val_sets, "validation"))
     dtype = "float32" if not torch.cuda.is_available() or stage.train.precision == "fp32" else (
         "bfloat16" if stage.train.precision == "bf16" else "float16")
     model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype)
@@ -233,6 +243,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     trainer.remove_callback(PrinterCallback)  # our status line replaces its raw dict prints
     if stage.train.group_by_length:
         trainer.group_lengths = train_ds.lengths()
+    _log_padding(stage, ctx, train_ds.lengths())
     resume = latest_complete_checkpoint(ctx.stage_dir / "checkpoints")
     if resume is not None:
         log.info("stage=%s resuming from %s", stage.name, resume)

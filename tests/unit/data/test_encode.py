@@ -1,0 +1,86 @@
+"""Prompt building, answer-only labels, audio placeholders, mixtures and the collator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sllm_lib.data.encode import IGNORE_INDEX, SpeechCollator, encode_record, mixture_indices
+from sllm_lib.data.records import read_records
+from tests.conftest import SAMPLE
+
+
+@pytest.fixture(scope="module")
+def parts():
+    from transformers import WhisperFeatureExtractor
+
+    from sllm_lib.models.builders import ChatTokens, build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ["<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[BEGIN_AUDIO]",
+                                                    "[AUDIO]"]}
+    chat = ChatTokens(bos=ids["<s>"], eos=ids["</s>"], pad=ids["<pad>"], inst=ids["[INST]"],
+                      inst_end=ids["[/INST]"], begin_audio=ids["[BEGIN_AUDIO]"], audio=ids["[AUDIO]"])
+    return tok, chat, WhisperFeatureExtractor(feature_size=128)
+
+
+def test_text_qa_loss_only_on_answer_and_eos(parts) -> None:
+    tok, chat, fe = parts
+    rec = {"instruction": "질문", "input": "열이 나요", "output": "해열제를 드세요"}
+    ex = encode_record(rec, "text_qa", tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=256)
+    answer = tok.encode("해열제를 드세요", add_special_tokens=False) + [chat.eos]
+    assert ex.features is None
+    assert ex.input_ids[:2] == [chat.bos, chat.inst]
+    assert ex.input_ids[-len(answer):] == answer
+    n_prompt = len(ex.input_ids) - len(answer)
+    assert ex.input_ids[n_prompt - 1] == chat.inst_end
+    assert ex.labels == [IGNORE_INDEX] * n_prompt + answer
+    assert tok.decode(ex.input_ids[2:n_prompt - 1]) == "질문\n열이 나요"
+
+
+def test_asr_has_375_audio_tokens_per_chunk_and_masks_them(parts) -> None:
+    tok, chat, fe = parts
+    rec = read_records(SAMPLE / "asr_train.jsonl", "asr").records[0]
+    ex = encode_record(rec, "asr", tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=1024)
+    assert ex.features.shape == (1, 128, 3000)
+    assert ex.input_ids.count(chat.audio) == 375
+    assert all(lab == IGNORE_INDEX for i, lab in zip(ex.input_ids, ex.labels) if i == chat.audio)
+    target = [lab for lab in ex.labels if lab != IGNORE_INDEX]
+    assert tok.decode(target[:-1]) == rec["transcript"]
+
+
+def test_truncation_keeps_audio_and_drops_answer_tail(parts) -> None:
+    tok, chat, fe = parts
+    rec = read_records(SAMPLE / "asr_train.jsonl", "asr").records[0]
+    full = encode_record(rec, "asr", tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=10_000)
+    n_prompt = full.labels.count(IGNORE_INDEX)
+    ex = encode_record(rec, "asr", tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=n_prompt + 3)
+    assert len(ex.input_ids) == n_prompt + 3 and ex.input_ids.count(chat.audio) == 375
+    assert ex.labels[n_prompt:] == full.labels[n_prompt:n_prompt + 3]
+    assert encode_record(rec, "asr", tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=n_prompt + 1) is None
+
+
+def test_collator_pads_and_concatenates_audio_in_row_order(parts) -> None:
+    tok, chat, fe = parts
+    asr = read_records(SAMPLE / "asr_train.jsonl", "asr").records[:2]
+    text = {"instruction": "질문", "input": "", "output": "답"}
+    batch = [encode_record(r, k, tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=1024)
+             for r, k in [(asr[0], "asr"), (text, "text_qa"), (asr[1], "asr")]]
+    out = SpeechCollator(pad_id=chat.pad)(batch)
+    width = max(len(e.input_ids) for e in batch)
+    assert out["input_ids"].shape == (3, width)
+    assert out["input_features"].shape == (2, 128, 3000)
+    assert np.allclose(out["input_features"][1].numpy(), batch[2].features[0])
+    assert int((out["input_ids"] == chat.audio).sum()) == 750
+    row = out["attention_mask"][1]
+    assert int(row.sum()) == len(batch[1].input_ids) and int(row[-1]) == 0  # right padding
+    left = SpeechCollator(pad_id=chat.pad, padding_side="left")(batch)
+    assert int(left["attention_mask"][1][0]) == 0 and int(left["attention_mask"][1][-1]) == 1
+
+
+def test_mixture_follows_weights_and_cycles_small_sets() -> None:
+    picks = mixture_indices([10, 4], [1.0, 1.0], seed=0)
+    counts = [sum(1 for d, _ in picks if d == k) for k in (0, 1)]
+    assert counts == [7, 7]  # 14 rows split evenly; the 4-row set is cycled
+    assert {r for d, r in picks if d == 1} == {0, 1, 2, 3}
+    assert picks == mixture_indices([10, 4], [1.0, 1.0], seed=0)
