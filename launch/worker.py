@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from launch.executor import LaunchRequest
@@ -62,6 +63,16 @@ def _configure_logging(log_file: Path) -> None:
     root.handlers = [out, err, file]
     # bitsandbytes warns on import that an optional CPU kernel package is absent; it changes nothing here
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # PEFT 0.21 still calls transformers' deprecated `is_gradient_checkpointing` (a FutureWarning per model)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # one status line per logging interval replaces the hub's per-file tqdm bars (weights, shards)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
