@@ -14,7 +14,7 @@ import re
 import typing
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -119,6 +119,7 @@ class _StageBase(_Strict):
 
 
 class _TrainStageBase(_StageBase):
+    _data_kind: ClassVar[str | None] = None  # the one record kind a single-task stage accepts
     data: DataSpec
     train: TrainSpec
     lora: LoraSpec | None = Field(default=None, description="New LoRA adapter on the LLM; None trains no LoRA.")
@@ -135,31 +136,27 @@ class _TrainStageBase(_StageBase):
             raise ValueError("full 'llm'/'audio_encoder' training cannot run on a quantized base; use lora")
         return self
 
+    @field_validator("data")
+    @classmethod
+    def _one_record_kind(cls, v: DataSpec) -> DataSpec:
+        want = cls._data_kind
+        for ref in [*v.train, *v.val]:
+            if want is not None and ref.kind != want:
+                kind = cls.model_fields["kind"].annotation.__args__[0]
+                raise ValueError(f"{kind} takes {want} datasets only (got {ref.kind!r} for {ref.path})")
+        return v
+
 
 class TextSftStage(_TrainStageBase):
     kind: Literal["text_sft"]
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
-
-    @field_validator("data")
-    @classmethod
-    def _text_only(cls, v: DataSpec) -> DataSpec:
-        for ref in [*v.train, *v.val]:
-            if ref.kind != "text_qa":
-                raise ValueError(f"text_sft takes text_qa datasets only (got {ref.kind!r} for {ref.path})")
-        return v
+    _data_kind: ClassVar[str] = "text_qa"
 
 
 class AsrAdapterStage(_TrainStageBase):
     kind: Literal["asr_adapter"]
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector"])
-
-    @field_validator("data")
-    @classmethod
-    def _asr_only(cls, v: DataSpec) -> DataSpec:
-        for ref in [*v.train, *v.val]:
-            if ref.kind != "asr":
-                raise ValueError(f"asr_adapter takes asr datasets only (got {ref.kind!r} for {ref.path})")
-        return v
+    _data_kind: ClassVar[str] = "asr"
 
 
 class MultitaskStage(_TrainStageBase):
