@@ -41,6 +41,7 @@ class LaunchRequest:
     upstream_output: str | None = None
     upstream_kind: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)  # job ids this stage waits for (executors with dependencies)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
@@ -74,6 +75,7 @@ class JobHandle(Protocol):
 
 class Executor(Protocol):
     name: ClassVar[str]
+    supports_dependencies: ClassVar[bool]  # True: all stages submitted at once, chained by the scheduler
 
     def render(self, request: LaunchRequest) -> str: ...
     def submit(self, request: LaunchRequest) -> JobHandle: ...
@@ -82,8 +84,9 @@ class Executor(Protocol):
 def get_executor(profile: Any) -> Executor:
     """The executor for a cluster profile (dict lookup on `profile.kind`)."""
     from launch.local import LocalExecutor
+    from launch.slurm import SlurmExecutor
 
-    executors: dict[str, Any] = {"local": LocalExecutor}
+    executors: dict[str, Any] = {"local": LocalExecutor, "slurm": SlurmExecutor}
     cls = executors.get(profile.kind)
     if cls is None:
         raise JobSpecError(

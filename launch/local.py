@@ -104,6 +104,7 @@ class LocalExecutor:
     """Runs stages on this machine; `isolation: subprocess` frees each stage's memory when it ends."""
 
     name: ClassVar[str] = "local"
+    supports_dependencies: ClassVar[bool] = False
 
     def __init__(self, profile: LocalProfile) -> None:
         self.profile = profile

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,27 +237,68 @@ def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: 
     )
 
 
+def _executor_preflight(plan: Plan, executor: Any, resolved: Path, uri: str) -> None:
+    """Let the scheduler judge every stage's request before anything is submitted (e.g. sbatch --test-only)."""
+    check = getattr(executor, "preflight", None)
+    if check is None:
+        return
+    for ps in plan.stages:
+        check(_request(plan, ps, resolved=resolved, uri=uri, run_id=None))
+
+
+def _wait(plan: Plan, state: dict[str, Any], runs: _Runs, name: str, handle: Any) -> StageResult:
+    entry = state["stages"][name]
+    try:
+        result = handle.result()
+    except BaseException:
+        entry["status"] = "FAILED"
+        write_json_atomic(plan.run_dir / STATE_FILE, state)
+        runs.close(entry["run_id"], ok=False)
+        raise
+    runs.close(entry["run_id"], ok=True, output=result.output_dir or "")
+    entry.update(status="COMPLETED", result=result.to_dict())
+    write_json_atomic(plan.run_dir / STATE_FILE, state)
+    log.info("stage %s: done (%s)", name, handle.job_id)
+    return result
+
+
+def _cancel_rest(plan: Plan, state: dict[str, Any], runs: _Runs, pending: dict[str, Any]) -> None:
+    """After a failure: cancel what was submitted and has not finished; mark those runs KILLED."""
+    for name, handle in pending.items():
+        handle.cancel()
+        entry = state["stages"][name]
+        entry["status"] = "CANCELLED"
+        runs.client.set_terminated(entry["run_id"], status="KILLED")
+        log.warning("stage %s (%s) cancelled: an upstream stage failed", name, handle.job_id)
+    write_json_atomic(plan.run_dir / STATE_FILE, state)
+
+
 def submit_pipeline(plan: Plan) -> PipelineOutcome:
-    """Run every stage of `plan` in order through the profile's executor; record lineage in MLflow.
+    """Run every stage of `plan` through the profile's executor; record lineage in MLflow.
+
+    Executors with dependencies (SLURM) get every stage at once, each chained `afterok` on its
+    upstream jobs; others (local) run one stage after the other.
 
     Raises:
         PlanError: pre-flight found bad inputs (nothing was created).
-        StageFailedError: a stage failed (its run and the pipeline run are marked FAILED).
+        StageFailedError: a stage failed (its run and the pipeline run are marked FAILED; dependents cancelled).
     """
     t0 = time.perf_counter()
     spec = plan.spec
     preflight(spec)
     executor = get_executor(plan.profile)
     uri = tracking_uri(spec)
+    resolved = plan.run_dir / "spec.resolved.yaml"
+    _executor_preflight(plan, executor, resolved, uri)
     runs = _Runs(plan, uri)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = plan.run_dir / "spec.resolved.yaml"
     resolved.write_text(dump_resolved_yaml(spec), encoding="utf-8")
     state = _load_state(plan.run_dir)
     parent_id = runs.open_pipeline(state, resolved)
     results: dict[str, StageResult] = {}
     run_ids: dict[str, str] = {}
     reused: list[str] = []
+    pending: dict[str, Any] = {}
     try:
         for ps in plan.stages:
             done = _stage_done(plan, state, ps.name)
@@ -270,25 +311,24 @@ def submit_pipeline(plan: Plan) -> PipelineOutcome:
             entry = state["stages"].setdefault(ps.name, {})
             run_id = runs.open_stage(entry, ps, parent_id, [run_ids[u] for u in ps.upstream if u in run_ids])
             run_ids[ps.name] = run_id
-            entry["status"] = "RUNNING"
+            req = _request(plan, ps, resolved=resolved, uri=uri, run_id=run_id)
+            if executor.supports_dependencies:
+                req = replace(req, after=[pending[u].job_id for u in ps.upstream if u in pending])
+            handle = executor.submit(req)
+            entry.update(status="SUBMITTED", job_id=handle.job_id)
             write_json_atomic(plan.run_dir / STATE_FILE, state)
-            log.info("stage %s (%s): starting, run %s", ps.name, ps.kind, run_id)
-            handle = executor.submit(_request(plan, ps, resolved=resolved, uri=uri, run_id=run_id))
-            entry["job_id"] = handle.job_id
             runs.client.set_tag(run_id, "sllm.job_id", handle.job_id)
-            try:
-                result = handle.result()
-            except BaseException:
-                entry["status"] = "FAILED"
-                write_json_atomic(plan.run_dir / STATE_FILE, state)
-                runs.close(run_id, ok=False)
-                raise
-            runs.close(run_id, ok=True, output=result.output_dir or "")
-            entry.update(status="COMPLETED", result=result.to_dict())
-            write_json_atomic(plan.run_dir / STATE_FILE, state)
-            results[ps.name] = result
-            log.info("stage %s: done in %s", ps.name, handle.job_id)
+            runs.client.set_tag(parent_id, f"sllm.job_id.{ps.name}", handle.job_id)
+            log.info("stage %s (%s): %s, run %s", ps.name, ps.kind,
+                     f"submitted as job {handle.job_id}" if executor.supports_dependencies else "starting", run_id)
+            if executor.supports_dependencies:
+                pending[ps.name] = handle
+            else:
+                results[ps.name] = _wait(plan, state, runs, ps.name, handle)
+        for name in list(pending):
+            results[name] = _wait(plan, state, runs, name, pending.pop(name))
     except BaseException:
+        _cancel_rest(plan, state, runs, pending)
         runs.close(parent_id, ok=False)
         raise
     runs.close(parent_id, ok=True)

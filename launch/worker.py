@@ -41,14 +41,30 @@ def run_request(req: LaunchRequest) -> StageResult:
         upstream_output=Path(req.upstream_output) if req.upstream_output else None, upstream_kind=req.upstream_kind,
         tracker=_tracker(req, rank), rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
     )
-    log.info("stage=%s kind=%s starting (run %s)", stage.name, stage.kind, req.run_id)
-    result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
-    if rank == 0:
-        write_json_atomic(req.result_file, result.to_dict())
-    return result
+    log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
+             ctx.world_size)
+    try:
+        result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
+        if rank == 0:
+            write_json_atomic(req.result_file, result.to_dict())
+        return result
+    finally:
+        _close_distributed()
 
 
-def _configure_logging(log_file: Path) -> None:
+def _close_distributed() -> None:
+    """Barrier + destroy: without it a rank can abort at exit ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def configure_logging(log_file: Path | None) -> None:
+    """Status lines to stdout, warnings to stderr, everything to the stage log (rank 0 passes a file)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(os.environ.get("SLLM_LOG_LEVEL", "INFO").upper())
@@ -58,9 +74,12 @@ def _configure_logging(log_file: Path) -> None:
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.WARNING)
     err.setFormatter(logging.Formatter("  %(levelname)s %(name)s: %(message)s"))
-    file = logging.FileHandler(log_file, encoding="utf-8")
-    file.setFormatter(fmt)
-    root.handlers = [out, err, file]
+    root.handlers = [out, err]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(log_file, encoding="utf-8")
+        file.setFormatter(fmt)
+        root.handlers.append(file)
     # bitsandbytes warns on import that an optional CPU kernel package is absent; it changes nothing here
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # PEFT 0.21 still calls transformers' deprecated `is_gradient_checkpointing` (a FutureWarning per model)
@@ -80,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
     Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
-    _configure_logging(req.log_file)
+    configure_logging(req.log_file)
     try:
         run_request(req)
     except BaseException as exc:

@@ -275,6 +275,9 @@ class SlurmProfile(_Strict):
     qos: str | None = None
     nodes: int = Field(default=1, gt=0)
     gpus_per_node: int = Field(default=0, ge=0)
+    tasks_per_node: int | None = Field(
+        default=None, gt=0, description="Processes per node; default one per GPU (1 on CPU nodes)."
+    )
     cpus_per_task: int = Field(default=1, gt=0)
     mem_gb: int | None = Field(default=None, gt=0)
     timeout_min: int = Field(default=60, gt=0)

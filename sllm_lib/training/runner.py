@@ -21,6 +21,7 @@ from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenize
 from sllm_lib.spec import DatasetRef
 from sllm_lib.tracking.tracker import DatasetRecord
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output, write_json_atomic
+from sllm_lib.training.interrupt import StageInterrupted, stop_callback, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,14 @@ def _status_callback(stage_name: str, ctx: StageContext, history: list[tuple[int
             self.t_last, self.step_last = time.perf_counter(), state.global_step
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-            if not logs or "loss" not in logs or not ctx.is_main:
+            if not logs or "loss" not in logs:
+                return
+            history.append((state.global_step, float(logs["loss"])))
+            if not ctx.is_main:
                 return
             now = time.perf_counter()
             dt = (now - self.t_last) / max(1, state.global_step - self.step_last) * 1000
             self.t_last, self.step_last = now, state.global_step
-            history.append((state.global_step, float(logs["loss"])))
             lr = float(logs.get("learning_rate", 0.0))
             log.info("stage=%s step %d/%d | loss %.3f | lr %.1e | %.0f ms/step", stage_name, state.global_step,
                      state.max_steps, logs["loss"], lr, dt)
@@ -175,6 +178,21 @@ def _precision(requested: str) -> dict[str, bool]:
     return {"bf16": requested == "bf16", "fp16": requested == "fp16"}
 
 
+def _audio_params_idle_in_some_batches(stage: Any) -> bool:
+    """Text-only batches leave the projector/encoder without gradients; DDP must then look for unused ones."""
+    audio_groups = {"projector", "audio_encoder"} & set(stage.trainable)
+    return bool(audio_groups) and any(ref.kind == "text_qa" for ref in stage.data.train)
+
+
+def _ddp_backend(ctx: StageContext) -> dict[str, str]:
+    """nccl on GPU, gloo on CPU; only for a distributed run (naming a backend alone makes accelerate expect one)."""
+    import torch
+
+    if ctx.world_size <= 1:
+        return {}
+    return {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo"}
+
+
 def _training_args(stage: Any, ctx: StageContext) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -188,7 +206,9 @@ def _training_args(stage: Any, ctx: StageContext) -> Any:
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, logging_steps=t.logging_steps, logging_first_step=True,
         report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(), eval_strategy="no", **_precision(t.precision),
+        use_cpu=not torch.cuda.is_available(), eval_strategy="no",
+        ddp_find_unused_parameters=_audio_params_idle_in_some_batches(stage),
+        **_ddp_backend(ctx), **_precision(t.precision),
     )
 
 
@@ -236,7 +256,8 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     history: list[tuple[int, float]] = []
     trainer = _trainer_class()(
         model=model, args=_training_args(stage, ctx), train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=SpeechCollator(pad_id=chat.pad), callbacks=[_status_callback(stage.name, ctx, history)],
+        data_collator=SpeechCollator(pad_id=chat.pad),
+        callbacks=[_status_callback(stage.name, ctx, history), stop_callback(ctx.world_size)],
     )
     from transformers import PrinterCallback
 
@@ -248,6 +269,11 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     if resume is not None:
         log.info("stage=%s resuming from %s", stage.name, resume)
     out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if ctx.world_size > 1:  # each rank's view of the (all-reduced) loss, for checking a distributed run
+        write_json_atomic(ctx.stage_dir / f"losses.rank{ctx.rank}.json", history)
+    if stop_requested() and trainer.state.global_step < trainer.state.max_steps:
+        raise StageInterrupted(f"stage {stage.name!r} stopped at step {trainer.state.global_step} after a complete "
+                               f"checkpoint; run it again to resume")
     metrics: dict[str, float] = {"train_loss": float(out.training_loss), "train_runtime_s": time.perf_counter() - t0}
     if val_ds is not None and len(val_ds):
         ev = trainer.evaluate()

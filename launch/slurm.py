@@ -1,0 +1,206 @@
+"""SlurmExecutor: one SLURM job per stage through submitit, chained with afterok dependencies.
+
+A stage job is a submitit checkpointable. On the signal SLURM sends before a timeout or a preemption,
+the stage checkpoints at the next optimizer step boundary (never mid-step) and submitit requeues it;
+the restarted job resumes from that checkpoint in the same MLflow run. `scontrol requeue` from outside
+bypasses the handler; the restarted job then resumes from the last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from launch.executor import JobState, LaunchRequest
+from sllm_lib.errors import JobSpecError, StageFailedError, SubmissionError
+from sllm_lib.spec import SlurmProfile
+from sllm_lib.training.context import StageResult
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    "PENDING": JobState.PENDING, "REQUEUED": JobState.PENDING, "CONFIGURING": JobState.PENDING,
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "COMPLETED": JobState.COMPLETED,
+    "CANCELLED": JobState.CANCELLED, "FAILED": JobState.FAILED, "TIMEOUT": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED, "OUT_OF_MEMORY": JobState.FAILED, "PREEMPTED": JobState.PENDING,
+    "BOOT_FAIL": JobState.FAILED, "DEADLINE": JobState.FAILED,
+}
+SBATCH_TIMEOUT_S = 10
+
+
+def _import_submitit() -> Any:
+    try:
+        import submitit
+    except ImportError as exc:  # the slurm extra
+        raise SubmissionError("the SLURM executor needs submitit: pip install 'sllm[slurm]'") from exc
+    return submitit
+
+
+def _master_port(job_id: str) -> int:
+    """A port every task of a job derives alike (no rendezvous needed), spread across jobs."""
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
+class StageJob:
+    """The submitit callable (and checkpointable) that runs one stage on every task of a job."""
+
+    def __init__(self, request: LaunchRequest) -> None:
+        self.request = request
+
+    def __call__(self) -> dict[str, Any]:
+        submitit = _import_submitit()
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # one process per GPU (or per task on CPU): torch.distributed's env:// variables
+            os.environ.update(RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank),
+                              WORLD_SIZE=str(env.num_tasks), MASTER_ADDR=env.hostnames[0],
+                              MASTER_PORT=str(_master_port(env.job_id)))
+        from launch.worker import configure_logging, run_request
+        from sllm_lib.training.interrupt import StageInterrupted, request_stop
+
+        configure_logging(self.request.log_file if env.global_rank == 0 else None)
+        # keep submitit's handler for the requeue, but first let training reach a step boundary
+        usr2 = signal.getsignal(signal.SIGUSR2)
+        signal.signal(signal.SIGUSR2, lambda signum, frame: request_stop())
+        try:
+            return run_request(self.request).to_dict()
+        except StageInterrupted:
+            if callable(usr2):
+                usr2(signal.SIGUSR2, None)  # checkpoint() -> requeue -> exit, as submitit does
+            raise
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Requeue the same request; the stage resumes from its latest complete checkpoint."""
+        submitit = _import_submitit()
+        return submitit.helpers.DelayedSubmission(StageJob(self.request))
+
+
+class SlurmJob:
+    """JobHandle over a submitit job."""
+
+    def __init__(self, req: LaunchRequest, job: Any) -> None:
+        self.req = req
+        self.job = job
+        self.job_id = str(job.job_id)
+
+    def state(self) -> JobState:
+        raw = str(self.job.state).split()[0].upper()
+        return _STATES.get(raw, JobState.PENDING)
+
+    def result(self, timeout_s: float | None = None) -> StageResult:
+        submitit = _import_submitit()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self.job.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"stage {self.req.stage!r} (SLURM job {self.job_id}) not done after {timeout_s} s")
+            time.sleep(1.0)
+        try:
+            return StageResult(**self.job.result())
+        except submitit.core.utils.UncompletedJobError as exc:
+            raise self._failure(str(self.job.state), exc) from exc
+
+    def _failure(self, state: str, exc: BaseException) -> StageFailedError:
+        tail = ""
+        if self.req.log_file.is_file():
+            tail = "\n".join(self.req.log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
+        else:
+            tail = "\n".join((self.job.stderr() or "").splitlines()[-40:])
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return StageFailedError(
+            f"stage {self.req.stage!r} (SLURM job {self.job_id}) ended {state}: {first}\n"
+            f"last lines of its log:\n{tail}\nrun `sllm status {self.req.run_dir}`; fix the cause and submit again"
+        )
+
+    def cancel(self) -> None:
+        self.job.cancel(check=False)
+
+
+class SlurmExecutor:
+    """Submits stages as SLURM jobs; `render()` gives the sbatch script submitit will write."""
+
+    name: ClassVar[str] = "slurm"
+    supports_dependencies: ClassVar[bool] = True
+
+    def __init__(self, profile: SlurmProfile) -> None:
+        self.profile = profile
+
+    def _tasks_per_node(self) -> int:
+        return self.profile.tasks_per_node or max(1, self.profile.gpus_per_node)
+
+    def parameters(self, req: LaunchRequest) -> dict[str, Any]:
+        """submitit parameters from the profile (units in names, as submitit takes them)."""
+        p = self.profile
+        extra = dict(p.additional_parameters)
+        params: dict[str, Any] = dict(
+            name=f"{req.job_name}.{req.stage}", nodes=p.nodes, tasks_per_node=self._tasks_per_node(),
+            cpus_per_task=p.cpus_per_task, timeout_min=p.timeout_min, slurm_signal_delay_s=p.signal_delay_s,
+            slurm_setup=list(p.setup), slurm_additional_parameters=extra,
+        )
+        if req.after:
+            params["slurm_dependency"] = "afterok:" + ":".join(req.after)
+            extra["kill-on-invalid-dep"] = "yes"  # a failed upstream cancels its dependents (none pend forever)
+        if p.gpus_per_node:
+            params["gpus_per_node"] = p.gpus_per_node
+        if p.mem_gb:
+            params["mem_gb"] = p.mem_gb
+        optional = {"slurm_partition": p.partition, "slurm_account": p.account, "slurm_qos": p.qos,
+                    "slurm_constraint": p.constraint}
+        params.update({k: v for k, v in optional.items() if v})
+        if p.exclusive:
+            params["slurm_exclusive"] = True
+        return params
+
+    def _folder(self, req: LaunchRequest) -> Path:
+        return Path(req.run_dir) / "slurm" / req.stage
+
+    def _executor(self, req: LaunchRequest, folder: Path) -> Any:
+        submitit = _import_submitit()
+        ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm",
+                                   slurm_max_num_timeout=self.profile.max_num_timeout)
+        ex.update_parameters(**self.parameters(req))
+        return ex
+
+    def render(self, req: LaunchRequest) -> str:
+        """The sbatch script of this stage (pure: nothing is written or submitted)."""
+        ex = self._executor(req, self._folder(req))
+        inner = ex._executor  # submitit's SlurmExecutor renders the script; AutoExecutor only forwards
+        return inner._make_submission_file_text(inner._submitit_command_str, "<uid>")
+
+    def preflight(self, req: LaunchRequest) -> None:
+        """`sbatch --test-only` with the stage's script: partition, limits and resources checked by SLURM."""
+        if shutil.which("sbatch") is None:
+            raise SubmissionError("sbatch not found on PATH: install slurm-client or run on a SLURM login node")
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "probe.sh"
+            text = self.render(LaunchRequest(**{**req.__dict__, "after": []}))
+            script.write_text(text.replace("%j", "probe"), encoding="utf-8")
+            try:
+                out = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True,
+                                     timeout=SBATCH_TIMEOUT_S)
+            except subprocess.TimeoutExpired as exc:
+                raise SubmissionError(
+                    f"sbatch --test-only did not answer in {SBATCH_TIMEOUT_S} s: is slurmctld up? (`scontrol ping`)"
+                ) from exc
+        if out.returncode != 0:
+            msg = (out.stderr or out.stdout).strip()
+            raise JobSpecError(f"cluster profile {self.profile.name!r}: SLURM rejects stage {req.stage!r}: {msg}")
+
+    def submit(self, req: LaunchRequest) -> SlurmJob:
+        Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
+        req.result_file.unlink(missing_ok=True)
+        req.request_file.write_text(req.to_json(), encoding="utf-8")
+        ex = self._executor(req, self._folder(req))
+        try:
+            job = ex.submit(StageJob(req))
+        except subprocess.CalledProcessError as exc:
+            out = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else str(exc.output)
+            raise SubmissionError(f"sbatch failed for stage {req.stage!r}: {out.strip() or exc}") from exc
+        log.info("stage %s submitted as SLURM job %s", req.stage, job.job_id)
+        return SlurmJob(req, job)
