@@ -22,7 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(SLLM) submit jobs/demo_sllm_tiny.yaml
 
+# the SLURM tests start a real single-node cluster; its Debian packages are installed here when missing
 test: $(STAMP)
+	bash scripts/slurm_local.sh install
 	$(PY) -m pytest tests -q
 
 clean:

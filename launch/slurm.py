@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +35,7 @@ _STATES = {
     "BOOT_FAIL": JobState.FAILED, "DEADLINE": JobState.FAILED,
 }
 SBATCH_TIMEOUT_S = 10
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
 
 
 def _import_submitit() -> Any:
@@ -75,6 +78,9 @@ class StageJob:
             if callable(usr2):
                 usr2(signal.SIGUSR2, None)  # checkpoint() -> requeue -> exit, as submitit does
             raise
+        except Exception as exc:
+            log.error("stage %s failed: %s\n%s", self.request.stage, exc, traceback.format_exc())
+            raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue the same request; the stage resumes from its latest complete checkpoint."""
@@ -102,19 +108,25 @@ class SlurmJob:
                 raise TimeoutError(f"stage {self.req.stage!r} (SLURM job {self.job_id}) not done after {timeout_s} s")
             time.sleep(1.0)
         try:
-            return StageResult(**self.job.result())
+            return StageResult(**self.job.results()[0])  # one result per task; rank 0 speaks for the stage
         except submitit.core.utils.UncompletedJobError as exc:
-            raise self._failure(str(self.job.state), exc) from exc
+            raise self._failure(exc) from exc
 
-    def _failure(self, state: str, exc: BaseException) -> StageFailedError:
-        tail = ""
+    def _failure(self, exc: BaseException) -> StageFailedError:
+        submitit = _import_submitit()
         if self.req.log_file.is_file():
             tail = "\n".join(self.req.log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
         else:
             tail = "\n".join((self.job.stderr() or "").splitlines()[-40:])
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        if isinstance(exc, submitit.core.utils.FailedJobError):  # its text is the job's traceback, then log paths
+            raised = [ln.strip() for ln in lines if _EXC_LINE.match(ln.strip())]
+            what = f"failed: {raised[-1] if raised else lines[0] if lines else type(exc).__name__}"
+        else:
+            self.job.watcher.update()  # the cached state can predate the end
+            what = f"did not complete ({self.job.state}): {lines[0] if lines else type(exc).__name__}"
         return StageFailedError(
-            f"stage {self.req.stage!r} (SLURM job {self.job_id}) ended {state}: {first}\n"
+            f"stage {self.req.stage!r} (SLURM job {self.job_id}) {what}\n"
             f"last lines of its log:\n{tail}\nrun `sllm status {self.req.run_dir}`; fix the cause and submit again"
         )
 
@@ -190,6 +202,8 @@ class SlurmExecutor:
                 ) from exc
         if out.returncode != 0:
             msg = (out.stderr or out.stdout).strip()
+            if "contact slurm controller" in msg:
+                raise SubmissionError(f"slurmctld is not reachable ({msg}); check `scontrol ping`; nothing submitted")
             raise JobSpecError(f"cluster profile {self.profile.name!r}: SLURM rejects stage {req.stage!r}: {msg}")
 
     def submit(self, req: LaunchRequest) -> SlurmJob:

@@ -32,3 +32,38 @@ def _no_leaked_mlflow_run():
         if active is not None:
             mlflow.end_run()
             pytest.fail(f"test leaked an active MLflow run {active.info.run_id}")
+
+
+def _require_services() -> bool:
+    return os.environ.get("SLLM_REQUIRE_SERVICES") == "1"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real single-node SLURM (munge, MariaDB, slurmdbd, slurmctld, slurmd) on 127.0.0.1, fresh state dir.
+
+    Skips when SLURM is not installed, unless SLLM_REQUIRE_SERVICES=1 (CI), where that is a failure.
+    """
+    import shutil
+    import subprocess
+
+    script = REPO / "scripts" / "slurm_local.sh"
+    if shutil.which("slurmctld") is None and not Path("/usr/sbin/slurmctld").exists():
+        if _require_services():
+            pytest.fail("SLURM is not installed and SLLM_REQUIRE_SERVICES=1: run scripts/slurm_local.sh install")
+        pytest.skip("SLURM not installed (scripts/slurm_local.sh install)")
+    state = tmp_path_factory.mktemp("slurm")
+    proc = subprocess.run(["bash", str(script), "start", str(state)], capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in (state / "log").glob("*"))
+        pytest.fail(f"local SLURM did not start:\n{proc.stderr}\n{logs}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield state
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True, timeout=60)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old

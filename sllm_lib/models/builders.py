@@ -108,8 +108,9 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
         config = tiny_voxtral_config(
             vocab_size=len(tokenizer), audio_token_id=tokenizer.convert_tokens_to_ids("[AUDIO]")
         )
-        torch.manual_seed(seed)
-        model = VoxtralForConditionalGeneration(config)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream must not depend on a cache miss here
+            torch.manual_seed(seed)
+            model = VoxtralForConditionalGeneration(config)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)

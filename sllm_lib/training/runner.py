@@ -6,6 +6,7 @@ marked complete after everything is written; a re-run resumes from the newest co
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -43,6 +44,15 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
         if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
             found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
+
+
+def _holds_final_step(checkpoint: Path) -> bool:
+    """True when a complete checkpoint already is the last optimizer step of its run."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return int(state.get("max_steps") or 0) > 0 and int(state["global_step"]) >= int(state["max_steps"])
 
 
 def _trainer_class() -> type:
@@ -229,10 +239,9 @@ def _log_padding(stage: Any, ctx: StageContext, lengths: list[int]) -> None:
 def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     """Fine-tune from the upstream chain on the stage's data; publish adapter/modules under output/."""
     import torch
-    from transformers import set_seed
+    from transformers import TrainerState, set_seed
 
     t0 = time.perf_counter()
-    set_seed(stage.train.seed)  # before the LoRA init: the Trainer seeds only after the model exists
     path = resolve_model_path(ctx.job.model)
     tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
     train_sets, val_sets = load_datasets(stage.data.train), load_datasets(stage.data.val)
@@ -243,6 +252,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype)
     chat = chat_tokens(tokenizer, model.config)
     model = apply_chain(model, ctx.chain)
+    set_seed(stage.train.seed)  # right before the LoRA init: the Trainer seeds only after the model exists
     model = prepare_trainable(model, lora=stage.lora, trainable=list(stage.trainable),
                               gradient_checkpointing=stage.train.gradient_checkpointing)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -268,13 +278,21 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     resume = latest_complete_checkpoint(ctx.stage_dir / "checkpoints")
     if resume is not None:
         log.info("stage=%s resuming from %s", stage.name, resume)
-    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume is not None and _holds_final_step(resume):
+        # re-run after the last step was saved (e.g. a requeue racing the job's end): publish, don't train on
+        log.info("stage=%s %s already holds the final step; publishing it", stage.name, resume)
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        train_loss = sum(logged) / len(logged) if logged else float("nan")
+    else:
+        train_loss = trainer.train(resume_from_checkpoint=str(resume) if resume else None).training_loss
     if ctx.world_size > 1:  # each rank's view of the (all-reduced) loss, for checking a distributed run
         write_json_atomic(ctx.stage_dir / f"losses.rank{ctx.rank}.json", history)
     if stop_requested() and trainer.state.global_step < trainer.state.max_steps:
         raise StageInterrupted(f"stage {stage.name!r} stopped at step {trainer.state.global_step} after a complete "
                                f"checkpoint; run it again to resume")
-    metrics: dict[str, float] = {"train_loss": float(out.training_loss), "train_runtime_s": time.perf_counter() - t0}
+    metrics: dict[str, float] = {"train_loss": float(train_loss), "train_runtime_s": time.perf_counter() - t0}
     if val_ds is not None and len(val_ds):
         ev = trainer.evaluate()
         metrics["val_loss"] = float(ev["eval_loss"])

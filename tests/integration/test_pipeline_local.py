@@ -135,3 +135,15 @@ def test_4bit_lora_stage_trains_then_merges_into_an_unquantized_base(tmp_path: P
                                                         chain=[text_dir / "output"]))
     weights = load_file(str(Path(merged.output_dir) / "model.safetensors"))
     assert all(t.dtype.is_floating_point for t in weights.values())  # merged into a 16/32-bit base
+
+
+def test_rerun_after_the_final_checkpoint_publishes_without_training_more(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path)
+    stage_dir = tmp_path / "s"
+    first, _ = _run_text_stage(spec_path, stage_dir)
+    shutil.rmtree(stage_dir / "output")  # lost after the last checkpoint was written (e.g. a requeue at the end)
+    second, losses = _run_text_stage(spec_path, stage_dir)
+    assert second.steps == first.steps == 6
+    assert losses == {}  # no optimizer step ran again
+    assert sorted(p.name for p in (stage_dir / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert (stage_dir / "output" / "adapter").is_dir()
