@@ -104,15 +104,23 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
     table = Table(title=f"{p.spec.name}  hash {p.spec_hash[:12]}  cluster {p.profile.name} ({p.profile.kind})")
     for col in ("#", "stage", "kind", "after", "starts from", "inputs", "command"):
         table.add_column(col, overflow="fold")
+    scripts: list[tuple[str, str]] = []
     for i, s in enumerate(p.stages, 1):
         req = LaunchRequest(job_name=p.spec.name, stage=s.name, spec_path="spec.resolved.yaml", spec_hash=p.spec_hash,
                             run_dir=str(p.run_dir), stage_dir=str(p.stage_dir(s.name)), tracking_uri="",
-                            tracking_strict=False, run_id=None)
+                            tracking_strict=False, run_id=None, single_process=s.kind in ("merge", "eval"),
+                            after=[f"<job of {u}>" for u in s.upstream] if executor.supports_dependencies else [])
         table.add_row(str(i), s.name, s.kind, ", ".join(s.upstream) or "-",
                       " + ".join(["base", *s.chain]) if s.kind != "eval" else (s.upstream[0] if s.upstream else "-"),
                       ", ".join(Path(x.split(":", 1)[1]).name for x in s.inputs) or "-",
+                      "sbatch script below" if p.profile.kind == "slurm" else
                       executor.render(req).replace(str(p.run_dir) + "/", "<run dir>/"))
+        scripts.append((s.name, executor.render(req)))
     console.print(table)
+    if p.profile.kind == "slurm":
+        for name, text in scripts:
+            console.rule(f"sbatch: {name}")
+            console.print(text, markup=False, highlight=False)
     console.print(f"run dir: {p.run_dir}\nresources: {p.stages[0].resources}")
     if show_spec:
         console.rule("resolved spec")
@@ -158,19 +166,55 @@ def _print_outcome(outcome: Any) -> None:
 
 @app.command()
 def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an output dir holding runs.")) -> None:
-    """Show the stages of the pipeline runs under TARGET and their state."""
-    states = [target / "state.json"] if (target / "state.json").is_file() else sorted(target.glob("*/*/state.json"))
-    if not states:
-        raise SllmError(f"{target}: no pipeline runs found (looked for state.json); run `sllm submit SPEC` first")
+    """Stages of the pipeline runs under TARGET: state, job id, scheduler state, elapsed, MLflow run."""
+    from launch.status import find_state_files, stage_statuses
+
     table = Table()
-    for col in ("run dir", "pipeline run", "stage", "status", "job id", "stage run"):
+    for col in ("run dir", "stage", "status", "job id", "scheduler", "elapsed", "starts", "stage run",
+                "last log lines"):
         table.add_column(col, overflow="fold")
-    for st in states:
-        data = json.loads(st.read_text(encoding="utf-8"))
-        for name, e in data.get("stages", {}).items():
-            table.add_row(str(st.parent), data.get("parent_run_id", "-"), name, e.get("status", "-"),
-                          e.get("job_id", "-"), e.get("run_id", "-"))
+    for st in find_state_files(target):
+        for s in stage_statuses(st):
+            table.add_row(str(st.parent), s.stage, s.status, s.job_id, s.scheduler_state, s.elapsed, str(s.starts),
+                          s.run_id, s.error or "")
     console.print(table)
+
+
+@app.command()
+def logs(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash>)."),
+         stage: str = typer.Argument(..., help="Stage name."),
+         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the stage ends."),
+         lines: int = typer.Option(40, "-n", help="Lines to show first.")) -> None:
+    """Print a stage's log (its stage.log, written by rank 0)."""
+    import time
+
+    from launch.status import find_state_files, stage_statuses
+
+    log_file = run_dir / "stages" / stage / "stage.log"
+    if not log_file.is_file():
+        raise SllmError(f"{log_file}: no log yet (is {stage!r} a stage of this run, and has it started?)")
+    with open(log_file, encoding="utf-8", errors="replace") as f:
+        for line in f.read().splitlines()[-lines:]:
+            print(line)
+        while follow:
+            chunk = f.read()
+            if chunk:
+                print(chunk, end="", flush=True)
+                continue
+            state = {s.stage: s for s in stage_statuses(find_state_files(run_dir)[0])}.get(stage)
+            if state is None or state.status in ("COMPLETED", "FAILED", "CANCELLED"):
+                break
+            time.sleep(1.0)
+
+
+@app.command()
+def cancel(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash>)."),
+           stage: Optional[list[str]] = typer.Option(None, "--stage", help="Only these stages (repeatable).")) -> None:
+    """Cancel the unfinished stages of a run (scancel / SIGTERM)."""
+    from launch.status import cancel_run, find_state_files
+
+    done = cancel_run(find_state_files(run_dir)[0], stage or None)
+    console.print("cancelled: " + (", ".join(done) if done else "nothing (no unfinished stage)"))
 
 
 @app.command()

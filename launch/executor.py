@@ -42,6 +42,7 @@ class LaunchRequest:
     upstream_kind: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     after: list[str] = field(default_factory=list)  # job ids this stage waits for (executors with dependencies)
+    single_process: bool = False  # merge/eval: one process on one node, however many the profile gives training
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

@@ -233,7 +233,7 @@ def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: 
         tracking_strict=spec.tracking.strict, run_id=run_id,
         chain=[str(plan.stage_dir(c) / "output") for c in ps.chain],
         upstream_output=str(plan.stage_dir(up) / "output") if up else None,
-        upstream_kind=spec.stage(up).kind if up else None,
+        upstream_kind=spec.stage(up).kind if up else None, single_process=ps.kind not in TRAIN_KINDS,
     )
 
 

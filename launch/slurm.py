@@ -150,16 +150,18 @@ class SlurmExecutor:
         """submitit parameters from the profile (units in names, as submitit takes them)."""
         p = self.profile
         extra = dict(p.additional_parameters)
+        nodes, tasks, gpus = (1, 1, min(1, p.gpus_per_node)) if req.single_process else (
+            p.nodes, self._tasks_per_node(), p.gpus_per_node)
         params: dict[str, Any] = dict(
-            name=f"{req.job_name}.{req.stage}", nodes=p.nodes, tasks_per_node=self._tasks_per_node(),
+            name=f"{req.job_name}.{req.stage}", nodes=nodes, tasks_per_node=tasks,
             cpus_per_task=p.cpus_per_task, timeout_min=p.timeout_min, slurm_signal_delay_s=p.signal_delay_s,
             slurm_setup=list(p.setup), slurm_additional_parameters=extra,
         )
         if req.after:
             params["slurm_dependency"] = "afterok:" + ":".join(req.after)
             extra["kill-on-invalid-dep"] = "yes"  # a failed upstream cancels its dependents (none pend forever)
-        if p.gpus_per_node:
-            params["gpus_per_node"] = p.gpus_per_node
+        if gpus:
+            params["gpus_per_node"] = gpus
         if p.mem_gb:
             params["mem_gb"] = p.mem_gb
         optional = {"slurm_partition": p.partition, "slurm_account": p.account, "slurm_qos": p.qos,

@@ -43,6 +43,8 @@ def run_request(req: LaunchRequest) -> StageResult:
     )
     log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
              ctx.world_size)
+    if rank == 0:
+        _record_attempt(req)
     try:
         result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
         if rank == 0:
@@ -50,6 +52,18 @@ def run_request(req: LaunchRequest) -> StageResult:
         return result
     finally:
         _close_distributed()
+
+
+def _record_attempt(req: LaunchRequest) -> None:
+    """One line per start of the stage (requeues and re-runs add lines): time, host, scheduler job id."""
+    import json
+    import socket
+    import time
+
+    line = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "restart_count": os.environ.get("SLURM_RESTART_COUNT")}
+    with open(Path(req.stage_dir) / "attempts.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _close_distributed() -> None:

@@ -162,6 +162,8 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_adapter(slurm_cluster
     log_text = req.log_file.read_text()
     assert "stop requested: checkpointing at step" in log_text
     assert "resuming from" in log_text and result.steps == 40
+    attempts = [json.loads(x) for x in (Path(req.stage_dir) / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and {a["slurm_job_id"] for a in attempts} == {job.job_id}  # requeued, same job
     _assert_same_adapter(_adapter(Path(req.stage_dir) / "output"), _uninterrupted_adapter(tmp_path, stage))
 
 

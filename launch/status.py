@@ -1,0 +1,124 @@
+"""Stage states of a run folder, refreshed from the scheduler (sacct for SLURM jobs, the pid for local ones)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sllm_lib.errors import SllmError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    status: str  # launcher's view (state.json)
+    job_id: str
+    scheduler_state: str  # sacct / process view, or "-"
+    elapsed: str
+    run_id: str
+    error: str  # last log lines of a failed stage
+    starts: int  # times the stage function started (1 + requeues/re-runs)
+
+
+def find_state_files(target: Path) -> list[Path]:
+    """state.json of a run folder, or of every run under an output folder."""
+    if (target / "state.json").is_file():
+        return [target / "state.json"]
+    found = sorted(target.glob("*/*/state.json"))
+    if not found:
+        raise SllmError(f"{target}: no pipeline runs found (looked for state.json); run `sllm submit SPEC` first")
+    return found
+
+
+def _sacct(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Elapsed", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        log.warning("sacct did not answer in 10 s; showing the launcher's view only")
+        return {}
+    states: dict[str, tuple[str, str]] = {}
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3:
+            states[parts[0]] = (parts[1].split()[0], parts[2])
+    return states
+
+
+def _local_state(job_id: str) -> str:
+    pid = int(job_id.split("-", 1)[1])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "EXITED"
+    except PermissionError:
+        return "RUNNING"
+    return "RUNNING"
+
+
+def _error_tail(stage_dir: Path, n: int = 3) -> str:
+    log_file = stage_dir / "stage.log"
+    if not log_file.is_file():
+        return ""
+    lines = [ln for ln in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+def _starts(stage_dir: Path) -> int:
+    attempts = stage_dir / "attempts.jsonl"
+    return len(attempts.read_text(encoding="utf-8").splitlines()) if attempts.is_file() else 0
+
+
+def stage_statuses(state_file: Path) -> list[StageStatus]:
+    """Every stage of one run folder with the scheduler's current view."""
+    data = json.loads(state_file.read_text(encoding="utf-8"))
+    stages = data.get("stages", {})
+    slurm_ids = [e["job_id"] for e in stages.values() if str(e.get("job_id", "")).isdigit()]
+    sacct = _sacct(slurm_ids)
+    out = []
+    for name, e in stages.items():
+        job_id = str(e.get("job_id", "-"))
+        sched, elapsed = sacct.get(job_id, ("-", "-"))
+        if job_id.startswith("local-") and e.get("status") not in ("COMPLETED", "FAILED", "CANCELLED"):
+            sched = _local_state(job_id)
+        failed = e.get("status") == "FAILED" or sched in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+        out.append(StageStatus(stage=name, status=e.get("status", "-"), job_id=job_id, scheduler_state=sched,
+                               elapsed=elapsed, run_id=e.get("run_id", "-"),
+                               error=_error_tail(state_file.parent / "stages" / name) if failed else "",
+                               starts=_starts(state_file.parent / "stages" / name)))
+    return out
+
+
+def cancel_run(state_file: Path, stages: list[str] | None = None) -> list[str]:
+    """Cancel the unfinished stages of a run (scancel for SLURM jobs, SIGTERM for local ones)."""
+    data = json.loads(state_file.read_text(encoding="utf-8"))
+    cancelled = []
+    for name, e in data.get("stages", {}).items():
+        if stages and name not in stages or e.get("status") in ("COMPLETED", "FAILED", "CANCELLED"):
+            continue
+        job_id = str(e.get("job_id", ""))
+        if job_id.isdigit():
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=10)
+        elif job_id.startswith("local-"):
+            try:
+                os.kill(int(job_id.split("-", 1)[1]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        else:
+            continue
+        e["status"] = "CANCELLED"
+        cancelled.append(f"{name} ({job_id})")
+    from sllm_lib.training.context import write_json_atomic
+
+    write_json_atomic(state_file, data)
+    return cancelled

@@ -1,0 +1,57 @@
+"""Rendered sbatch scripts of the shipped SLURM profiles, compared with golden files.
+
+Regenerate after an intended change: SLLM_REGEN_GOLDEN=1 pytest tests/unit/launch/test_slurm_render.py
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+
+import pytest
+
+from launch.executor import LaunchRequest
+from launch.slurm import SlurmExecutor
+from sllm_lib.spec import load_cluster_profile
+from tests.conftest import REPO
+
+GOLDEN = REPO / "tests" / "golden"
+CASES = [("slurm_local", "text_lora", []), ("slurm_a100_2x8", "multitask", ["101", "102"])]
+
+
+def _render(profile: str, stage: str, after: list[str]) -> str:
+    prof = load_cluster_profile(REPO / "cluster_configs" / f"{profile}.yaml")
+    req = LaunchRequest(job_name="demo-sllm-tiny", stage=stage, spec_path="/runs/demo/abc/spec.resolved.yaml",
+                        spec_hash="abc", run_dir="/runs/demo/abc", stage_dir=f"/runs/demo/abc/stages/{stage}",
+                        tracking_uri="", tracking_strict=False, run_id=None, after=after)
+    return SlurmExecutor(prof).render(req).replace(sys.executable, "<python>")
+
+
+@pytest.mark.parametrize(("profile", "stage", "after"), CASES)
+def test_sbatch_matches_golden(profile: str, stage: str, after: list[str]) -> None:
+    text = _render(profile, stage, after)
+    golden = GOLDEN / f"{profile}.{stage}.sbatch"
+    if os.environ.get("SLLM_REGEN_GOLDEN") == "1":
+        golden.write_text(text, encoding="utf-8")
+    expected = golden.read_text(encoding="utf-8")
+    diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(golden), "rendered"))
+    assert text == expected, f"{diff}\nregenerate: SLLM_REGEN_GOLDEN=1 pytest {__file__}"
+
+
+def test_render_is_pure(tmp_path) -> None:
+    prof = load_cluster_profile(REPO / "cluster_configs" / "slurm_local.yaml")
+    req = LaunchRequest(job_name="j", stage="s", spec_path=str(tmp_path / "x.yaml"), spec_hash="h",
+                        run_dir=str(tmp_path / "run"), stage_dir=str(tmp_path / "run" / "s"), tracking_uri="",
+                        tracking_strict=False, run_id=None)
+    SlurmExecutor(prof).render(req)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dependencies_and_task_layout() -> None:
+    text = _render("slurm_a100_2x8", "multitask", ["101", "102"])
+    assert "#SBATCH --dependency=afterok:101:102" in text
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=8" in text  # one process per GPU
+    assert "#SBATCH --signal=USR2@180" in text
+    assert "--dependency" not in _render("slurm_local", "text_lora", [])
