@@ -43,6 +43,7 @@ class LaunchRequest:
     env: dict[str, str] = field(default_factory=dict)
     after: list[str] = field(default_factory=list)  # job ids this stage waits for (executors with dependencies)
     single_process: bool = False  # merge/eval: one process on one node, however many the profile gives training
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted stage fields of a sweep point
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

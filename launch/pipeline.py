@@ -273,6 +273,92 @@ def _cancel_rest(plan: Plan, state: dict[str, Any], runs: _Runs, pending: dict[s
     write_json_atomic(plan.run_dir / STATE_FILE, state)
 
 
+def _publish_best(stage_dir: Path, best: int) -> None:
+    """stages/<name>/output -> points/<best>/output, swapped in atomically (later stages read this path)."""
+    link = stage_dir / "output"
+    tmp = stage_dir / f".output-link-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("points") / str(best) / "output")
+    if link.is_dir() and not link.is_symlink():
+        import shutil
+
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+
+
+def _run_sweep(plan: Plan, state: dict[str, Any], runs: _Runs, executor: Any, ps: PlannedStage, *, parent_id: str,
+               upstream_ids: list[str], after: list[str], resolved: Path, uri: str) -> tuple[StageResult, str]:
+    """Every grid point of the swept stage (one job array where the executor has them); the best one is kept."""
+    import json
+
+    from sllm_lib.spec import stage_with
+    from sllm_lib.tracking.tracker import TAG_JOB, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE, TAG_STAGE_KIND, \
+        TAG_UPSTREAM_RUNS
+
+    sw = plan.spec.sweep
+    assert sw is not None
+    stage = plan.spec.stage(ps.name)
+    entry = state["stages"].setdefault(ps.name, {})
+    points = sw.points()
+    slots = entry.setdefault("points", [{} for _ in points])
+    todo: list[tuple[int, LaunchRequest]] = []
+    for i, point in enumerate(points):
+        slot = slots[i]
+        slot["point"] = point
+        out = plan.stage_dir(ps.name) / "points" / str(i) / "output"
+        if slot.get("status") == "COMPLETED" and (read_manifest(out) or {}).get("spec_hash") == plan.spec_hash:
+            continue
+        if not slot.get("run_id"):
+            run = runs.client.create_run(runs.exp_id, run_name=f"{plan.spec.name}/{ps.name}/point-{i}", tags={
+                TAG_PARENT: parent_id, TAG_JOB: plan.spec.name, TAG_SPEC_HASH: plan.spec_hash, TAG_STAGE: ps.name,
+                TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids), "sllm.kind": "stage",
+                "sllm.sweep_index": str(i), "sllm.sweep_point": json.dumps(point)})
+            slot["run_id"] = run.info.run_id
+            runs._tracker(run.info.run_id).log_params(stage_with(stage, point).model_dump(mode="json"))
+        base = _request(plan, ps, resolved=resolved, uri=uri, run_id=slot["run_id"])
+        todo.append((i, replace(base, stage_dir=str(plan.stage_dir(ps.name) / "points" / str(i)), overrides=point,
+                                after=after)))
+    write_json_atomic(plan.run_dir / STATE_FILE, state)
+    if todo:
+        reqs = [r for _, r in todo]
+        if hasattr(executor, "submit_array"):
+            handles = executor.submit_array(reqs, max_parallel=sw.max_parallel)
+        else:
+            handles = [None] * len(reqs)  # run one after the other below
+        for (i, req), handle in zip(todo, handles):
+            handle = handle or executor.submit(req)
+            slots[i].update(status="SUBMITTED", job_id=handle.job_id)
+            log.info("stage %s point %d %s: %s", ps.name, i, points[i], handle.job_id)
+            try:
+                result = handle.result()
+            except BaseException:
+                slots[i]["status"] = "FAILED"
+                entry["status"] = "FAILED"
+                write_json_atomic(plan.run_dir / STATE_FILE, state)
+                runs.close(slots[i]["run_id"], ok=False)
+                raise
+            runs.close(slots[i]["run_id"], ok=True, output=result.output_dir or "")
+            slots[i].update(status="COMPLETED", result=result.to_dict())
+            write_json_atomic(plan.run_dir / STATE_FILE, state)
+    scored = [(s["result"]["metrics"].get(sw.metric), i) for i, s in enumerate(slots)]
+    missing = [i for v, i in scored if v is None]
+    if missing:
+        raise PlanError(f"sweep.metric: points {missing} report no {sw.metric!r}; metrics they have: "
+                        f"{', '.join(sorted(slots[missing[0]]['result']['metrics']))}")
+    best_value, best = (min if sw.mode == "min" else max)(scored)
+    _publish_best(plan.stage_dir(ps.name), best)
+    result = StageResult(**slots[best]["result"])
+    result.output_dir = str(plan.stage_dir(ps.name) / "output")
+    result.extras.update(best_index=best, best_point=points[best], sweep=[
+        {"point": s["point"], sw.metric: s["result"]["metrics"][sw.metric], "run_id": s["run_id"]} for s in slots])
+    entry.update(status="COMPLETED", run_id=slots[best]["run_id"], result=result.to_dict())
+    write_json_atomic(plan.run_dir / STATE_FILE, state)
+    runs.client.set_tag(parent_id, f"sllm.sweep.{ps.name}.best", json.dumps(points[best]))
+    log.info("stage %s: best of %d points is %d %s (%s %.4g)", ps.name, len(points), best, points[best], sw.metric,
+             best_value)
+    return result, slots[best]["run_id"]
+
+
 def submit_pipeline(plan: Plan) -> PipelineOutcome:
     """Run every stage of `plan` through the profile's executor; record lineage in MLflow.
 
@@ -308,8 +394,14 @@ def submit_pipeline(plan: Plan) -> PipelineOutcome:
                 results[ps.name] = done
                 reused.append(ps.name)
                 continue
+            upstream_ids = [run_ids[u] for u in ps.upstream if u in run_ids]
+            if spec.sweep is not None and ps.name == spec.sweep.stage:
+                results[ps.name], run_ids[ps.name] = _run_sweep(
+                    plan, state, runs, executor, ps, parent_id=parent_id, upstream_ids=upstream_ids,
+                    after=[pending[u].job_id for u in ps.upstream if u in pending], resolved=resolved, uri=uri)
+                continue
             entry = state["stages"].setdefault(ps.name, {})
-            run_id = runs.open_stage(entry, ps, parent_id, [run_ids[u] for u in ps.upstream if u in run_ids])
+            run_id = runs.open_stage(entry, ps, parent_id, upstream_ids)
             run_ids[ps.name] = run_id
             req = _request(plan, ps, resolved=resolved, uri=uri, run_id=run_id)
             if executor.supports_dependencies:

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from launch.executor import LaunchRequest
-from sllm_lib.spec import load_job_spec
+from sllm_lib.spec import load_job_spec, stage_with
 from sllm_lib.training.context import StageContext, StageResult, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def run_request(req: LaunchRequest) -> StageResult:
 
     job = load_job_spec(req.spec_path)
     stage = job.stage(req.stage)
+    if req.overrides:  # one point of a sweep
+        stage = stage_with(stage, req.overrides)
     rank = int(os.environ.get("RANK", "0"))
     ctx = StageContext(
         job=job, spec_hash=req.spec_hash, stage_dir=Path(req.stage_dir), chain=[Path(p) for p in req.chain],

@@ -227,6 +227,31 @@ class CacheSpec(_Strict):
     dir: str | None = Field(default=None, description="Audio-feature cache directory; default <output_dir>/cache.")
 
 
+class SweepSpec(_Strict):
+    stage: str = Field(description="The training stage run once per grid point (a job array on SLURM).")
+    grid: dict[str, list[Any]] = Field(
+        min_length=1, description="Dotted stage fields -> values, e.g. {train.lr: [1e-4, 2e-4], lora.r: [8, 16]}."
+    )
+    metric: str = Field(default="val_loss", description="Result metric that picks the point later stages use.")
+    mode: Literal["min", "max"] = "min"
+    max_parallel: int | None = Field(default=None, gt=0, description="Points running at once (SLURM array %N).")
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_values(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid[{key!r}] has no values")
+        return v
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, in a stable order."""
+        import itertools
+
+        keys = list(self.grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
+
+
 class JobSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Job name (runs/<name>/...).")
     description: str = ""
@@ -236,6 +261,7 @@ class JobSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
     stages: list[StageSpec] = Field(min_length=1)
+    sweep: SweepSpec | None = Field(default=None, description="Run one training stage over a grid of settings.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> JobSpec:
@@ -600,11 +626,58 @@ def graph_problems(spec: JobSpec) -> list[str]:
                     f"stages[{i}].from_stage: training from a merged model is not supported; "
                     f"start from the training stage that {s.from_stage!r} merges"
                 )
+    problems += sweep_problems(spec)
     if not problems:
         cycle = find_cycle(spec)
         if cycle:
             problems.append(f"stages: dependency cycle: {' needs '.join(cycle)}")
     return problems
+
+
+def sweep_problems(spec: JobSpec) -> list[str]:
+    """The swept stage exists and trains; every grid point gives a valid stage."""
+    sw = spec.sweep
+    if sw is None:
+        return []
+    names = [s.name for s in spec.stages]
+    if sw.stage not in names:
+        close = difflib.get_close_matches(sw.stage, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; stages are: {', '.join(names)}"
+        return [f"sweep.stage: unknown stage {sw.stage!r}{hint}"]
+    stage = spec.stage(sw.stage)
+    if stage.kind not in TRAIN_KINDS:
+        return [f"sweep.stage: {sw.stage!r} is a {stage.kind} stage; only training stages can be swept"]
+    problems = []
+    for key in sw.grid:
+        for value in sw.grid[key]:
+            try:
+                stage_with(stage, {key: value})
+            except JobSpecError as exc:
+                problems.append(f"sweep.grid: {exc}".replace("\n", " "))
+                break
+    return problems
+
+
+def stage_with(stage: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of `stage` with dotted fields replaced, validated like the file (JobSpecError if invalid)."""
+    from pydantic import TypeAdapter
+
+    raw = stage.model_dump(mode="json")
+    for key, value in overrides.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise JobSpecError(f"{key}: {part!r} is not a block of stage {stage.name!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise JobSpecError(f"{key}: stage {stage.name!r} has no field {parts[-1]!r} there")
+        node[parts[-1]] = value
+    try:
+        return TypeAdapter(StageSpec).validate_python(raw)
+    except ValidationError as exc:
+        errs = [{**e, "loc": tuple(e["loc"])[1:]} for e in exc.errors()]  # drop the stage-kind tag
+        raise JobSpecError("; ".join(_format_error(e, type(stage)) for e in errs)) from exc
 
 
 def find_cycle(spec: JobSpec) -> list[str] | None:

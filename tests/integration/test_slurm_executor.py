@@ -235,3 +235,23 @@ def test_controller_down_fails_within_bounded_time(slurm_cluster, tmp_path: Path
         SlurmExecutor(_profile()).preflight(req)
     assert time.monotonic() - t0 < 15
     assert "slurmctld" in str(err.value)
+
+
+def test_sweep_points_run_as_one_job_array(slurm_cluster, tmp_path: Path) -> None:
+    from launch.pipeline import build_plan, submit_pipeline
+
+    spec = {"name": "arr", "model": {"base": "tiny:voxtral"}, "output_dir": str(tmp_path / "runs"),
+            "stages": [_text_stage("text", steps=2)],
+            "sweep": {"stage": "text", "grid": {"train.lr": [1e-3, 2e-3, 4e-3]}, "metric": "train_loss",
+                      "max_parallel": 2}}
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    plan = build_plan(load_job_spec(spec_path), spec_path, _profile())
+    outcome = submit_pipeline(plan)
+    slots = json.loads((plan.run_dir / "state.json").read_text())["stages"]["text"]["points"]
+    ids = [s["job_id"] for s in slots]
+    array_ids = {i.split("_")[0] for i in ids}
+    assert len(array_ids) == 1 and [i.split("_")[1] for i in ids] == ["0", "1", "2"], ids
+    script = next((plan.run_dir / "slurm" / "text").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-2%2" in script
+    assert outcome.results["text"].extras["best_index"] in (0, 1, 2)
