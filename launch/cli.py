@@ -121,6 +121,12 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
         for name, text in scripts:
             console.rule(f"sbatch: {name}")
             console.print(text, markup=False, highlight=False)
+    if p.spec.sweep is not None:
+        sw = p.spec.sweep
+        points = sw.points()
+        console.print(f"sweep of stage {sw.stage!r}: {len(points)} points, best by {sw.mode} {sw.metric}")
+        for i, point in enumerate(points):
+            console.print(f"  point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()), highlight=False)
     console.print(f"run dir: {p.run_dir}\nresources: {p.stages[0].resources}")
     if show_spec:
         console.rule("resolved spec")
