@@ -25,9 +25,15 @@ install_pkgs() {
   [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}; run as root: apt-get install -y $PKGS"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d keeps the packages' own services from starting: this script starts what it needs
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq $PKGS >/dev/null
+  # a temporary policy-rc.d keeps the packages' own services from starting: this script starts what it needs
+  local policy=/usr/sbin/policy-rc.d own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  local rc=0
+  apt-get install -y -qq $PKGS >/dev/null || rc=$?
+  [ "$own_policy" -eq 1 ] && rm -f "$policy"
+  return "$rc"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
