@@ -135,14 +135,21 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
 
 @app.command()
 def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[list[str]] = SetOpt,
-           cluster: Optional[str] = ClusterOpt) -> None:
+           cluster: Optional[str] = ClusterOpt,
+           detach: bool = typer.Option(False, "--detach", help="SLURM: return once every stage is submitted.")) -> None:
     """Run every stage of SPEC on the cluster profile, then print results and the model's lineage."""
     from launch.pipeline import submit_pipeline
 
     p = _load(spec_path, set_, cluster)
     console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]} on {p.profile.name}: "
                   f"{len(p.stages)} stages -> {p.run_dir}")
-    outcome = submit_pipeline(p)
+    outcome = submit_pipeline(p, wait=not detach)
+    if detach:
+        for name, job_id in outcome.submitted.items():
+            console.print(f"  {name}: job {job_id}")
+        console.print(f"follow: sllm status {p.run_dir}  |  sllm logs {p.run_dir} STAGE -f  |  "
+                      f"sllm cancel {p.run_dir}", highlight=False)
+        return
     _print_outcome(outcome)
 
 

@@ -165,6 +165,7 @@ class PipelineOutcome:
     run_ids: dict[str, str]
     reused: list[str]
     wall_s: float
+    submitted: dict[str, str] = field(default_factory=dict)  # stage -> job id, when detached
 
 
 class _Runs:
@@ -213,7 +214,7 @@ class _Runs:
                 "sllm.kind": "stage"})
             entry["run_id"] = run.info.run_id
             self._tracker(run.info.run_id).log_params(spec.stage(ps.name).model_dump(mode="json"))
-        self.client.update_run(entry["run_id"], status="RUNNING")
+        self.client.update_run(entry["run_id"], status="SCHEDULED")  # the worker marks it RUNNING when it starts
         return entry["run_id"]
 
     def close(self, run_id: str, *, ok: bool, output: str | None = None) -> None:
@@ -359,11 +360,12 @@ def _run_sweep(plan: Plan, state: dict[str, Any], runs: _Runs, executor: Any, ps
     return result, slots[best]["run_id"]
 
 
-def submit_pipeline(plan: Plan) -> PipelineOutcome:
+def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
     """Run every stage of `plan` through the profile's executor; record lineage in MLflow.
 
     Executors with dependencies (SLURM) get every stage at once, each chained `afterok` on its
-    upstream jobs; others (local) run one stage after the other.
+    upstream jobs; others (local) run one stage after the other. With `wait=False` (SLURM only) the
+    call returns once everything is submitted; `sllm status` later reconciles states and runs.
 
     Raises:
         PlanError: pre-flight found bad inputs (nothing was created).
@@ -373,6 +375,11 @@ def submit_pipeline(plan: Plan) -> PipelineOutcome:
     spec = plan.spec
     preflight(spec)
     executor = get_executor(plan.profile)
+    if not wait and not executor.supports_dependencies:
+        raise SllmError(f"--detach needs a scheduler that chains stages (slurm); {plan.profile.kind!r} runs them "
+                        f"from this process")
+    if not wait and spec.sweep is not None:
+        raise SllmError("--detach: a sweep needs the launcher to wait (it picks the best point); drop --detach")
     uri = tracking_uri(spec)
     resolved = plan.run_dir / "spec.resolved.yaml"
     _executor_preflight(plan, executor, resolved, uri)
@@ -380,6 +387,7 @@ def submit_pipeline(plan: Plan) -> PipelineOutcome:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resolved.write_text(dump_resolved_yaml(spec), encoding="utf-8")
     state = _load_state(plan.run_dir)
+    state["tracking_uri"] = uri
     parent_id = runs.open_pipeline(state, resolved)
     results: dict[str, StageResult] = {}
     run_ids: dict[str, str] = {}
@@ -417,6 +425,11 @@ def submit_pipeline(plan: Plan) -> PipelineOutcome:
                 pending[ps.name] = handle
             else:
                 results[ps.name] = _wait(plan, state, runs, ps.name, handle)
+        if not wait:
+            log.info("detached: %d stages submitted; follow with `sllm status %s`", len(pending), plan.run_dir)
+            return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results,
+                                   run_ids=run_ids, reused=reused, wall_s=time.perf_counter() - t0,
+                                   submitted={n: h.job_id for n, h in pending.items()})
         for name in list(pending):
             results[name] = _wait(plan, state, runs, name, pending.pop(name))
     except BaseException:

@@ -81,7 +81,7 @@ def _starts(stage_dir: Path) -> int:
 
 def stage_statuses(state_file: Path) -> list[StageStatus]:
     """Every stage of one run folder with the scheduler's current view."""
-    data = json.loads(state_file.read_text(encoding="utf-8"))
+    data = refresh(state_file)
     stages = data.get("stages", {})
     slurm_ids = [e["job_id"] for e in stages.values() if str(e.get("job_id", "")).isdigit()]
     sacct = _sacct(slurm_ids)
@@ -97,6 +97,57 @@ def stage_statuses(state_file: Path) -> list[StageStatus]:
                                error=_error_tail(state_file.parent / "stages" / name) if failed else "",
                                starts=_starts(state_file.parent / "stages" / name)))
     return out
+
+
+_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+_SCHED_FAILED = {"FAILED": "FAILED", "TIMEOUT": "FAILED", "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED",
+                 "BOOT_FAIL": "FAILED", "DEADLINE": "FAILED", "CANCELLED": "CANCELLED"}
+
+
+def refresh(state_file: Path) -> dict:
+    """Reconcile a run submitted with --detach: stage states from result.json / sacct; close finished runs."""
+    from sllm_lib.training.context import StageResult, write_json_atomic
+
+    data = json.loads(state_file.read_text(encoding="utf-8"))
+    stages = data.get("stages", {})
+    open_ids = [str(e.get("job_id")) for e in stages.values() if e.get("status") not in _TERMINAL]
+    if not open_ids:
+        return data
+    sacct = _sacct([i for i in open_ids if i.isdigit()])
+    changed: list[tuple[str, str]] = []  # (run id, MLflow status)
+    for name, e in stages.items():
+        if e.get("status") in _TERMINAL:
+            continue
+        result_file = state_file.parent / "stages" / name / "result.json"
+        sched = sacct.get(str(e.get("job_id")), ("-", "-"))[0]
+        if result_file.is_file() and sched not in ("RUNNING", "PENDING", "REQUEUED"):
+            e.update(status="COMPLETED", result=StageResult.from_json(result_file.read_text()).to_dict())
+            changed.append((e["run_id"], "FINISHED"))
+        elif sched in _SCHED_FAILED:
+            e["status"] = _SCHED_FAILED[sched]
+            changed.append((e["run_id"], "FAILED" if e["status"] == "FAILED" else "KILLED"))
+    all_done = all(e.get("status") in _TERMINAL for e in stages.values())
+    if changed or all_done:
+        _close_runs(data, changed, all_done)
+        write_json_atomic(state_file, data)
+    return data
+
+
+def _close_runs(data: dict, changed: list[tuple[str, str]], all_done: bool) -> None:
+    """Terminate the stage runs that ended, and the pipeline run once every stage has."""
+    uri = data.get("tracking_uri")
+    if not uri:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, status in changed:
+        if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(run_id, status=status)
+    parent = data.get("parent_run_id")
+    if all_done and parent and client.get_run(parent).info.status == "RUNNING":
+        ok = all(e.get("status") == "COMPLETED" for e in data["stages"].values())
+        client.set_terminated(parent, status="FINISHED" if ok else "FAILED")
 
 
 def cancel_run(state_file: Path, stages: list[str] | None = None) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from launch.executor import LaunchRequest
 from sllm_lib.spec import load_job_spec, stage_with
 from sllm_lib.training.context import StageContext, StageResult, write_json_atomic
+from sllm_lib.training.interrupt import StageInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,19 @@ def run_request(req: LaunchRequest) -> StageResult:
              ctx.world_size)
     if rank == 0:
         _record_attempt(req)
+    # the stage's own run reflects when it really runs and ends (a detached launcher is not there to do it)
+    ctx.tracker.set_status("RUNNING")
     try:
         result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
         if rank == 0:
             write_json_atomic(req.result_file, result.to_dict())
+        ctx.tracker.set_status("FINISHED")
         return result
+    except StageInterrupted:
+        raise  # requeued: the run goes on in the next attempt
+    except BaseException:
+        ctx.tracker.set_status("FAILED")
+        raise
     finally:
         _close_distributed()
 

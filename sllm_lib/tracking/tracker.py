@@ -46,6 +46,7 @@ class Tracker(Protocol):
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_datasets(self, datasets: list[DatasetRecord]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def set_status(self, status: str) -> None: ...
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]: ...
 
 
@@ -81,6 +82,9 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
+    def set_status(self, status: str) -> None:
+        pass
+
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
         return {}
 
@@ -110,6 +114,9 @@ class RecordingTracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tags.update(tags)
+
+    def set_status(self, status: str) -> None:
+        self.tags["status"] = status
 
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
         info = {"local_dir": str(local_dir), "name": name, "registered_name": registered_name, "alias": alias}
@@ -174,6 +181,13 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         self._guard("set_tags", self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def set_status(self, status: str) -> None:
+        """RUNNING, or a terminal status (FINISHED, FAILED, KILLED) that also sets the end time."""
+        if status == "RUNNING":
+            self._guard("update_run", self.client.update_run, self.run_id, status="RUNNING")
+        else:
+            self._guard("set_terminated", self.client.set_terminated, self.run_id, status=status)
 
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
         """Log a model folder as an MLflow LoggedModel of this run; register a version and set the alias.

@@ -254,3 +254,42 @@ def test_sweep_points_run_as_one_job_array(slurm_cluster, tmp_path: Path) -> Non
     script = next((plan.run_dir / "slurm" / "text").glob("*/*_submission.sh")).read_text()
     assert "#SBATCH --array=0-2%2" in script
     assert outcome.results["text"].extras["best_index"] in (0, 1, 2)
+
+
+def test_detached_submission_is_reconciled_by_status(slurm_cluster, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from launch.pipeline import build_plan, submit_pipeline
+    from launch.status import find_state_files, stage_statuses
+
+    spec_path = _write_spec(tmp_path, [_text_stage("a", steps=2), _text_stage("b", steps=2, from_stage="a")])
+    plan = build_plan(load_job_spec(spec_path), spec_path, _profile())
+    t0 = time.monotonic()
+    outcome = submit_pipeline(plan, wait=False)
+    assert time.monotonic() - t0 < 30 and list(outcome.submitted) == ["a", "b"]
+    (state_file,) = find_state_files(plan.run_dir)
+    deadline = time.monotonic() + 240
+    while True:
+        rows = {s.stage: s for s in stage_statuses(state_file)}
+        if all(r.status == "COMPLETED" for r in rows.values()):
+            break
+        assert not any(r.status in ("FAILED", "CANCELLED") for r in rows.values()), rows
+        assert time.monotonic() < deadline, rows
+        time.sleep(2)
+    client = MlflowClient(outcome.tracking_uri)
+    assert client.get_run(rows["a"].run_id).info.status == "FINISHED"
+    assert client.get_run(rows["b"].run_id).info.status == "FINISHED"
+    assert client.get_run(outcome.parent_run_id).info.status == "FINISHED"
+    assert json.loads(state_file.read_text())["stages"]["b"]["result"]["steps"] == 2
+
+
+def test_detach_is_refused_for_the_local_executor(tmp_path: Path) -> None:
+    from launch.pipeline import build_plan, submit_pipeline
+    from sllm_lib.errors import SllmError
+    from sllm_lib.spec import LocalProfile
+
+    spec_path = _write_spec(tmp_path, [_text_stage("a", steps=2)])
+    plan = build_plan(load_job_spec(spec_path), spec_path, LocalProfile(kind="local"))
+    with pytest.raises(SllmError, match="--detach needs a scheduler"):
+        submit_pipeline(plan, wait=False)
+    assert not (tmp_path / "runs").exists()
