@@ -69,9 +69,11 @@ class StageJob:
         from sllm_lib.training.interrupt import StageInterrupted, request_stop
 
         configure_logging(self.request.log_file if env.global_rank == 0 else None)
-        # keep submitit's handler for the requeue, but first let training reach a step boundary
         usr2 = signal.getsignal(signal.SIGUSR2)
-        signal.signal(signal.SIGUSR2, lambda signum, frame: request_stop())
+        if not self.request.single_process:
+            # training: keep submitit's handler for the requeue, but first let training reach a step boundary.
+            # merge/eval keep submitit's handler as is: requeued, they simply run again.
+            signal.signal(signal.SIGUSR2, lambda signum, frame: request_stop())
         try:
             return run_request(self.request).to_dict()
         except StageInterrupted:
