@@ -299,13 +299,20 @@ def data_stats(path: Path, kind: str = KindOpt,
 
 
 def _total_lengths(res: Any, tok: Any) -> list[int]:
+    """Text tokens plus the audio placeholders the model will see (375 per started 30 s chunk)."""
+    import soundfile as sf
+
+    from sllm_lib.audio.features import SAMPLE_RATE, TOKENS_PER_CHUNK, num_chunks
     from sllm_lib.data.stats import record_text
 
     out = []
     for r in res.records:
         prompt, target = record_text(r, res.kind)
         n = len(tok.encode(prompt + target, add_special_tokens=False))
-        out.append(n + (375 if "audio_path" in r else 0))
+        if "audio_path" in r:
+            info = sf.info(r["audio_path"])
+            n += TOKENS_PER_CHUNK * num_chunks(int(info.duration * SAMPLE_RATE))
+        out.append(n)
     return out
 
 

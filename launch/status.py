@@ -61,8 +61,8 @@ def _local_state(job_id: str) -> str:
         os.kill(pid, 0)
     except ProcessLookupError:
         return "EXITED"
-    except PermissionError:
-        return "RUNNING"
+    except PermissionError:  # alive, owned by another user
+        pass
     return "RUNNING"
 
 
