@@ -25,6 +25,7 @@ demo: $(STAMP)
 # the SLURM tests start a real single-node cluster; its Debian packages are installed here when missing
 test: $(STAMP)
 	bash scripts/slurm_local.sh install
+	bash scripts/browser_deps.sh
 	$(PY) -m pytest tests -q
 
 clean:

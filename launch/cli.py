@@ -80,6 +80,16 @@ def validate(paths: list[Path] = typer.Argument(..., help="Job specs or cluster 
         raise SllmError("\n".join(failed))
 
 
+def _starts_from(stage: Any, ps: Any) -> str:
+    if stage.kind == "nightly_eval":
+        return f"registry {stage.registered_model}@{stage.candidate_alias} vs @{stage.champion_alias}"
+    if stage.kind == "suite_eval":
+        return stage.model or ps.upstream[0]
+    if stage.kind == "eval":
+        return ps.upstream[0] if ps.upstream else "-"
+    return " + ".join(["base", *ps.chain])
+
+
 def _load(spec_path: Path, set_: list[str] | None, cluster: str | None) -> Any:
     from launch.pipeline import build_plan
     from sllm_lib.spec import find_cluster_profile, load_job_spec
@@ -111,7 +121,7 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
                             tracking_strict=False, run_id=None, single_process=s.kind in ("merge", "eval"),
                             after=[f"<job of {u}>" for u in s.upstream] if executor.supports_dependencies else [])
         table.add_row(str(i), s.name, s.kind, ", ".join(s.upstream) or "-",
-                      " + ".join(["base", *s.chain]) if s.kind != "eval" else (s.upstream[0] if s.upstream else "-"),
+                      _starts_from(p.spec.stage(s.name), s),
                       ", ".join(Path(x.split(":", 1)[1]).name for x in s.inputs) or "-",
                       "sbatch script below" if p.profile.kind == "slurm" else
                       executor.render(req).replace(str(p.run_dir) + "/", "<run dir>/"))
@@ -151,6 +161,31 @@ def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional
                       f"sllm cancel {p.run_dir}", highlight=False)
         return
     _print_outcome(outcome)
+    _exit_on_regression(outcome)
+
+
+REGRESSION_EXIT = 3
+"""Exit code of `sllm submit`/`sllm nightly` when a nightly gate regressed (errors exit 2)."""
+
+
+def _exit_on_regression(outcome: Any) -> None:
+    """Print each nightly stage's verdict and report; exit 3 if any regressed."""
+    regressed = False
+    for s in outcome.plan.stages:
+        if s.kind != "nightly_eval":
+            continue
+        r = outcome.results[s.name]
+        bad = r.metrics.get("nightly/regression", 0.0) > 0
+        regressed |= bad
+        ex = r.extras
+        verdict = "[red bold]REGRESSION[/]" if bad else "[green bold]PASS[/]"
+        console.print(f"nightly {ex.get('date')}: {verdict}  candidate v{ex.get('candidate_version')} vs champion "
+                      f"v{ex.get('champion_version') or '-'}, {r.metrics.get('nightly/regressed_gates', 0):.0f} of "
+                      f"{r.metrics.get('nightly/gates', 0):.0f} gates regressed"
+                      + (", promoted" if ex.get("promoted") else ""))
+        console.print(f"report: {ex.get('report')}", highlight=False)
+    if regressed:
+        raise typer.Exit(REGRESSION_EXIT)
 
 
 def _print_outcome(outcome: Any) -> None:
@@ -175,6 +210,96 @@ def _print_outcome(outcome: Any) -> None:
             console.print(lineage_tree(walk_lineage(outcome.tracking_uri, ref)))
     uri = outcome.tracking_uri
     console.print(f"\nMLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
+
+
+@app.command("eval")
+def eval_(model: str = typer.Argument(..., help="Merged model folder, models:/NAME@ALIAS, models:/NAME/VERSION, "
+                                                "or the MLflow run id of a merge stage."),
+          suite: str = typer.Option(..., "--suite", help="Suite name (eval/suites/<name>.yaml) or YAML path."),
+          cluster: Optional[str] = typer.Option("local", "--cluster", help="Cluster profile name or YAML path."),
+          sample_limit: Optional[int] = typer.Option(None, help="At most N samples per task."),
+          tracking_uri: Optional[str] = typer.Option(None, help="Default: sqlite file under --output-dir."),
+          experiment: str = typer.Option("sllm-eval", help="MLflow experiment of the eval run."),
+          output_dir: Path = typer.Option(Path("runs"), help="Run folders (and the embedded MLflow store).")) -> None:
+    """Score one model on an evaluation suite: batched generation, metrics table, samples artifact, eval run."""
+    from launch.pipeline import build_plan, submit_pipeline
+    from sllm_lib.spec import find_cluster_profile, parse_job_spec
+    from sllm_lib.tracking.tracker import default_tracking_uri
+    from eval.suites import find_suite, load_suite
+
+    suite_path = find_suite(suite).resolve()
+    s = load_suite(suite_path)
+    uri = tracking_uri or default_tracking_uri(output_dir.resolve())
+    ref = _pin_version(model, uri)
+    raw = {"name": f"eval-{s.name}", "cluster": cluster or "local", "output_dir": str(output_dir),
+           "tracking": {"uri": uri, "experiment": experiment},
+           "stages": [{"name": "eval", "kind": "suite_eval", "model": ref, "suite": str(suite_path),
+                       **({"sample_limit": sample_limit} if sample_limit else {})}]}
+    spec = parse_job_spec(raw, source="sllm eval", base_dir=Path.cwd())
+    profile = find_cluster_profile(cluster or "local")
+    p = build_plan(spec, suite_path, profile)
+    console.print(f"[bold]eval[/] {ref} on suite {s.name} ({len(s.tasks)} tasks) on {profile.name} -> {p.run_dir}")
+    outcome = submit_pipeline(p)
+    r = outcome.results["eval"]
+    table = Table(title=f"{r.extras.get('model', ref)} on {s.name}  "
+                        f"({r.metrics.get('samples_per_s', 0):.2f} samples/s; run {outcome.run_ids['eval']}"
+                        + (", reused" if "eval" in outcome.reused else "") + ")")
+    table.add_column("task")
+    names = [m for t in s.tasks for m in t.metric_names()]
+    metric_cols = list(dict.fromkeys(names))
+    for m in metric_cols:
+        table.add_column(m, justify="right")
+    for t in s.tasks:
+        table.add_row(t.name, *(f"{r.metrics[f'{t.name}/{m}']:.4f}" if f"{t.name}/{m}" in r.metrics else "-"
+                                for m in metric_cols))
+    console.print(table)
+    console.print(f"samples: {Path(r.output_dir or '') / 'samples.jsonl'}", highlight=False)
+
+
+def _pin_version(ref: str, uri: str) -> str:
+    """models:/NAME@ALIAS -> models:/NAME/VERSION, so a moved alias is a new evaluation, not a reused one."""
+    if not (ref.startswith("models:/") and "@" in ref):
+        return ref
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from sllm_lib.errors import ArtifactNotFoundError
+    from sllm_lib.tracking.lineage import parse_model_ref
+
+    name, alias, _ = parse_model_ref(ref)
+    try:
+        mv = MlflowClient(tracking_uri=uri).get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise ArtifactNotFoundError(f"{ref}: not found in the registry at {uri} ({exc.message})") from exc
+    console.print(f"{ref} is version {mv.version}")
+    return f"models:/{name}/{mv.version}"
+
+
+@app.command()
+def nightly(spec_path: Path = typer.Argument(..., metavar="SPEC", help="A job with a nightly_eval stage "
+                                                                       "(jobs/nightly_eval.yaml)."),
+            set_: Optional[list[str]] = SetOpt, cluster: Optional[str] = ClusterOpt,
+            date: Optional[str] = typer.Option(None, help="Nightly date YYYY-MM-DD (default: today, UTC)."),
+            promote: bool = typer.Option(False, "--promote", help="Move champion to the candidate if every gate passes."),
+            ) -> None:
+    """Run a nightly evaluation job: exit 0 on pass, 3 on a regression, 2 on an error.
+
+    Equivalent to `sllm submit SPEC` with the nightly stage's date/promote set; a re-run for the same
+    date reuses that night's result (nothing is scored or logged twice).
+    """
+    from launch.pipeline import submit_pipeline
+    from sllm_lib.spec import load_job_spec
+
+    spec = load_job_spec(spec_path, set_ or [])
+    idx = [i for i, st in enumerate(spec.stages) if st.kind == "nightly_eval"]
+    if not idx:
+        raise SllmError(f"{spec_path}: no stage of kind nightly_eval (see jobs/nightly_eval.yaml)")
+    extra = [f"stages[{i}].date={date}" for i in idx if date] + [f"stages[{i}].promote=true" for i in idx if promote]
+    p = _load(spec_path, [*(set_ or []), *extra], cluster)
+    console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]} on {p.profile.name} -> {p.run_dir}")
+    outcome = submit_pipeline(p)
+    _print_outcome(outcome)
+    _exit_on_regression(outcome)
 
 
 @app.command()
@@ -319,7 +444,9 @@ def _total_lengths(res: Any, tok: Any) -> list[int]:
 def main() -> None:
     """Console-script entry: SllmError -> exit 2 with the message, no traceback unless --debug."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value here, not raised
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except SllmError as exc:
         if _STATE["debug"]:
             raise

@@ -24,6 +24,7 @@ from sllm_lib.training.context import StageResult, read_manifest, write_json_ato
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+SUITE_KINDS = ("suite_eval", "nightly_eval")
 
 
 @dataclass
@@ -65,7 +66,23 @@ def _stage_inputs(stage: Any) -> list[str]:
         return [f"{r.kind}:{r.path}" for r in [*stage.data.train, *stage.data.val]]
     if stage.kind == "eval":
         return [f"{r.kind}:{r.path}" for r in stage.datasets]
+    if stage.kind in SUITE_KINDS:
+        from eval.suites import load_suite
+
+        return [f"{t.record_kind}:{t.data}" for t in load_suite(stage.suite).tasks]
     return []
+
+
+def resolve_dates(spec: JobSpec) -> JobSpec:
+    """Fill a nightly stage's missing date with today (UTC), so the date is part of the spec hash:
+    a re-run the same night reuses that night's result; the next night is a new run."""
+    if not any(s.kind == "nightly_eval" and s.date is None for s in spec.stages):
+        return spec
+    from eval.nightly import today
+
+    stages = [s.model_copy(update={"date": today()}) if s.kind == "nightly_eval" and s.date is None else s
+              for s in spec.stages]
+    return spec.model_copy(update={"stages": stages})
 
 
 def _resources(profile: Any) -> str:
@@ -76,6 +93,7 @@ def _resources(profile: Any) -> str:
 
 def build_plan(spec: JobSpec, spec_path: Path, profile: Any) -> Plan:
     """The stage DAG in run order with each stage's inputs (touches nothing)."""
+    spec = resolve_dates(spec)
     h = spec_hash(spec)
     run_dir = (Path(spec.output_dir) / spec.name / h[:12]).resolve()
     plan = Plan(spec=spec, spec_path=spec_path, spec_hash=h, run_dir=run_dir, profile=profile)
@@ -95,6 +113,9 @@ def preflight(spec: JobSpec) -> None:
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     for s in spec.stages:
+        if s.kind in SUITE_KINDS:
+            problems += _suite_problems(s)
+            continue
         refs = [*s.data.train, *s.data.val] if s.kind in TRAIN_KINDS else list(getattr(s, "datasets", []))
         for ref in refs:
             if (ref.path, ref.kind) in seen:
@@ -104,9 +125,51 @@ def preflight(spec: JobSpec) -> None:
                 read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
             except SllmError as exc:
                 problems.append(f"stage {s.name!r}: {exc}")
-    base = spec.model.base
+    base = spec.model.base if spec.model else ""
     if base.startswith("/") and not (Path(base) / "config.json").is_file():
         problems.append(f"model.base: {base} is not a model folder (no config.json)")
+    if problems:
+        raise PlanError("pre-flight checks failed; nothing was submitted:\n" + "\n".join(problems))
+
+
+def _suite_problems(stage: Any) -> list[str]:
+    """The suite loads (names, metrics, labels) and its held-out sets read cleanly."""
+    from eval.suites import load_suite
+    from sllm_lib.data.records import read_records
+
+    try:
+        suite = load_suite(stage.suite)
+        for t in suite.tasks:
+            read_records(t.data, t.record_kind, on_bad_record="fail")
+    except SllmError as exc:
+        return [f"stage {stage.name!r}: {exc}"]
+    if stage.kind == "suite_eval" and stage.model and stage.model.startswith("/") and not (
+            Path(stage.model) / "config.json").is_file():
+        return [f"stage {stage.name!r}: model {stage.model} is not a model folder (no config.json)"]
+    return []
+
+
+def registry_preflight(spec: JobSpec, uri: str) -> None:
+    """Registry references resolve before anything is submitted (nightly candidate alias, models:/ refs)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from sllm_lib.tracking.lineage import parse_model_ref
+
+    problems: list[str] = []
+    client = MlflowClient(tracking_uri=uri)
+    for s in spec.stages:
+        refs: list[str] = []
+        if s.kind == "nightly_eval":
+            refs.append(f"{s.registered_model}@{s.candidate_alias}")
+        elif s.kind == "suite_eval" and s.model and s.model.startswith("models:/"):
+            refs.append(s.model)
+        for ref in refs:
+            name, alias, version = parse_model_ref(ref)
+            try:
+                client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+            except MlflowException as exc:
+                problems.append(f"stage {s.name!r}: {ref} not found in the registry at {uri} ({exc.message})")
     if problems:
         raise PlanError("pre-flight checks failed; nothing was submitted:\n" + "\n".join(problems))
 
@@ -152,8 +215,32 @@ def _stage_done(plan: Plan, state: dict[str, Any], name: str) -> StageResult | N
     entry = state["stages"].get(name) or {}
     manifest = read_manifest(plan.stage_dir(name) / "output")
     if entry.get("status") == "COMPLETED" and manifest and manifest.get("spec_hash") == plan.spec_hash:
+        if not _inputs_unchanged(plan, state, name, manifest):
+            return None
         return StageResult(**entry["result"])
     return None
+
+
+def _inputs_unchanged(plan: Plan, state: dict[str, Any], name: str, manifest: dict[str, Any]) -> bool:
+    """Evaluation stages read inputs the spec hash cannot see: the suite's files and the registry's aliases."""
+    stage = plan.spec.stage(name)
+    if stage.kind not in SUITE_KINDS:
+        return True
+    from eval.suites import load_suite
+
+    if manifest.get("suite_digest") not in (None, load_suite(stage.suite).digest()):
+        log.info("stage %s: the suite's files changed since the last run; running it again", name)
+        return False
+    if stage.kind == "nightly_eval" and state.get("tracking_uri"):
+        from mlflow import MlflowClient
+
+        from eval.nightly import alias_versions
+
+        if alias_versions(MlflowClient(state["tracking_uri"]), stage) != manifest.get("aliases_after"):
+            log.info("stage %s: the registry's %s/%s aliases moved since the last run; running it again", name,
+                     stage.candidate_alias, stage.champion_alias)
+            return False
+    return True
 
 
 @dataclass
@@ -381,6 +468,8 @@ def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
     if not wait and spec.sweep is not None:
         raise SllmError("--detach: a sweep needs the launcher to wait (it picks the best point); drop --detach")
     uri = tracking_uri(spec)
+    if any(s.kind in SUITE_KINDS for s in spec.stages):
+        registry_preflight(spec, uri)
     resolved = plan.run_dir / "spec.resolved.yaml"
     _executor_preflight(plan, executor, resolved, uri)
     runs = _Runs(plan, uri)

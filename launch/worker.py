@@ -43,6 +43,7 @@ def run_request(req: LaunchRequest) -> StageResult:
         job=job, spec_hash=req.spec_hash, stage_dir=Path(req.stage_dir), chain=[Path(p) for p in req.chain],
         upstream_output=Path(req.upstream_output) if req.upstream_output else None, upstream_kind=req.upstream_kind,
         tracker=_tracker(req, rank), rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        tracking_uri=req.tracking_uri or None, run_id=req.run_id,
     )
     log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
              ctx.world_size)

