@@ -9,7 +9,7 @@ first (imports, Kiwi model load), so the figures are steady-state.
     python bench/metrics_throughput.py [--n 100000] [--morph-n N] [--seed 0]
 
 Morpheme ROUGE-L (Kiwi analysis of every text, then a pure-Python LCS) is the slowest metric
-(about 1.5 min for 100k pairs on one core); --morph-n times it on the first N pairs only. The
+(about 100 s for 100k pairs on one core); --morph-n times it on the first N pairs only. The
 table shows the pair count each metric ran on.
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sllm_lib.data.encode import SpeechCollator, encode_record
 from sllm_lib.data.records import read_records
-from sllm_lib.metrics.text import compute_text_metrics
+from sllm_lib.metrics.registry import compute_metrics
 from sllm_lib.models.adapters import apply_chain
 from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenizer_and_features, resolve_model_path
 from sllm_lib.spec import EvalDatasetRef, EvalStage, ModelSpec
@@ -65,7 +65,7 @@ def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, feature
             hyps.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     refs = [e.target for e in examples]
     names = ref.metrics or DEFAULT_METRICS[ref.kind]
-    results = compute_text_metrics(names, refs, hyps)
+    results = compute_metrics(names, refs, hyps)
     preds = [{"dataset": Path(ref.path).stem, "kind": ref.kind, "reference": r, "prediction": h,
               **{n: res.per_sample[i] for n, res in results.items() if len(res.per_sample) == len(refs)}}
              for i, (r, h) in enumerate(zip(refs, hyps))]

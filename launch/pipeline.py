@@ -117,6 +117,8 @@ def preflight(spec: JobSpec) -> None:
             problems += _suite_problems(s)
             continue
         refs = [*s.data.train, *s.data.val] if s.kind in TRAIN_KINDS else list(getattr(s, "datasets", []))
+        if s.kind == "eval":
+            problems += _eval_metric_problems(s)
         for ref in refs:
             if (ref.path, ref.kind) in seen:
                 continue
@@ -130,6 +132,19 @@ def preflight(spec: JobSpec) -> None:
         problems.append(f"model.base: {base} is not a model folder (no config.json)")
     if problems:
         raise PlanError("pre-flight checks failed; nothing was submitted:\n" + "\n".join(problems))
+
+
+def _eval_metric_problems(stage: Any) -> list[str]:
+    from sllm_lib.metrics.registry import METRIC_SPECS
+
+    out = []
+    for i, ref in enumerate(stage.datasets):
+        for m in ref.metrics or []:
+            if m not in METRIC_SPECS or METRIC_SPECS[m].needs != "text":
+                valid = sorted(k for k, v in METRIC_SPECS.items() if v.needs == "text")
+                out.append(f"stage {stage.name!r}: datasets[{i}].metrics: {m!r} is not a text metric here "
+                           f"(valid: {', '.join(valid)}; classification and BERTScore run in suites)")
+    return out
 
 
 def _suite_problems(stage: Any) -> list[str]:
