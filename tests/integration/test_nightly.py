@@ -188,3 +188,24 @@ def test_missing_candidate_fails_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="it-model@candidate not found"):
         submit_pipeline(plan)
     assert not plan.run_dir.exists()
+
+
+@pytest.mark.slurm
+def test_nightly_runs_as_a_slurm_job(slurm_cluster, tmp_path: Path, models) -> None:
+    from launch.pipeline import build_plan, submit_pipeline
+    from sllm_lib.spec import SlurmProfile, load_job_spec
+
+    (tmp_path / "runs").mkdir()
+    uri = _uri(tmp_path)
+    _register(uri, models["silent"], "it-model", "champion")
+    _register(uri, models["random"], "it-model", "candidate")
+    job = _job(tmp_path)
+    profile = SlurmProfile(kind="slurm", name="t", partition="debug", nodes=1, cpus_per_task=1, mem_gb=2,
+                           timeout_min=10)
+    plan = build_plan(load_job_spec(job), job, profile)
+    outcome = submit_pipeline(plan)
+    r = outcome.results["nightly"]
+    assert r.metrics["nightly/regression"] == 1.0 and r.extras["date"] == DATE
+    state = json.loads((plan.run_dir / "state.json").read_text(encoding="utf-8"))
+    assert state["stages"]["nightly"]["job_id"].isdigit()  # a real SLURM job id
+    assert (tmp_path / "reports" / DATE / "report.html").is_file()
