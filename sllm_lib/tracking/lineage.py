@@ -38,6 +38,7 @@ class ModelLineage:
     source: str
     pipeline_run_id: str | None
     root: LineageNode
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # eval runs that scored this version
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -89,7 +90,22 @@ def walk_lineage(tracking_uri: str, ref: str) -> ModelLineage:
     root = _node(client, mv.run_id, set())
     parent = client.get_run(mv.run_id).data.tags.get(TAG_PARENT)
     return ModelLineage(name=name, version=str(mv.version), alias=alias, source=mv.source, pipeline_run_id=parent,
-                        root=root)
+                        root=root, evaluations=_evaluations(client, name, str(mv.version)))
+
+
+def _evaluations(client: Any, name: str, version: str) -> list[dict[str, Any]]:
+    """Suite evaluations of this version (sllm eval, nightly), newest first: the lineage's downstream end."""
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return []
+    flt = f"tags.`sllm.eval.model_name` = '{name}' and tags.`sllm.eval.model_version` = '{version}'"
+    out = []
+    for r in client.search_runs(exps, flt, order_by=["attributes.start_time DESC"], max_results=20):
+        tags = r.data.tags
+        out.append({"run_id": r.info.run_id, "suite": tags.get("sllm.eval.suite", "?"), "status": r.info.status,
+                    "date": tags.get("sllm.nightly.date", ""),
+                    "metrics": {k: v for k, v in r.data.metrics.items() if "/" in k}})
+    return out
 
 
 def lineage_tree(lin: ModelLineage) -> Any:
@@ -111,4 +127,10 @@ def lineage_tree(lin: ModelLineage) -> Any:
             add(branch, up)
 
     add(tree, lin.root)
+    if lin.evaluations:
+        evals = tree.add("[magenta]evaluated by[/]")
+        for e in lin.evaluations:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in list(e["metrics"].items())[:6])
+            when = f" nightly {e['date']}" if e["date"] else ""
+            evals.add(f"suite {escape(e['suite'])}{when}: run {e['run_id']} {e['status']}  {escape(shown)}")
     return tree

@@ -62,6 +62,14 @@ def test_eval_folder_then_registry_alias(tmp_path: Path, capsys: pytest.CaptureF
     assert merge_run in runs[0].data.tags["sllm.upstream_run_ids"].split(",")
     # same random weights, same greedy decoding: same scores as the folder
     assert runs[0].data.metrics["mental_health/accuracy"] == m["mental_health/accuracy"]
+    # the scores are on the logged model too, and the lineage walk lists the evaluation
+    from eval.runner import version_model_id
+    from sllm_lib.tracking.lineage import walk_lineage
+
+    logged = client.get_logged_model(version_model_id(client.get_model_version("it-eval", "1")))
+    assert {"eval/mental_health_cls/mental_health/accuracy"} <= {x.key for x in logged.metrics or []}
+    lin = walk_lineage(uri, "it-eval@candidate")
+    assert [e["run_id"] for e in lin.evaluations] == [runs[0].info.run_id]
 
 
 def test_eval_unknown_alias_is_a_clear_error(tmp_path: Path) -> None:
