@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eval.records import eval_tags, find_eval, load_eval, log_eval
+from eval.records import TAG_NIGHTLY_DATE, eval_tags, find_eval, load_eval, log_eval, quote
 from eval.results import GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint, WorstSample
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError
@@ -36,7 +36,6 @@ from sllm_lib.training.context import StageContext, StageResult, new_output_tmp,
 
 log = logging.getLogger(__name__)
 
-TAG_NIGHTLY_DATE = "sllm.nightly.date"
 TAG_NIGHTLY_SUITE = "sllm.nightly.suite"
 TAG_NIGHTLY_MODEL = "sllm.nightly.model"
 TAG_NIGHTLY_VERDICT = "sllm.nightly.verdict"
@@ -49,10 +48,6 @@ REPORT_FILES = ("report.html", "summary.md", "result.json")
 def today() -> str:
     """The nightly date: today in UTC (a job that starts after midnight belongs to the new date)."""
     return dt.datetime.now(dt.timezone.utc).date().isoformat()
-
-
-def _q(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -82,7 +77,7 @@ def select_versions(client: Any, stage: Any) -> list[tuple[str, Any]]:
         log.warning("nightly: %s has no @%s yet; nothing to gate against (first night?)", name, stage.champion_alias)
     if stage.latest_versions:
         seen = {mv.version for _, mv in picked}
-        versions = sorted(client.search_model_versions(f"name = {_q(name)}"), key=lambda mv: int(mv.version),
+        versions = sorted(client.search_model_versions(f"name = {quote(name)}"), key=lambda mv: int(mv.version),
                           reverse=True)
         picked += [("latest", mv) for mv in versions if mv.version not in seen][: stage.latest_versions]
     return picked
@@ -244,8 +239,8 @@ def worst_samples(cand: ModelEval, base: ModelEval | None, gates: list[GateResul
 def past_nightlies(client: Any, experiment_id: str, stage: Any, suite: Suite, *, before: str,
                    limit: int) -> list[Any]:
     """The newest FINISHED nightly run of each earlier date (newest date first)."""
-    flt = " and ".join([f"tags.{TAG_NIGHTLY_SUITE} = {_q(suite.name)}",
-                        f"tags.{TAG_NIGHTLY_MODEL} = {_q(stage.registered_model)}",
+    flt = " and ".join([f"tags.{TAG_NIGHTLY_SUITE} = {quote(suite.name)}",
+                        f"tags.{TAG_NIGHTLY_MODEL} = {quote(stage.registered_model)}",
                         "attributes.status = 'FINISHED'"])
     runs = client.search_runs([experiment_id], flt, order_by=["attributes.start_time DESC"], max_results=1000)
     by_date: dict[str, Any] = {}

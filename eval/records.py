@@ -31,7 +31,8 @@ TAG_SAMPLE_LIMIT = "sllm.eval.sample_limit"
 SAMPLES_ARTIFACT = "samples.jsonl"
 
 
-def _q(value: str) -> str:
+def quote(value: str) -> str:
+    """A string literal for an MLflow search filter."""
     return "'" + value.replace("'", "\\'") + "'"
 
 
@@ -90,11 +91,11 @@ def log_eval(client: Any, run_id: str, *, tags: dict[str, str], metrics: dict[st
 def find_eval(client: Any, experiment_ids: list[str], *, digest: str, model_id: str | None, model_path: str,
               date: str | None, sample_limit: int | None) -> Any | None:
     """The newest FINISHED eval run of this model on this suite content (and date, when given)."""
-    flt = [f"tags.{TAG_SUITE_DIGEST} = {_q(digest)}", "attributes.status = 'FINISHED'",
-           f"tags.{TAG_SAMPLE_LIMIT} = {_q(str(sample_limit or ''))}"]
-    flt.append(f"tags.{TAG_MODEL_ID} = {_q(model_id)}" if model_id else f"tags.{TAG_MODEL_PATH} = {_q(model_path)}")
+    flt = [f"tags.{TAG_SUITE_DIGEST} = {quote(digest)}", "attributes.status = 'FINISHED'",
+           f"tags.{TAG_SAMPLE_LIMIT} = {quote(str(sample_limit or ''))}"]
+    flt.append(f"tags.{TAG_MODEL_ID} = {quote(model_id)}" if model_id else f"tags.{TAG_MODEL_PATH} = {quote(model_path)}")
     if date:
-        flt.append(f"tags.{TAG_NIGHTLY_DATE} = {_q(date)}")
+        flt.append(f"tags.{TAG_NIGHTLY_DATE} = {quote(date)}")
     runs = client.search_runs(experiment_ids, " and ".join(flt), order_by=["attributes.start_time DESC"],
                               max_results=1)
     return runs[0] if runs else None
