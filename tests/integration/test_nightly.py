@@ -107,7 +107,8 @@ def test_degraded_candidate_is_a_regression_and_reruns_do_not_duplicate(tmp_path
     uri = _uri(tmp_path)
     champ = _register(uri, models["silent"], "it-model", "champion")
     cand = _register(uri, models["random"], "it-model", "candidate")
-    job = _job(tmp_path, promote=True)
+    newest = _register(uri, models["silent"], "it-model", None)  # a newer version without an alias
+    job = _job(tmp_path, promote=True, latest_versions=2)
 
     assert _nightly(job) == 3  # regression -> exit 3
 
@@ -115,7 +116,7 @@ def test_degraded_candidate_is_a_regression_and_reruns_do_not_duplicate(tmp_path
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert result["regression"] is True and result["promoted"] is False
     roles = {m["role"]: m["version"] for m in result["models"]}
-    assert roles == {"candidate": cand, "champion": champ}
+    assert roles == {"candidate": cand, "champion": champ, "latest": newest}  # only one other version exists
     gates = {(g["task"], g["metric"]): g for g in result["gates"] if g["baseline"] == "champion"}
     assert set(gates) == {("asr", "cer"), ("text_qa", "cer"), ("text_qa", "rougeL")}
     asr = gates[("asr", "cer")]  # the babbling candidate inserts characters on every ASR sample
