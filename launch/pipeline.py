@@ -207,11 +207,70 @@ def tracking_uri(spec: JobSpec) -> str:
     return spec.tracking.uri or default_tracking_uri(Path(spec.output_dir).resolve())
 
 
-def _experiment_id(client: Any, name: str, artifact_root: Path) -> str:
+def _experiment_id(client: Any, name: str, artifact_root: Path, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    if uri.startswith(("http://", "https://")):  # a server keeps artifacts where it is configured to
+        return client.create_experiment(name)
     return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def protect_secrets(spec: JobSpec) -> None:
+    """Register the spec's and the environment's secrets (masked in logs and MLflow) and bound the client.
+
+    Raises:
+        PlanError: an `env:` reference names a variable the launcher's environment lacks.
+    """
+    from sllm_lib import secrets
+    from sllm_lib.tracking.tracker import configure_http
+
+    secrets.register_names(spec.tracking.redact)
+    secrets.register_environment()
+    secrets.register_from(spec_to_dict(spec))
+    try:
+        env = secrets.resolve_env(spec.env)
+    except KeyError as exc:
+        raise PlanError(f"pre-flight checks failed; nothing was submitted:\n{exc.args[0]}") from None
+    secrets.register_values(v for k, v in env.items() if secrets.is_secret_name(k))
+    secrets.install_log_filter()
+    configure_http(spec.tracking)
+
+
+def check_tracking(uri: str) -> None:
+    """A tracking server answers and accepts our credentials, before anything is created (bounded).
+
+    Raises:
+        PlanError: unreachable, or authentication refused (names the variables to set).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from sllm_lib.secrets import redact_text
+
+    shown = redact_text(uri)
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(MlflowClient(tracking_uri=uri).search_experiments, max_results=1).result(timeout=20)
+    except FutureTimeout:
+        raise PlanError(f"tracking server {shown}: no answer within 20 s; nothing was submitted") from None
+    except MlflowException as exc:
+        text = str(exc)
+        if any(x in text for x in ("401", "403", "Unauthorized", "Permission", "credentials")):
+            raise PlanError(f"tracking server {shown}: authentication refused; set MLFLOW_TRACKING_USERNAME and "
+                            f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for this server; nothing was "
+                            f"submitted") from None
+        raise PlanError(f"tracking server {shown}: {redact_text(text)[:300]}; nothing was submitted") from None
+    except Exception as exc:  # connection refused, DNS, TLS
+        raise PlanError(f"tracking server {shown}: unreachable ({type(exc).__name__}: "
+                        f"{redact_text(str(exc))[:200]}); nothing was submitted") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _load_state(run_dir: Path) -> dict[str, Any]:
@@ -280,13 +339,16 @@ class _Runs:
         self.client = MlflowClient(tracking_uri=uri)
         spec = plan.spec
         self.exp_id = _experiment_id(self.client, spec.tracking.experiment or spec.name,
-                                     Path(spec.output_dir) / "mlartifacts")
+                                     Path(spec.output_dir) / "mlartifacts", uri)
         self.sha = git_sha()
 
     def _tracker(self, run_id: str) -> Any:
+        from sllm_lib.tracking.journal import JOURNAL, Journal
         from sllm_lib.tracking.tracker import MlflowTracker
 
-        return MlflowTracker(self.uri, run_id, strict=self.plan.spec.tracking.strict)
+        tracking = self.plan.spec.tracking
+        return MlflowTracker(self.uri, run_id, strict=tracking.strict, journal=Journal(self.plan.run_dir / JOURNAL),
+                             call_timeout_s=tracking.call_timeout_s)
 
     def open_pipeline(self, state: dict[str, Any], resolved: Path) -> str:
         from sllm_lib.tracking.tracker import TAG_GIT_SHA, TAG_JOB, TAG_SPEC_HASH
@@ -322,9 +384,11 @@ class _Runs:
     def close(self, run_id: str, *, ok: bool, output: str | None = None) -> None:
         from sllm_lib.tracking.tracker import TAG_OUTPUT
 
+        # after hours of training an outage must not fail the pipeline: bounded, journaled like the stages
+        tracker = self._tracker(run_id)
         if output is not None:
-            self.client.set_tag(run_id, TAG_OUTPUT, output)
-        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+            tracker.set_tags({TAG_OUTPUT: output})
+        tracker.set_status("FINISHED" if ok else "FAILED")
 
 
 def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: str) -> LaunchRequest:
@@ -482,7 +546,9 @@ def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
                         f"from this process")
     if not wait and spec.sweep is not None:
         raise SllmError("--detach: a sweep needs the launcher to wait (it picks the best point); drop --detach")
+    protect_secrets(spec)
     uri = tracking_uri(spec)
+    check_tracking(uri)
     if any(s.kind in SUITE_KINDS for s in spec.stages):
         registry_preflight(spec, uri)
     resolved = plan.run_dir / "spec.resolved.yaml"

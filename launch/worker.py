@@ -13,6 +13,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import Any
 
 from launch.executor import LaunchRequest
 from sllm_lib.spec import load_job_spec, stage_with
@@ -22,27 +23,63 @@ from sllm_lib.training.interrupt import StageInterrupted
 log = logging.getLogger(__name__)
 
 
-def _tracker(req: LaunchRequest, rank: int):
+def _tracker(req: LaunchRequest, rank: int, tracking: Any):
+    from sllm_lib.tracking.journal import JOURNAL, Journal
     from sllm_lib.tracking.tracker import MlflowTracker, NullTracker
 
     if rank != 0 or not req.run_id:
         return NullTracker()
-    return MlflowTracker(req.tracking_uri, req.run_id, strict=req.tracking_strict)
+    return MlflowTracker(req.tracking_uri, req.run_id, strict=req.tracking_strict,
+                         journal=Journal(Path(req.stage_dir) / JOURNAL), call_timeout_s=tracking.call_timeout_s)
+
+
+def _protect_secrets(job: Any) -> dict[str, str]:
+    """Register every secret this process may see (masked in logs and MLflow); the stage's env: resolved."""
+    from sllm_lib import secrets
+    from sllm_lib.spec import spec_to_dict
+    from sllm_lib.tracking.tracker import configure_http
+
+    secrets.register_names(job.tracking.redact)
+    secrets.register_environment()
+    secrets.register_from(spec_to_dict(job))
+    try:
+        env = secrets.resolve_env(job.env)
+    except KeyError as exc:
+        from sllm_lib.errors import JobSpecError
+
+        raise JobSpecError(str(exc.args[0])) from None
+    secrets.register_values(v for k, v in env.items() if secrets.is_secret_name(k))
+    secrets.install_log_filter()
+    configure_http(job.tracking)
+    return env
 
 
 def run_request(req: LaunchRequest) -> StageResult:
     """Run the stage described by `req` in this process and return its result."""
+    job = load_job_spec(req.spec_path)
+    env = _protect_secrets(job)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _run(req, job, rank=int(os.environ.get("RANK", "0")))
+    finally:
+        for k, v in saved.items():  # an in-process stage must not leak its env: into the launcher
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(req: LaunchRequest, job: Any, *, rank: int) -> StageResult:
     from sllm_lib.training.stages import STAGE_FUNCTIONS
 
-    job = load_job_spec(req.spec_path)
     stage = job.stage(req.stage)
     if req.overrides:  # one point of a sweep
         stage = stage_with(stage, req.overrides)
-    rank = int(os.environ.get("RANK", "0"))
     ctx = StageContext(
         job=job, spec_hash=req.spec_hash, stage_dir=Path(req.stage_dir), chain=[Path(p) for p in req.chain],
         upstream_output=Path(req.upstream_output) if req.upstream_output else None, upstream_kind=req.upstream_kind,
-        tracker=_tracker(req, rank), rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        tracker=_tracker(req, rank, job.tracking), rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
         tracking_uri=req.tracking_uri or None, run_id=req.run_id,
     )
     log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
@@ -63,6 +100,9 @@ def run_request(req: LaunchRequest) -> StageResult:
         ctx.tracker.set_status("FAILED")
         raise
     finally:
+        flush = getattr(ctx.tracker, "flush", None)
+        if flush is not None:
+            flush()  # replay what an outage journaled, now that the stage is done (bounded)
         _close_distributed()
 
 

@@ -292,7 +292,17 @@ class ModelSpec(_Strict):
 class TrackingSpec(_Strict):
     uri: str | None = Field(default=None, description="MLflow tracking URI; default: sqlite file in the output dir.")
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the job name.")
-    strict: bool = Field(default=False, description="Fail the stage on a tracking error instead of warning.")
+    strict: bool = Field(default=False, description="Fail the stage on a tracking error instead of journaling it.")
+    call_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="Longest a training process waits on one tracking call; a slower or failed call goes to the "
+                    "run's tracking journal (replayed at stage end or by `sllm tracking sync`).")
+    http_timeout_s: int = Field(default=5, gt=0, le=600, description="MLflow client HTTP timeout per request.")
+    http_max_retries: int = Field(default=2, ge=1, le=10, description="MLflow client HTTP retries per request.")
+    redact: list[str] = Field(
+        default_factory=list,
+        description="Extra names (spec keys or environment variables) whose values are secret; names that look "
+                    "like keys, secrets, tokens or passwords are always redacted.")
 
 
 class CacheSpec(_Strict):
@@ -332,6 +342,10 @@ class JobSpec(_Strict):
     output_dir: str = Field(default="runs", description="Root for run directories; relative to the working dir.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every stage process; a value '${VAR}' is read from the launcher's environment. "
+                    "Values of secret-looking names (HF_TOKEN, *_API_KEY, ...) never reach MLflow or the logs.")
     stages: list[StageSpec] = Field(min_length=1)
     sweep: SweepSpec | None = Field(default=None, description="Run one training stage over a grid of settings.")
 

@@ -125,69 +125,108 @@ class RecordingTracker:
 
 
 class MlflowTracker:
-    """Writes to one existing MLflow run through MlflowClient (never starts a run of its own)."""
+    """Writes to one existing MLflow run through MlflowClient (never starts a run of its own).
 
-    def __init__(self, tracking_uri: str, run_id: str, *, strict: bool = False) -> None:
+    Every call is bounded by `call_timeout_s`; a failed or slow call goes to the journal (see
+    `tracking/journal.py`) unless `strict`. Params, tags and text artifacts are redacted first.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, strict: bool = False, journal: Any = None,
+                 call_timeout_s: float = 5.0) -> None:
         from mlflow import MlflowClient
+
+        from sllm_lib.tracking.journal import BoundedClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.strict = strict
+        self.journal = journal
+        self.bounded = BoundedClient(journal, call_timeout_s=call_timeout_s, strict=strict)
 
-    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # any tracking failure: warn, or re-raise when strict
-            if self.strict:
-                raise
-            log.warning("tracking: %s failed for run %s (%s); training goes on", what, self.run_id, exc)
-            return None
+    def _batch(self, what: str, *, metrics: list[list[Any]] = (), params: list[list[str]] = (),
+               tags: list[list[str]] = ()) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        payload = {"metrics": [list(m) for m in metrics], "params": [list(x) for x in params],
+                   "tags": [list(t) for t in tags]}
+
+        def send() -> None:
+            client_metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in payload["metrics"]]
+            client_params = [Param(k, v) for k, v in payload["params"]]
+            client_tags = [RunTag(k, v) for k, v in payload["tags"]]
+            self.client.log_batch(self.run_id, metrics=client_metrics, params=client_params, tags=client_tags)
+
+        self.bounded.call(what, send, op="log_batch", run_id=self.run_id, payload=payload)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from sllm_lib.secrets import redact
 
-        flat = flatten(params)
-        items = [Param(k[:250], v[:6000]) for k, v in flat.items()]
+        flat = redact(flatten(params))
+        items = [[k[:250], str(v)[:6000]] for k, v in flat.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self._guard("log_params", self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self._batch("log_params", params=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=items)
+        now = int(time.time() * 1000)  # fixed now: a replay re-sends the same rows, which MLflow dedupes
+        self._batch("log_metrics", metrics=[[k, float(v), now, step or 0] for k, v in metrics.items()])
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        p = Path(local_path)
+        p = _redacted_copy(Path(local_path))
         fn = self.client.log_artifacts if p.is_dir() else self.client.log_artifact
-        self._guard("log_artifact", fn, self.run_id, str(p), artifact_path)
+        self.bounded.call("log_artifact", lambda: fn(self.run_id, str(p), artifact_path), op="log_artifact",
+                          run_id=self.run_id, payload={"local_path": str(p), "artifact_path": artifact_path})
 
     def log_datasets(self, datasets: list[DatasetRecord]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        inputs = [
-            DatasetInput(
-                Dataset(name=d.name, digest=d.digest[:36], source_type="local",
-                        source=json.dumps({"uri": d.source}), profile=json.dumps({"num_rows": d.num_rows})),
-                tags=[InputTag("mlflow.data.context", d.context)],
-            )
-            for d in datasets
-        ]
-        self._guard("log_inputs", self.client.log_inputs, self.run_id, datasets=inputs)
+        payload = {"datasets": [
+            {"dataset": dict(name=d.name, digest=d.digest[:36], source_type="local",
+                             source=json.dumps({"uri": d.source}), profile=json.dumps({"num_rows": d.num_rows})),
+             "tags": [["mlflow.data.context", d.context]]}
+            for d in datasets]}
+
+        def send() -> None:
+            inputs = [DatasetInput(Dataset(**d["dataset"]), tags=[InputTag(k, v) for k, v in d["tags"]])
+                      for d in payload["datasets"]]
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+        self.bounded.call("log_inputs", send, op="log_inputs", run_id=self.run_id, payload=payload)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        from sllm_lib.secrets import redact
 
-        self._guard("set_tags", self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        clean = redact({k: str(v) for k, v in tags.items()})
+        self._batch("set_tags", tags=[[k, v] for k, v in clean.items()])
 
     def set_status(self, status: str) -> None:
         """RUNNING, or a terminal status (FINISHED, FAILED, KILLED) that also sets the end time."""
-        if status == "RUNNING":
-            self._guard("update_run", self.client.update_run, self.run_id, status="RUNNING")
+        end = int(time.time() * 1000)
+
+        def send() -> None:
+            if status == "RUNNING":
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                self.client.set_terminated(self.run_id, status=status, end_time=end)
+
+        self.bounded.call(f"set_status({status})", send, op="set_status", run_id=self.run_id,
+                          payload={"status": status, "end_time": end})
+
+    def flush(self) -> Any:
+        """At stage end: let a call in flight settle, then replay the journal if it has anything."""
+        from sllm_lib.tracking.journal import ReplayStats
+
+        self.bounded.settle()
+        if self.journal is None or not self.journal.entries():
+            return ReplayStats()
+        stats = replay_bounded(self.journal, self.client, timeout_s=max(30.0, 6 * self.bounded.call_timeout_s))
+        if stats.pending:
+            log.warning("tracking: %d journaled operations still pending in %s (%s); run `sllm tracking sync %s` "
+                        "once the server is back", stats.pending, self.journal.path, stats.error,
+                        self.journal.path.parent)
         else:
-            self._guard("set_terminated", self.client.set_terminated, self.run_id, status=status)
+            log.info("tracking: replayed %d journaled operations from %s", stats.replayed, self.journal.path)
+        return stats
 
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
         """Log a model folder as an MLflow LoggedModel of this run; register a version and set the alias.
@@ -207,8 +246,10 @@ class MlflowTracker:
             self.client.finalize_logged_model(model.model_id, "FAILED")
             raise
         self.client.finalize_logged_model(model.model_id, "READY")
-        self._guard("log_inputs(model)", self.client.log_inputs, self.run_id,
-                    models=[LoggedModelInput(model.model_id)])
+        try:
+            self.client.log_inputs(self.run_id, models=[LoggedModelInput(model.model_id)])
+        except Exception as exc:  # the model is logged and registered; the input link is a convenience
+            log.warning("tracking: linking logged model %s to run %s failed: %s", model.model_id, self.run_id, exc)
         info: dict[str, Any] = {"model_id": model.model_id, "model_uri": f"models:/{model.model_id}"}
         if registered_name:
             import mlflow
@@ -232,6 +273,54 @@ class MlflowTracker:
                 self.client.set_registered_model_alias(registered_name, alias, mv.version)
                 info["alias"] = alias
         return info
+
+
+def _redacted_copy(path: Path) -> Path:
+    """The file itself, or a masked temp copy when a small text file contains a registered secret."""
+    from sllm_lib.secrets import contains_secret, redact_text
+
+    if not path.is_file() or path.stat().st_size > 64 * 1024 * 1024:
+        return path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return path  # binary: weights, audio, images
+    if not contains_secret(text):
+        return path
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="sllm-redacted-")) / path.name
+    out.write_text(redact_text(text), encoding="utf-8")
+    return out
+
+
+def replay_bounded(journal: Any, client: Any, *, timeout_s: float) -> Any:
+    """Replay a journal in a helper thread, waiting at most `timeout_s` (a hung server cannot hold us)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from sllm_lib.tracking.journal import ReplayStats
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sllm-replay")
+    try:
+        return pool.submit(journal.replay, client).result(timeout=timeout_s)
+    except FutureTimeout:
+        return ReplayStats(pending=len(journal.entries()), error=f"no answer in {timeout_s:.0f} s")
+    finally:
+        pool.shutdown(wait=False)
+
+
+def configure_http(tracking: Any) -> None:
+    """Bound the MLflow client's own HTTP waits (defaults: ~4 min per call against a dead server).
+
+    Set before the first request; a value the user exported wins.
+    """
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(tracking.http_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(tracking.http_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # an int in mlflow 3.17
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
 
 
 def default_tracking_uri(output_dir: Path) -> str:
