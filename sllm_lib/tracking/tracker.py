@@ -217,6 +217,10 @@ class MlflowTracker:
         from sllm_lib.tracking.journal import ReplayStats
 
         self.bounded.settle()
+        if self.bounded.journaled:
+            log.warning("tracking: %d calls journaled during this stage; longest wait on the server %.1f s "
+                        "(bound %.0f s)", self.bounded.journaled, self.bounded.longest_wait_s,
+                        self.bounded.call_timeout_s)
         if self.journal is None or not self.journal.entries():
             return ReplayStats()
         stats = replay_bounded(self.journal, self.client, timeout_s=max(30.0, 6 * self.bounded.call_timeout_s))
