@@ -328,5 +328,10 @@ def configure_http(tracking: Any) -> None:
 
 
 def default_tracking_uri(output_dir: Path) -> str:
-    """The embedded default: a sqlite file in the output dir."""
+    """MLFLOW_TRACKING_URI when exported (a team server), else the embedded default: a sqlite file in the output dir."""
+    import os
+
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
