@@ -181,8 +181,10 @@ def test_outage_mid_stage_training_goes_on_and_sync_replays_once(tracking_stack,
     state = json.loads((run_dir / "state.json").read_text())
     run_id = state["stages"]["text"]["run_id"]
 
+    pending = sum(1 for _ in open(journal, encoding="utf-8"))
     sync = _sllm(["tracking", "sync", str(run_dir)], _env(tracking_stack), timeout=300)
     assert sync.returncode == 0, sync.stdout + sync.stderr
+    print(f"[{fault}] longest wait {m.group(1)} s; journal lines before sync {pending}; sync:\n{sync.stdout}")
     assert _metric_steps(tracking_stack, run_id, "train/loss") == list(range(1, steps + 1))  # each step once
     again = _sllm(["tracking", "sync", str(run_dir)], _env(tracking_stack), timeout=300)
     assert again.returncode == 0
