@@ -481,21 +481,55 @@ def _unwrap_model(annotation: Any) -> Any:
     return None
 
 
+_SHOW_MAX = 80  # characters of a bad value quoted in a message
+_LINE_MAX = 1000  # characters of one problem line
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _show(value: Any, limit: int = _SHOW_MAX) -> str:
+    """repr() of a bad value for a message: printable, one line, clipped (a 100k-character string shows its length)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's int-to-text digit limit
+        return f"<{type(value).__name__} too large to show>"
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return text[:limit] + "…" + size
+
+
+def _printable(text: str) -> str:
+    """`text` with every unprintable character (newline, tab, control, lone surrogate) escaped: one clean line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _key_text(key: str) -> str:
+    """A mapping key inside a dotted field path: as written, or quoted when empty, blank-edged, unprintable or long."""
+    if key and key.isprintable() and key.strip() == key and len(key) <= 60:
+        return key
+    return _show(key, 40)
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key_text(str(part))
     return out or "<root>"
 
 
 def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
     """One line: dotted field, what went wrong, the bad value, and what is allowed."""
     raw_loc = tuple(err["loc"])
-    where = _dotted(tuple(p for i, p in enumerate(raw_loc) if not _is_tag(raw_loc, i)))
+    loc = tuple(p for i, p in enumerate(raw_loc) if not _is_tag(raw_loc, i))
+    where = _dotted(loc)
     typ = err["type"]
+    ctx = err.get("ctx") or {}
     if typ == "extra_forbidden":
         key = str(raw_loc[-1])
         parent = _model_at(root, raw_loc[:-1])
@@ -504,14 +538,22 @@ def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
             close = difflib.get_close_matches(key, list(parent.model_fields), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(parent.model_fields)}"
         return f"{where}: unknown key{hint}"
-    if typ in {"union_tag_invalid", "union_tag_not_found"}:
+    if typ == "invalid_key":  # YAML reads `1:`, `null:`, `2024-01-01:` or `true:` as a non-text key
+        return f"{_dotted(loc[:-1])}: key {_show(err.get('input'))} is not text; quote it"
+    if typ == "union_tag_invalid":
+        disc = str(ctx.get("discriminator", "'kind'"))
+        data = err.get("input")
+        tag = data.get(disc.strip("'")) if isinstance(data, dict) else ctx.get("tag")
+        return (f"{where}: Input tag {_show(tag)} found using {disc} does not match any of the expected tags: "
+                f"{ctx.get('expected_tags', '')}")
+    if typ == "union_tag_not_found":
         return f"{where}: {err['msg']}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     got = err.get("input")
-    got_text = "" if typ == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"{where}: {msg}{got_text}"
+    got_text = "" if typ == "missing" or isinstance(got, (dict, list)) else f" (got {_show(got)})"
+    return f"{where}: {_clip(msg, 300)}{got_text}"
 
 
 def _validation_problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
@@ -519,6 +561,7 @@ def _validation_problems(exc: ValidationError, root: type[BaseModel]) -> list[st
 
 
 def _raise_problems(source: str, problems: list[str]) -> None:
+    problems = [_clip(_printable(p), _LINE_MAX) for p in problems]  # one problem, one line
     n = len(problems)
     lines = "\n".join(f"  {p}" for p in problems)
     raise JobSpecError(f"{source}: {n} problem{'s' if n != 1 else ''}\n{lines}")
@@ -527,24 +570,165 @@ def _raise_problems(source: str, problems: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- loading
 
 
+_MAX_DEPTH = 100  # nesting levels (real specs use < 10); deeper input is refused before anything recurses into it
+_MAX_VALUES = 1_000_000  # values once YAML aliases are expanded (a "billion laughs" file is tiny on disk)
+_YAML_TYPES = {
+    "tag:yaml.org,2002:int": "an integer", "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:timestamp": "a date", "tag:yaml.org,2002:bool": "a boolean",
+}
+
+
+class _TooLarge(ValueError):
+    """Parsed YAML that is too large or too deep once its aliases are expanded."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that reports, at a line and column, what would otherwise escape as a RecursionError, a bare
+    ValueError or a self-containing value: nesting deeper than _MAX_DEPTH, an alias inside its own anchor
+    (`&a [*a]`), and a scalar it cannot build (`2026-02-30`, `!!int abc`, a 5,000-digit number)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._open: dict[str, bool] = {}  # anchor -> its (latest) node is still being composed
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if self._depth >= _MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {_MAX_DEPTH} levels deep", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            if self._open.get(anchor):
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{anchor} is inside its own anchor &{anchor} (a value cannot contain itself)",
+                    event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if anchor is not None:
+            self._open[anchor] = True
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open[anchor] = False
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            # PyYAML's own constructors fail like this on an explicit tag with a bad value (`!!bool maybe`)
+            what = _YAML_TYPES.get(node.tag, node.tag)
+            reason = "" if not isinstance(exc, (ValueError, OverflowError)) else (
+                ": too many digits" if "digits" in str(exc) else f": {exc}")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_show(node.value, 40)} as {what}{reason}", node.start_mark) from exc
+
+    def construct_yaml_int(self, node: Any) -> int:
+        value = super().construct_yaml_int(node)
+        if value.bit_length() > 14_000:  # ~4,300 decimal digits, as for a decimal literal (hex ones have no limit)
+            raise ValueError("too many digits")
+        return value
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
+
+
+def _too_large(data: Any) -> str | None:
+    """Why `data` is too large or deep once YAML aliases are expanded (None if fine); iterative, cycles count once."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (values, depth) of a finished list/dict
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = list(node.values()) if isinstance(node, dict) else node
+        if finished:
+            on_path.discard(id(node))
+            size, depth = 1, 1
+            for c in children:
+                csize, cdepth = done.get(id(c), (0, 0)) if isinstance(c, (dict, list)) else (1, 0)
+                size, depth = size + csize, max(depth, cdepth + 1)
+            if size > _MAX_VALUES:
+                return f"YAML aliases expand to more than {_MAX_VALUES:,} values"
+            if depth > _MAX_DEPTH:
+                return f"YAML aliases nest values more than {_MAX_DEPTH} levels deep"
+            done[id(node)] = (size, depth)
+        elif isinstance(node, (dict, list)) and id(node) not in done and id(node) not in on_path:
+            on_path.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if isinstance(c, (dict, list)))
+    return None
+
+
+def _parse_yaml(text: str) -> Any:
+    """Parse YAML text (raises yaml.YAMLError for bad YAML, _TooLarge for an alias bomb)."""
+    loader = _SpecLoader(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    problem = _too_large(data)
+    if problem:
+        raise _TooLarge(problem)
+    return data
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """' at line L, column C: what is wrong' for a YAML error in `text`."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML forbids; it knows only the offset
+        pos = exc.position
+        line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        return (f" at line {line}, column {column}: character U+{char:04X} is not allowed in YAML "
+                f"(write it as \\u{char:04x} in a double-quoted string)")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if getattr(exc, "problem", None) and context and cmark and cmark is not mark:
+        problem += f" ({context} that starts at line {cmark.line + 1}, column {cmark.column + 1})"
+    return f"{where}: {_clip(_printable(problem), 300)}"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the OS, an embedded NUL
+        return False
+
+
+def _expanduser(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # ~nosuchuser
+        return path
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing file or a YAML syntax error becomes a JobSpecError naming the file."""
-    if not path.is_file():
+    """Parse a YAML file; a missing, unreadable, non-UTF-8, malformed or oversized file becomes a JobSpecError
+    naming the file (and the line and column of a syntax error)."""
+    if not _is_file(path):
         raise JobSpecError(f"{path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobSpecError(f"{path}: cannot read ({exc})") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JobSpecError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text() did
+    except UnicodeDecodeError as exc:
+        line, column = data.count(b"\n", 0, exc.start) + 1, exc.start - data.rfind(b"\n", 0, exc.start)
+        raise JobSpecError(f"{path}: not UTF-8 text at line {line}, column {column} "
+                           f"(byte 0x{data[exc.start]:02x}); save the file as UTF-8") from exc
+    try:
+        return _parse_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise JobSpecError(f"{path}: not valid YAML{where}: {problem}") from exc
+        raise JobSpecError(f"{path}: not valid YAML{_yaml_problem(exc, text)}") from exc
+    except _TooLarge as exc:
+        raise JobSpecError(f"{path}: too large: {exc}") from exc
 
 
 _OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][\w.\[\]-]*)=(?P<value>.*)$", re.S)
+_KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d{1,9}\])*")
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -554,7 +738,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     A stage may be addressed by index (`stages[1].train.lr=1e-4`) or by name (`stages.asr.train.lr=1e-4`).
 
     Raises:
-        JobSpecError: for a malformed override or a path that does not exist.
+        JobSpecError: for a malformed override (key or YAML value) or a path that does not exist.
     """
     import copy
 
@@ -562,22 +746,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         m = _OVERRIDE.match(item)
         if not m:
-            raise JobSpecError(f"--set {item!r}: expected KEY=VALUE, e.g. stages[0].train.lr=2e-4")
+            raise JobSpecError(f"--set {_show(item)}: expected KEY=VALUE, e.g. stages[0].train.lr=2e-4")
+        if not _KEY_PATH.fullmatch(m["key"]):
+            raise JobSpecError(f"--set {_show(item)}: malformed key {_show(m['key'])}; use dotted names and [index], "
+                               f"e.g. stages[0].train.lr=2e-4")
         tokens = [t[0] or int(t[1]) for t in _TOKEN.findall(m["key"])]
-        value = yaml.safe_load(m["value"]) if m["value"] else ""
+        if len(tokens) > _MAX_DEPTH:
+            raise JobSpecError(f"--set {_show(item)}: key nests more than {_MAX_DEPTH} levels deep")
+        try:
+            value = _parse_yaml(m["value"]) if m["value"] else ""
+        except yaml.YAMLError as exc:
+            raise JobSpecError(f"--set {_show(item)}: value is not valid YAML{_yaml_problem(exc, m['value'])}") from exc
+        except _TooLarge as exc:
+            raise JobSpecError(f"--set {_show(item)}: value too large: {exc}") from exc
         node: Any = data
         for i, tok in enumerate(tokens):
             last = i == len(tokens) - 1
             if isinstance(node, list) and isinstance(tok, str):
                 matches = [k for k, s in enumerate(node) if isinstance(s, dict) and s.get("name") == tok]
                 if not matches:
-                    raise JobSpecError(f"--set {item!r}: no list element named {tok!r}")
+                    raise JobSpecError(f"--set {_show(item)}: no list element named {tok!r}")
                 tok = matches[0]
             if isinstance(node, list):
                 if not isinstance(tok, int) or tok >= len(node):
-                    raise JobSpecError(f"--set {item!r}: index {tok} out of range (list has {len(node)} items)")
+                    raise JobSpecError(f"--set {_show(item)}: index {tok} out of range (list has {len(node)} items)")
+            elif isinstance(tok, int):
+                raise JobSpecError(f"--set {_show(item)}: {_dotted(tuple(tokens[:i]))} is not a list")
             elif not isinstance(node, dict):
-                raise JobSpecError(f"--set {item!r}: {_dotted(tuple(tokens[:i]))} is not a mapping")
+                raise JobSpecError(f"--set {_show(item)}: {_dotted(tuple(tokens[:i]))} is not a mapping")
             if last:
                 node[tok] = value
             else:
@@ -587,34 +783,56 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return data
 
 
-def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> None:
-    """Make dataset paths absolute against the spec's folder (in place, before validation)."""
-    for stage in raw.get("stages") or []:
+def _absolute(value: str, base_dir: Path) -> str:
+    if "\0" in value:
+        raise ValueError("contains a NUL character")
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> list[str]:
+    """Make dataset, suite, report and model paths absolute against the spec's folder (in place, before validation).
+
+    Returns one problem line per path that cannot be resolved (`~nosuchuser/x`, an embedded NUL); values of the
+    wrong type are left to validation.
+    """
+    problems: list[str] = []
+
+    def resolve(holder: dict[str, Any], key: str, where: str) -> None:
+        value = holder[key]
+        try:
+            holder[key] = _absolute(value, base_dir)
+        except RuntimeError:  # Path.expanduser: no such user
+            user = value.split("/", 1)[0]
+            problems.append(f"{where}: cannot expand {_show(user, 40)}: no such user (got {_show(value)})")
+        except (ValueError, OSError) as exc:
+            problems.append(f"{where}: not a usable path: {exc} (got {_show(value)})")
+
+    stages = raw.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(stage, dict):
             continue
-        refs: list[Any] = []
+        refs: list[tuple[str, Any]] = []
         data = stage.get("data")
         if isinstance(data, dict):
-            refs += list(data.get("train") or []) + list(data.get("val") or [])
-        refs += list(stage.get("datasets") or [])
+            for part in ("train", "val"):
+                if isinstance(data.get(part), list):
+                    refs += [(f"stages[{i}].data.{part}[{j}]", ref) for j, ref in enumerate(data[part])]
+        if isinstance(stage.get("datasets"), list):
+            refs += [(f"stages[{i}].datasets[{j}]", ref) for j, ref in enumerate(stage["datasets"])]
         for key in ("suite", "report_dir"):
             if isinstance(stage.get(key), str) and stage[key]:
-                p = Path(stage[key]).expanduser()
-                stage[key] = str(p if p.is_absolute() else (base_dir / p).resolve())
+                resolve(stage, key, f"stages[{i}].{key}")
         m = stage.get("model")
         if stage.get("kind") == "suite_eval" and isinstance(m, str) and m.startswith((".", "/", "~")):
-            p = Path(m).expanduser()
-            stage["model"] = str(p if p.is_absolute() else (base_dir / p).resolve())
-        for ref in refs:
+            resolve(stage, "model", f"stages[{i}].model")
+        for where, ref in refs:
             if isinstance(ref, dict) and isinstance(ref.get("path"), str) and ref["path"]:
-                p = Path(ref["path"]).expanduser()
-                ref["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+                resolve(ref, "path", f"{where}.path")
     model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("base"), str):
-        b = model["base"]
-        if b.startswith((".", "/", "~")):
-            p = Path(b).expanduser()
-            model["base"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+    if isinstance(model, dict) and isinstance(model.get("base"), str) and model["base"].startswith((".", "/", "~")):
+        resolve(model, "base", "model.base")
+    return problems
 
 
 def parse_job_spec(raw: Any, *, source: str, base_dir: Path, overrides: list[str] | None = None) -> JobSpec:
@@ -622,11 +840,13 @@ def parse_job_spec(raw: Any, *, source: str, base_dir: Path, overrides: list[str
     if not isinstance(raw, dict):
         _raise_problems(source, [f"<root>: expected a mapping of job fields (got {type(raw).__name__})"])
     raw = apply_overrides(raw, overrides or [])
-    _resolve_data_paths(raw, base_dir)
+    path_problems = _resolve_data_paths(raw, base_dir)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        _raise_problems(source, _validation_problems(exc, JobSpec))
+        _raise_problems(source, _validation_problems(exc, JobSpec) + path_problems)
+    if path_problems:
+        _raise_problems(source, path_problems)
     problems = graph_problems(spec)
     if problems:
         _raise_problems(source, problems)
@@ -678,7 +898,7 @@ def find_cluster_profile(name: str, *, spec_path: Path | None = None) -> LocalPr
     The name `local` falls back to the embedded default when no file is found.
     """
     candidates: list[Path] = []
-    p = Path(name).expanduser()
+    p = _expanduser(Path(name))
     if p.suffix in {".yaml", ".yml"}:
         candidates.append(p)
     else:
@@ -688,12 +908,12 @@ def find_cluster_profile(name: str, *, spec_path: Path | None = None) -> LocalPr
         for root in roots:
             candidates.append(root / "cluster_configs" / f"{name}.yaml")
     for c in candidates:
-        if c.is_file():
+        if _is_file(c):
             return load_cluster_profile(c)
     if name == "local":
         return LocalProfile(kind="local")
-    searched = ", ".join(str(c) for c in candidates[:4])
-    raise JobSpecError(f"cluster profile {name!r} not found (looked in {searched})")
+    searched = ", ".join(_clip(_printable(str(c)), 200) for c in candidates[:4])
+    raise JobSpecError(f"cluster profile {_show(name)} not found (looked in {searched})")
 
 
 # --------------------------------------------------------------------------------------------- graph
@@ -709,7 +929,7 @@ def graph_problems(spec: JobSpec) -> list[str]:
                 if n not in index:
                     close = difflib.get_close_matches(n, list(index), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else f"; stages are: {', '.join(index)}"
-                    problems.append(f"stages[{i}].{field}: unknown stage {n!r}{hint}")
+                    problems.append(f"stages[{i}].{field}: unknown stage {_show(n)}{hint}")
                 elif n == s.name:
                     problems.append(f"stages[{i}].{field}: stage {n!r} depends on itself")
         if s.from_stage in index:
@@ -746,7 +966,7 @@ def sweep_problems(spec: JobSpec) -> list[str]:
     if sw.stage not in names:
         close = difflib.get_close_matches(sw.stage, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; stages are: {', '.join(names)}"
-        return [f"sweep.stage: unknown stage {sw.stage!r}{hint}"]
+        return [f"sweep.stage: unknown stage {_show(sw.stage)}{hint}"]
     stage = spec.stage(sw.stage)
     if stage.kind not in TRAIN_KINDS:
         return [f"sweep.stage: {sw.stage!r} is a {stage.kind} stage; only training stages can be swept"]
@@ -786,28 +1006,24 @@ def stage_with(stage: Any, overrides: dict[str, Any]) -> Any:
 def find_cycle(spec: JobSpec) -> list[str] | None:
     """A cycle in the stage graph as a list of names (first == last), or None."""
     edges = {s.name: s.upstream() for s in spec.stages}
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for m in edges.get(n, []):
-            if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
-            if state.get(m) is None:
-                found = visit(m)
-                if found:
-                    return found
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for s in spec.stages:
-        if s.name not in state:
-            found = visit(s.name)
-            if found:
-                return found
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for s in spec.stages:  # depth-first, iterative: a chain of thousands of stages must not hit the recursion limit
+        if s.name in state:
+            continue
+        state[s.name] = 1
+        path, pending = [s.name], [iter(edges.get(s.name, []))]
+        while path:
+            for m in pending[-1]:
+                if state.get(m) == 1:
+                    return path[path.index(m):] + [m]
+                if state.get(m) is None:
+                    state[m] = 1
+                    path.append(m)
+                    pending.append(iter(edges.get(m, [])))
+                    break
+            else:
+                state[path.pop()] = 2
+                pending.pop()
     return None
 
 
