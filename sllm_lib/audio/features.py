@@ -46,6 +46,30 @@ def log_mel_chunks(wave: np.ndarray, feature_extractor: Any) -> np.ndarray:
     return np.asarray(out["input_features"], dtype=np.float32)
 
 
+def compute_features(path: str | Path, feature_extractor: Any) -> np.ndarray:
+    """Load `path` and compute its log-mel chunks, rounded to float16 precision.
+
+    The shared cache stores float16; rounding here too makes cached and on-the-fly features
+    identical, so a training run gives the same loss with the cache on or off.
+    """
+    return log_mel_chunks(load_audio(path), feature_extractor).astype(np.float16).astype(np.float32)
+
+
+_CACHE: Any = None
+
+
+def set_feature_cache(cache: Any) -> None:
+    """The FeatureCache `audio_features` reads through in this process (None: compute every time)."""
+    global _CACHE
+    _CACHE = cache
+
+
+def feature_cache() -> Any:
+    return _CACHE
+
+
 def audio_features(path: str | Path, feature_extractor: Any) -> np.ndarray:
-    """Load `path` and return its log-mel chunks."""
-    return log_mel_chunks(load_audio(path), feature_extractor)
+    """The log-mel chunks of `path`: from the active feature cache, else computed."""
+    if _CACHE is not None:
+        return _CACHE.features(path, feature_extractor)
+    return compute_features(path, feature_extractor)

@@ -1,0 +1,144 @@
+"""The bytes of one cache entry, and their strict check on the way back.
+
+Format choice: a safetensors file (one float16 tensor "features", shape (n_chunks, n_mels, n_frames))
+whose `__metadata__` carries the sha256 of the tensor bytes, the entry's audio hash and fingerprint.
+
+Why not a plain .npy: the .npy header dict must hold exactly descr/fortran_order/shape, so it has no room
+for a checksum; bytes appended after the data are outside the format; a sidecar checksum object is a
+second write that can be torn from the first (non-atomic pair); and S3 user metadata is not exposed
+uniformly by fsspec backends (local files have none). safetensors is already a dependency, is a
+standard format any tool can open (`safetensors.numpy.load`), has a JSON header with free-form string
+metadata, and its header states the exact data length, so truncation is detected by length and a
+flipped byte by the checksum, all from the one object. The checksum covers the data; the header is
+validated structurally (JSON, one F16 tensor, offsets covering the file exactly, key fields equal to the
+key it was read under, so an object copied under the wrong name is rejected too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import json
+
+import numpy as np
+
+FORMAT = "sllm.audio-features/1"
+TENSOR = "features"
+MAX_HEADER = 64 * 1024
+
+
+class CorruptEntry(ValueError):
+    """The bytes are not a valid entry for the key they were read under (the message says why)."""
+
+
+def to_stored(features: np.ndarray, *, n_mels: int | None = None, n_frames: int | None = None) -> np.ndarray:
+    """(n_chunks, n_mels, n_frames) float16, C-contiguous; ValueError when it cannot be a valid entry."""
+    arr = np.asarray(features)
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise ValueError(f"features must be (n_chunks, n_mels, n_frames), got shape {arr.shape}")
+    if n_mels is not None and arr.shape[1] != n_mels:
+        raise ValueError(f"features have {arr.shape[1]} mel bins, the fingerprint says {n_mels}")
+    if n_frames is not None and arr.shape[2] != n_frames:
+        raise ValueError(f"features have {arr.shape[2]} frames, the fingerprint says {n_frames}")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf, refused below
+        stored = np.ascontiguousarray(arr, dtype="<f2")
+    if not np.isfinite(stored).all():
+        raise ValueError("features are not finite in float16 (NaN/inf or out of the float16 range)")
+    return stored
+
+
+def encode(features: np.ndarray, *, audio_hash: str, fp: str) -> bytes:
+    """The entry bytes of `features` (already float16, see `to_stored`).
+
+    Written here rather than with `safetensors.numpy.save` so the bytes are deterministic (the library
+    orders metadata keys from a hash map): two builders of one key upload identical objects. The layout
+    is the safetensors one (u64 header length, JSON header padded with spaces to 8 bytes, raw data), and
+    the tests check that `safetensors.numpy.load` reads it.
+    """
+    arr = np.ascontiguousarray(features, dtype="<f2")
+    body = arr.tobytes()
+    meta = {
+        "format": FORMAT,
+        "audio_hash": audio_hash,
+        "fingerprint": fp,
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    header = {"__metadata__": meta,
+              TENSOR: {"dtype": "F16", "shape": [int(d) for d in arr.shape], "data_offsets": [0, len(body)]}}
+    blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    blob += b" " * (-len(blob) % 8)
+    return len(blob).to_bytes(8, "little") + blob + body
+
+
+def decode(data: bytes, *, audio_hash: str, fp: str, n_mels: int | None = None,
+           n_frames: int | None = None) -> np.ndarray:
+    """The float16 array stored in `data`, after every check; CorruptEntry otherwise."""
+    size = len(data)
+    if size < 8:
+        raise CorruptEntry(f"{size} bytes: too short for a header")
+    hlen = int.from_bytes(data[:8], "little")
+    if not 2 <= hlen <= MAX_HEADER or 8 + hlen > size:
+        raise CorruptEntry(f"bad header length {hlen} for {size} bytes")
+    try:
+        header = json.loads(bytes(data[8:8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptEntry(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptEntry("header is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict):
+        raise CorruptEntry("header has no metadata")
+    if meta.get("format") != FORMAT:
+        raise CorruptEntry(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("audio_hash") != audio_hash or meta.get("fingerprint") != fp:
+        raise CorruptEntry(f"entry is for {meta.get('audio_hash')}/{meta.get('fingerprint')}, "
+                           f"read under {audio_hash}/{fp}")
+    if set(header) != {TENSOR}:
+        raise CorruptEntry(f"tensors {sorted(header)}, expected [{TENSOR!r}]")
+    info = header[TENSOR]
+    if not isinstance(info, dict):
+        raise CorruptEntry("tensor info is not a JSON object")
+    shape = info.get("shape")
+    if info.get("dtype") != "F16":
+        raise CorruptEntry(f"dtype {info.get('dtype')!r}, expected F16 (float16)")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise CorruptEntry(f"shape {shape!r}, expected 3 positive dims")
+    if n_mels is not None and shape[1] != n_mels:
+        raise CorruptEntry(f"shape {shape}: {shape[1]} mel bins, expected {n_mels}")
+    if n_frames is not None and shape[2] != n_frames:
+        raise CorruptEntry(f"shape {shape}: {shape[2]} frames, expected {n_frames}")
+    count = shape[0] * shape[1] * shape[2]
+    start = 8 + hlen
+    if info.get("data_offsets") != [0, 2 * count] or start + 2 * count != size:
+        raise CorruptEntry(f"data offsets {info.get('data_offsets')} do not cover the {size - start} data bytes "
+                           f"(truncated or padded)")
+    body = memoryview(data)[start:]
+    if hashlib.sha256(body).hexdigest() != meta.get("sha256"):
+        raise CorruptEntry("data checksum mismatch")
+    arr = np.frombuffer(data, dtype="<f2", count=count, offset=start).reshape(shape)
+    if not all_finite(arr):
+        raise CorruptEntry("non-finite values")
+    return arr
+
+
+_IMPORT_PID = os.getpid()
+
+
+def to_float32(arr: np.ndarray) -> np.ndarray:
+    """float16 -> float32. torch's conversion is vectorised (about 15x numpy's astype on 128x3000), which
+    matters on the warm-cache path where this is most of the work."""
+    if os.getpid() != _IMPORT_PID:
+        return arr.astype(np.float32)  # a forked child (DataLoader worker): torch's thread pool is not fork-safe
+    try:
+        import torch
+    except ImportError:
+        return arr.astype(np.float32)
+    src = arr if arr.flags.writeable else arr.copy()  # torch refuses to wrap read-only buffers silently
+    return torch.from_numpy(np.ascontiguousarray(src)).float().numpy()
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """No NaN/inf in a float16 array: its exponent bits are never all ones (one integer pass, no float math)."""
+    bits = np.ascontiguousarray(arr).view(np.uint16)
+    return not bool(np.any((bits & 0x7C00) == 0x7C00))

@@ -1,0 +1,366 @@
+"""FeatureCache without a server: a local-directory cache, and an s3:// cache over an in-process fake remote
+(tier, fallbacks, required) plus the hard deadline of RemoteStore."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sllm_lib.cache import CacheStats, FeatureCache, audio_hash, codec, fingerprint
+from sllm_lib.cache.backends import RemoteStore, RemoteUnavailable
+from sllm_lib.errors import DataError
+
+AUDIO = sorted((Path(__file__).resolve().parents[3] / "data" / "sample" / "audio").glob("*.wav"))
+
+
+@pytest.fixture(scope="module")
+def fe():
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=128)
+
+
+def _reference(path, fe) -> np.ndarray:
+    from sllm_lib.audio.features import load_audio, log_mel_chunks
+
+    return log_mel_chunks(load_audio(path), fe)
+
+
+def test_stats_dict():
+    s = CacheStats(hits=2, corrupt=1)
+    d = s.as_dict()
+    assert d == {"hits": 2, "misses": 0, "local_hits": 0, "remote_hits": 0, "writes": 0, "corrupt": 1,
+                 "errors": 0, "fallbacks": 0, "bytes_read": 0, "bytes_written": 0}
+
+
+def test_local_cache_get_or_compute(tmp_path, fe):
+    cache = FeatureCache(str(tmp_path / "c"))
+    fp, h = fingerprint(fe), audio_hash(AUDIO[0])
+    a = cache.features(AUDIO[0], fe)
+    ref = _reference(AUDIO[0], fe)
+    assert a.dtype == np.float32 and a.shape == ref.shape == (1, 128, 3000)
+    np.testing.assert_allclose(a, ref, atol=2e-3, rtol=0)  # float16 storage
+    assert cache.stats.misses == 1 and cache.stats.writes == 1 and cache.stats.hits == 0
+    b = cache.features(AUDIO[0], fe)
+    assert np.array_equal(a, b)  # same values on a miss and on a hit
+    assert cache.stats.hits == 1 and cache.stats.local_hits == 1
+    assert cache.stats.bytes_read == cache.stats.bytes_written > 128 * 3000 * 2
+    path = cache.key_path(h, fp)
+    assert path == str(tmp_path / "c" / fp / h[:2] / f"{h}.safetensors") and Path(path).is_file()
+    assert cache.fingerprints() == [fp] and list(cache.entries(fp)) == [h]
+    settings = json.loads((tmp_path / "c" / fp / "settings.json").read_text())
+    assert settings["fingerprint"] == fp and settings["settings"]["n_mels"] == 128
+    np.testing.assert_array_equal(cache.get(h, fp), a)
+    # a second instance (another process, another job) hits the same entry
+    other = FeatureCache(str(tmp_path / "c"))
+    np.testing.assert_array_equal(other.features(AUDIO[0], fe), a)
+    assert other.stats.hits == 1 and other.stats.misses == 0
+
+
+def test_put_get_and_shape_checks(tmp_path, fe):
+    cache = FeatureCache(str(tmp_path))
+    fp = cache.register(fe)
+    h = "ab" * 32
+    with pytest.raises(ValueError, match="mel bins"):
+        cache.put(h, fp, np.zeros((1, 80, 3000), np.float32))
+    cache.put(h, fp, np.ones((2, 128, 3000), np.float32))
+    got = cache.get(h, fp)
+    assert got.dtype == np.float32 and got.shape == (2, 128, 3000) and (got == 1).all()
+    assert cache.get("cd" * 32, fp) is None and cache.stats.misses == 1
+    # an instance that never saw the extractor checks shapes from <fp>/settings.json
+    fresh = FeatureCache(str(tmp_path))
+    assert fresh._expected(fp) == (128, 3000)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "flip"])
+def test_corrupt_local_entry_is_recomputed(tmp_path, fe, caplog, damage):
+    cache = FeatureCache(str(tmp_path))
+    first = cache.features(AUDIO[1], fe)
+    path = Path(cache.key_path(audio_hash(AUDIO[1]), fingerprint(fe)))
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data = bytearray(b"not an entry" * 10)
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="sllm_lib.cache"):
+        again = cache.features(AUDIO[1], fe)
+    assert np.array_equal(again, first)
+    assert cache.stats.corrupt == 1 and cache.stats.writes == 2
+    assert "corrupt entry" in caplog.text
+    codec.decode(path.read_bytes(), audio_hash=audio_hash(AUDIO[1]), fp=fingerprint(fe))  # rewritten valid
+
+
+def test_readonly_and_off(tmp_path, fe):
+    ro = FeatureCache(str(tmp_path), mode="readonly")
+    ro.features(AUDIO[0], fe)
+    assert not any(tmp_path.rglob("*.safetensors")) and ro.stats.writes == 0
+    with pytest.raises(DataError, match="readonly"):
+        ro.gc([])
+    off = FeatureCache(str(tmp_path), mode="off")
+    out = off.features(AUDIO[0], fe)
+    ref = _reference(AUDIO[0], fe)
+    np.testing.assert_array_equal(out, ref.astype(np.float16).astype(np.float32))
+    assert off.get(audio_hash(AUDIO[0]), fingerprint(fe)) is None and off.stats.as_dict() == CacheStats().as_dict()
+    assert not any(tmp_path.rglob("*"))
+    with pytest.raises(ValueError):
+        FeatureCache(str(tmp_path), mode="sometimes")
+    with pytest.raises(DataError, match="unsupported"):
+        FeatureCache("gs://bucket/x")
+
+
+def test_manifest_round_trip(tmp_path, fe):
+    cache = FeatureCache(str(tmp_path))
+    fp = cache.register(fe)
+    rows = [{"audio_path": str(AUDIO[0]), "audio_hash": audio_hash(AUDIO[0]), "duration_s": 3.2, "n_chunks": 1,
+             "frames": 3000}]
+    where = cache.write_manifest("asr_train", fp, rows)
+    assert where == str(tmp_path / fp / "manifests" / "asr_train.json")
+    assert cache.read_manifest("asr_train", fp) == rows
+    assert cache.read_manifest("other", fp) is None
+    assert list(cache.entries(fp)) == []  # manifests are not entries
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(ValueError):
+            cache.write_manifest(bad, fp, rows)
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_verify_and_gc_local(tmp_path, fe):
+    from transformers import WhisperFeatureExtractor
+
+    cache = FeatureCache(str(tmp_path))
+    fp = cache.register(fe)
+    for p in AUDIO[:4]:
+        cache.features(p, fe)
+    index = {audio_hash(p): str(p) for p in AUDIO[:4]}
+    assert cache.verify(fp, audio_index=index, feature_extractor=fe) == \
+        {"checked": 4, "ok": 4, "corrupt": 0, "mismatched": 0, "removed": 0}
+    h0, h1 = audio_hash(AUDIO[0]), audio_hash(AUDIO[1])
+    Path(cache.key_path(h0, fp)).write_bytes(b"junk")
+    cache.put(h1, fp, np.zeros((1, 128, 3000), np.float32))  # valid entry, wrong values
+    assert cache.verify(fp, sample=2, seed=3)["checked"] == 2
+    res = cache.verify(fp, audio_index=index, feature_extractor=fe)
+    assert res == {"checked": 4, "ok": 2, "corrupt": 1, "mismatched": 1, "removed": 2}
+    assert sorted(cache.entries(fp)) == sorted(set(index) - {h0, h1})
+    fe80 = WhisperFeatureExtractor(feature_size=80)
+    cache.features(AUDIO[0], fe80)
+    fp80 = fingerprint(fe80)
+    assert sorted(cache.fingerprints()) == sorted([fp, fp80])
+    with pytest.raises(DataError, match="fingerprint"):
+        cache.verify(fp, feature_extractor=fe80)
+    out = cache.gc(keep=[fp])
+    assert out["removed_fingerprints"] == [fp80] and out["removed_entries"] == 1 and out["bytes"] > 80 * 3000 * 2
+    assert cache.fingerprints() == [fp] and not (tmp_path / fp80).exists()
+
+
+# ------------------------------------------------------------------------------------------ s3:// over a fake
+
+
+class FakeRemote:
+    """The RemoteStore surface FeatureCache uses, in memory; `down` makes every call fail."""
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+        self.down = False
+        self.calls = 0
+        self.bucket, self.prefix = "bucket", "pre"
+
+    def key(self, rel):
+        return f"{self.prefix}/{rel}"
+
+    def budget(self):
+        return time.monotonic() + 5.0
+
+    def _check(self):
+        self.calls += 1
+        if self.down:
+            raise RemoteUnavailable("fake outage")
+
+    def read(self, rel, until=None):
+        self._check()
+        return self.objects.get(rel)
+
+    def write(self, rel, data, until=None):
+        self._check()
+        self.objects[rel] = bytes(data)
+
+    def delete(self, rel, until=None):
+        self._check()
+        self.objects.pop(rel, None)
+
+    def list(self, rel_prefix, *, delimiter=None):
+        self._check()
+        if delimiter:
+            return iter(sorted({(k[len(rel_prefix):].split("/")[0] + "/", 0) for k in self.objects}))
+        return iter([(k, len(v)) for k, v in sorted(self.objects.items()) if k.startswith(rel_prefix)])
+
+    def delete_many(self, rels):
+        self._check()
+        for r in rels:
+            self.objects.pop(r, None)
+
+
+def _s3_cache(tmp_path, **kw) -> tuple[FeatureCache, FakeRemote]:
+    cache = FeatureCache("s3://bucket/pre", **kw)
+    cache.remote = fake = FakeRemote()
+    return cache, fake
+
+
+def test_tier_in_front_of_remote(tmp_path, fe):
+    writer, fake = _s3_cache(tmp_path, local_dir=tmp_path / "tier-a")
+    ref = writer.features(AUDIO[0], fe)
+    h, fp = audio_hash(AUDIO[0]), fingerprint(fe)
+    rel = f"{fp}/{h[:2]}/{h}.safetensors"
+    assert rel in fake.objects and (tmp_path / "tier-a" / rel).is_file()
+    assert writer.key_path(h, fp) == f"s3://bucket/pre/{rel}"
+    reader = FeatureCache("s3://bucket/pre", local_dir=tmp_path / "tier-b")
+    reader.remote = fake
+    np.testing.assert_array_equal(reader.features(AUDIO[0], fe), ref)
+    assert reader.stats.remote_hits == 1 and (tmp_path / "tier-b" / rel).is_file()
+    fake.down = True  # the tier answers without S3
+    np.testing.assert_array_equal(reader.features(AUDIO[0], fe), ref)
+    assert reader.stats.local_hits == 1 and reader.stats.fallbacks == 0
+
+
+def test_tier_eviction_under_a_tiny_cap(tmp_path, fe):
+    entry = 128 * 3000 * 2 + 400
+    cache, fake = _s3_cache(tmp_path, local_dir=tmp_path / "tier", local_cap_gb=2.5 * entry / 1024 ** 3)
+    for p in AUDIO[:5]:
+        cache.features(p, fe)
+    tier_files = list((tmp_path / "tier").rglob("*.safetensors"))
+    assert 1 <= len(tier_files) <= 2 and len([k for k in fake.objects if k.endswith(".safetensors")]) == 5
+    assert sum(f.stat().st_size for f in tier_files) <= 2.5 * entry
+    # the most recent is kept; the evicted ones are still remote hits
+    assert cache.get(audio_hash(AUDIO[4]), fingerprint(fe)) is not None and cache.stats.local_hits == 1
+    assert cache.get(audio_hash(AUDIO[0]), fingerprint(fe)) is not None and cache.stats.remote_hits == 1
+
+
+def test_remote_down_falls_back_or_raises(tmp_path, fe, caplog):
+    cache, fake = _s3_cache(tmp_path)
+    fake.down = True
+    with caplog.at_level(logging.WARNING, logger="sllm_lib.cache"):
+        out = cache.features(AUDIO[2], fe)
+    assert "features computed instead" in caplog.text
+    np.testing.assert_allclose(out, _reference(AUDIO[2], fe), atol=2e-3, rtol=0)
+    assert cache.stats.fallbacks == 1 and cache.stats.errors == 1 and cache.stats.writes == 0
+    assert cache.get(audio_hash(AUDIO[2]), fingerprint(fe)) is None
+    cache.put(audio_hash(AUDIO[2]), fingerprint(fe), out)  # logged and counted, not raised
+    strict, fake2 = _s3_cache(tmp_path, required=True)
+    fake2.down = True
+    with pytest.raises(DataError, match="s3://bucket/pre"):
+        strict.features(AUDIO[2], fe)
+    with pytest.raises(DataError, match="s3://bucket/pre"):
+        strict.get(audio_hash(AUDIO[2]), fingerprint(fe))
+    with pytest.raises(DataError, match="listing"):
+        list(strict.entries(fingerprint(fe)))
+
+
+def test_corrupt_remote_entry_is_replaced(tmp_path, fe, caplog):
+    cache, fake = _s3_cache(tmp_path)
+    good = cache.features(AUDIO[3], fe)
+    h, fp = audio_hash(AUDIO[3]), fingerprint(fe)
+    rel = f"{fp}/{h[:2]}/{h}.safetensors"
+    fake.objects[rel] = fake.objects[rel][:1000]
+    reader, _ = _s3_cache(tmp_path)
+    reader.remote = fake
+    with caplog.at_level(logging.WARNING, logger="sllm_lib.cache"):
+        np.testing.assert_array_equal(reader.features(AUDIO[3], fe), good)
+    assert reader.stats.corrupt == 1 and reader.stats.writes == 1 and "corrupt" in caplog.text
+    codec.decode(fake.objects[rel], audio_hash=h, fp=fp)
+    ro, _ = _s3_cache(tmp_path, mode="readonly")
+    ro.remote = fake
+    fake.objects[rel] = b"junk"
+    ro.features(AUDIO[3], fe)
+    assert fake.objects[rel] == b"junk" and ro.stats.corrupt == 1  # readonly never deletes or writes
+
+
+def test_remote_store_deadline_and_cooldown(monkeypatch, caplog):
+    """A call that never answers returns at the deadline; the next ones fail at once during the cool-down."""
+    import fsspec.asyn
+
+    store = RemoteStore("s3://bucket/p", timeout_s=1.0, cooldown_s=30.0)
+
+    class _FS:
+        loop = fsspec.asyn.get_loop()
+
+    monkeypatch.setattr(store, "_fs", lambda: _FS())
+    started = []
+
+    async def never(fs):
+        started.append(1)
+        await asyncio.sleep(3600)
+
+    t = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="sllm_lib.cache"), pytest.raises(RemoteUnavailable, match="no answer"):
+        store._run("get x", never)
+    assert time.monotonic() - t < 1.5 and "unreachable" in caplog.text
+    t = time.monotonic()
+    with pytest.raises(RemoteUnavailable, match="marked unreachable"):
+        store._run("get y", never)
+    assert time.monotonic() - t < 0.1 and len(started) == 1
+    store.mark_up()
+
+    async def missing(fs):
+        raise FileNotFoundError("x")
+
+    assert store._run("get z", missing, missing_ok=True) is None and store.available()
+    with pytest.raises(RemoteUnavailable, match="not found"):
+        store._run("put z", missing)
+
+
+def test_credentials_never_in_repr_or_errors(tmp_path, monkeypatch):
+    store = RemoteStore("s3://bucket/p", storage_options={"key": "AKIASECRETKEYID", "secret": "topsecretvalue"},
+                        timeout_s=1.0)
+
+    async def fail(fs):
+        raise RuntimeError("boom")
+
+    import fsspec.asyn
+
+    class _FS:
+        loop = fsspec.asyn.get_loop()
+
+    monkeypatch.setattr(store, "_fs", lambda: _FS())
+    with pytest.raises(RemoteUnavailable) as err:
+        store._run("get", fail)
+    text = repr(store) + str(err.value) + repr(FeatureCache("s3://bucket/p", storage_options={"secret": "x1y2"}))
+    assert "topsecretvalue" not in text and "AKIASECRETKEYID" not in text and "x1y2" not in text
+
+
+def test_one_call_shares_one_budget(monkeypatch):
+    """All S3 operations of one cache call share the deadline: a slow get leaves less for the put, and a
+    spent budget skips S3 at once without marking it down."""
+    import fsspec.asyn
+
+    store = RemoteStore("s3://bucket/p", timeout_s=2.0)  # deadline 1.5 s
+
+    class _FS:
+        loop = fsspec.asyn.get_loop()
+
+    monkeypatch.setattr(store, "_fs", lambda: _FS())
+
+    async def slow(fs):
+        await asyncio.sleep(1.0)
+        return b"x"
+
+    async def never(fs):
+        await asyncio.sleep(3600)
+
+    until = store.budget()
+    t = time.monotonic()
+    assert store._run("get", slow, until=until) == b"x"
+    with pytest.raises(RemoteUnavailable, match="no answer"):
+        store._run("put", never, until=until)
+    assert time.monotonic() - t < 1.5 + 0.3
+    store.mark_up()
+    with pytest.raises(RemoteUnavailable, match="budget"):
+        store._run("put", never, until=time.monotonic() - 1)
+    assert store.available()  # a spent budget is no outage
