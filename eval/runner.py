@@ -69,10 +69,11 @@ def _download_model(model_id: str, tracking_uri: str) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=final.parent))
     try:
-        # the registry resolves models:/<id> through the global client (see tracker.log_model)
-        mlflow.set_tracking_uri(tracking_uri)
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(tmp),
-                                                       tracking_uri=tracking_uri))
+        from sllm_lib.tracking.tracker import global_tracking_uri
+
+        with global_tracking_uri(tracking_uri):  # models:/<id> resolves through the global client
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(tmp),
+                                                           tracking_uri=tracking_uri))
         src = got if (got / "config.json").is_file() else next((p.parent for p in got.rglob("config.json")), None)
         if src is None:
             raise ArtifactNotFoundError(f"logged model {model_id}: no config.json among its files")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -256,22 +259,18 @@ class MlflowTracker:
             log.warning("tracking: linking logged model %s to run %s failed: %s", model.model_id, self.run_id, exc)
         info: dict[str, Any] = {"model_id": model.model_id, "model_uri": f"models:/{model.model_id}"}
         if registered_name:
-            import mlflow
             from mlflow.exceptions import MlflowException
-
-            # MLflow's sqlalchemy registry resolves `models:/<id>` through a *global* MlflowClient()
-            # (see its own TODO in sqlalchemy_store.create_model_version), so point the global URI here too.
-            mlflow.set_tracking_uri(self.tracking_uri)
 
             try:
                 self.client.create_registered_model(registered_name)
             except MlflowException as exc:
                 if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                     raise
-            mv = self.client.create_model_version(
-                registered_name, source=f"models:/{model.model_id}", run_id=self.run_id, model_id=model.model_id,
-                tags={TAG_SPEC_HASH: run.data.tags.get(TAG_SPEC_HASH, "")},
-            )
+            with global_tracking_uri(self.tracking_uri):  # the registry resolves models:/<id> globally
+                mv = self.client.create_model_version(
+                    registered_name, source=f"models:/{model.model_id}", run_id=self.run_id,
+                    model_id=model.model_id, tags={TAG_SPEC_HASH: run.data.tags.get(TAG_SPEC_HASH, "")},
+                )
             info.update(registered_name=registered_name, version=mv.version)
             if alias:
                 self.client.set_registered_model_alias(registered_name, alias, mv.version)
@@ -327,11 +326,36 @@ def configure_http(tracking: Any) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
 
 
+# What the user exported, read before anything could change it: mlflow.set_tracking_uri() writes the
+# variable too (mlflow/tracking/_tracking_service/utils.py), so a later read would see our own store.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+
+
 def default_tracking_uri(output_dir: Path) -> str:
     """MLFLOW_TRACKING_URI when exported (a team server), else the embedded default: a sqlite file in the output dir."""
-    import os
-
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env:
-        return env
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point mlflow's *global* tracking URI at `uri` for the block, then restore it and MLFLOW_TRACKING_URI.
+
+    MLflow's sqlalchemy registry resolves `models:/<id>` through a global MlflowClient() (see its TODO in
+    sqlalchemy_store.create_model_version), and set_tracking_uri also exports MLFLOW_TRACKING_URI to the
+    environment; left set, later runs in this process (and its children) would follow it.
+    """
+    import mlflow
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)  # None resets mlflow's global to its default
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
