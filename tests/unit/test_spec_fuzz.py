@@ -14,7 +14,6 @@ bugs the fuzzing found.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import re
 from pathlib import Path
 from typing import Any, Callable
