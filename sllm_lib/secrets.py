@@ -26,7 +26,9 @@ _SECRET_WORDS = frozenset({"password", "passwd", "pwd", "passphrase", "secret", 
 _KEY_PREFIXES = frozenset({"api", "access", "private", "auth", "session", "secret", "signing", "encryption"})
 _NAME_SPLIT_RE = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 _URI_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
-_MIN_SECRET_LEN = 4  # shorter values ("1", "yes") would mask ordinary text
+_MIN_SECRET_LEN = 6  # shorter values would mask ordinary text
+# values that are settings, not secrets (HF_HUB_DISABLE_IMPLICIT_TOKEN=true must not mask every "true")
+_NOT_A_SECRET_RE = re.compile(r"^(true|false|yes|no|on|off|none|null|[0-9.]+)$", re.IGNORECASE)
 
 _lock = threading.Lock()
 _values: set[str] = set()
@@ -53,7 +55,8 @@ def register_names(names: Iterable[str]) -> None:
 
 def register_values(values: Iterable[str | None]) -> None:
     with _lock:
-        _values.update(v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LEN)
+        _values.update(v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LEN
+                       and not _NOT_A_SECRET_RE.match(v) and not _is_reference(v))
 
 
 def register_environment(environ: Mapping[str, str] | None = None) -> None:

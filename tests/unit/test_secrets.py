@@ -64,3 +64,9 @@ def test_resolve_env_reads_references() -> None:
     assert secrets.resolve_env({"A": "${X}", "B": "lit"}, {"X": "1"}) == {"A": "1", "B": "lit"}
     with pytest.raises(KeyError, match="env.A"):
         secrets.resolve_env({"A": "${MISSING_VAR}"}, {})
+
+
+def test_setting_values_under_secret_names_are_not_registered() -> None:
+    secrets.register_environment({"HF_HUB_DISABLE_IMPLICIT_TOKEN": "true", "SOME_TOKEN_TTL": "3600",
+                                  "A_TOKEN": "${OTHER}", "SHORT_TOKEN": "abc"})
+    assert secrets.redact_text("do_sample true, ttl 3600, abc, ${OTHER}") == "do_sample true, ttl 3600, abc, ${OTHER}"
