@@ -222,18 +222,13 @@ def protect_secrets(spec: JobSpec) -> None:
     Raises:
         PlanError: an `env:` reference names a variable the launcher's environment lacks.
     """
-    from sllm_lib import secrets
+    from sllm_lib.secrets import protect_job
     from sllm_lib.tracking.tracker import configure_http
 
-    secrets.register_names(spec.tracking.redact)
-    secrets.register_environment()
-    secrets.register_from(spec_to_dict(spec))
     try:
-        env = secrets.resolve_env(spec.env)
+        protect_job(spec)
     except KeyError as exc:
         raise PlanError(f"pre-flight checks failed; nothing was submitted:\n{exc.args[0]}") from None
-    secrets.register_values(v for k, v in env.items() if secrets.is_secret_name(k))
-    secrets.install_log_filter()
     configure_http(spec.tracking)
 
 

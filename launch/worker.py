@@ -35,21 +35,14 @@ def _tracker(req: LaunchRequest, rank: int, tracking: Any):
 
 def _protect_secrets(job: Any) -> dict[str, str]:
     """Register every secret this process may see (masked in logs and MLflow); the stage's env: resolved."""
-    from sllm_lib import secrets
-    from sllm_lib.spec import spec_to_dict
+    from sllm_lib.errors import JobSpecError
+    from sllm_lib.secrets import protect_job
     from sllm_lib.tracking.tracker import configure_http
 
-    secrets.register_names(job.tracking.redact)
-    secrets.register_environment()
-    secrets.register_from(spec_to_dict(job))
     try:
-        env = secrets.resolve_env(job.env)
+        env = protect_job(job)
     except KeyError as exc:
-        from sllm_lib.errors import JobSpecError
-
         raise JobSpecError(str(exc.args[0])) from None
-    secrets.register_values(v for k, v in env.items() if secrets.is_secret_name(k))
-    secrets.install_log_filter()
     configure_http(job.tracking)
     return env
 

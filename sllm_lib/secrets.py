@@ -163,3 +163,19 @@ def resolve_env(env: Mapping[str, str], environ: Mapping[str, str] | None = None
         else:
             out[k] = v
     return out
+
+
+def protect_job(spec: Any) -> dict[str, str]:
+    """Everything a launcher or worker process does first with a job spec: register the secrets it may see
+    (environment, spec values under secret names, `tracking.redact`), mask them in every log line, and
+    return the spec's `env:` with '${VAR}' references resolved (KeyError naming the entry when one is unset).
+    """
+    from sllm_lib.spec import spec_to_dict
+
+    register_names(spec.tracking.redact)
+    register_environment()
+    register_from(spec_to_dict(spec))
+    env = resolve_env(spec.env)
+    register_values(v for k, v in env.items() if is_secret_name(k))
+    install_log_filter()
+    return env
