@@ -56,7 +56,9 @@ def version_model_id(mv: Any) -> str | None:
 
 
 def _models_home() -> Path:
-    return Path(os.environ.get("SLLM_HOME", Path.home() / ".cache" / "sllm")) / "models"
+    from sllm_lib.models.builders import sllm_home
+
+    return sllm_home() / "models"
 
 
 def _download_model(model_id: str, tracking_uri: str) -> Path:

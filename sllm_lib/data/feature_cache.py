@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,9 @@ def cache_kwargs(spec: Any) -> dict[str, Any]:
     uri = c.uri or c.dir or str(Path(spec.output_dir).resolve() / "cache")
     if not uri.startswith("s3://"):
         uri = str(Path(uri).expanduser().resolve())
-    home = Path(os.environ.get("SLLM_HOME", Path.home() / ".cache" / "sllm"))
-    local = c.local_dir or (str(home / "feature-cache") if uri.startswith("s3://") else None)
+    from sllm_lib.models.builders import sllm_home
+
+    local = c.local_dir or (str(sllm_home() / "feature-cache") if uri.startswith("s3://") else None)
     return {"uri": uri, "mode": c.mode, "local_dir": local, "local_cap_gb": c.local_cap_gb,
             "required": c.required, "endpoint_url": c.endpoint_url, "timeout_s": c.timeout_s}
 

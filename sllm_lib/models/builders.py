@@ -86,8 +86,13 @@ def build_char_tokenizer() -> Any:
     )
 
 
+def sllm_home() -> Path:
+    """sllm's own cache root: $SLLM_HOME, default ~/.cache/sllm (presets, downloaded models, feature tier)."""
+    return Path(os.environ.get("SLLM_HOME", Path.home() / ".cache" / "sllm"))
+
+
 def _preset_root() -> Path:
-    return Path(os.environ.get("SLLM_HOME", Path.home() / ".cache" / "sllm")) / "presets"
+    return sllm_home() / "presets"
 
 
 def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
