@@ -158,6 +158,9 @@ def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional
     from launch.pipeline import submit_pipeline
 
     p = _load(spec_path, set_, cluster)
+    if _via_ray_jobs(p.profile):
+        _submit_ray_job(p, spec_path, set_ or [], cluster or p.spec.cluster, detach=detach)
+        return
     console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]} on {p.profile.name}: "
                   f"{len(p.stages)} stages -> {p.run_dir}")
     outcome = submit_pipeline(p, wait=not detach)
@@ -169,6 +172,33 @@ def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional
         return
     _print_outcome(outcome)
     _exit_on_regression(outcome)
+
+
+def _via_ray_jobs(profile: Any) -> bool:
+    """A Ray Jobs API profile, seen from outside the cluster: the plan is sent there as one job."""
+    import os
+
+    from launch.ray_jobs import IN_JOB_ENV
+
+    return profile.kind == "ray" and profile.jobs_api and not os.environ.get(IN_JOB_ENV)
+
+
+def _submit_ray_job(p: Any, spec_path: Path, overrides: list[str], cluster: str, *, detach: bool) -> None:
+    from launch.pipeline import preflight
+    from launch.ray_jobs import submit_job, wait_job
+
+    preflight(p.spec)  # bad inputs fail here, before anything reaches the cluster
+    cluster_path = Path(cluster) if Path(cluster).suffix in (".yaml", ".yml") else None
+    record = submit_job(spec_path=spec_path, cluster_path=cluster_path or Path(cluster), overrides=overrides,
+                        profile=p.profile, run_dir=p.run_dir, job_name=p.spec.name, spec_hash=p.spec_hash,
+                        cluster_is_name=cluster_path is None)
+    console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]}: Ray job {record.submission_id} at "
+                  f"{record.address}", highlight=False)
+    if detach:
+        console.print(f"follow: sllm status {p.run_dir}  |  sllm logs {p.run_dir} -f  |  sllm cancel {p.run_dir}",
+                      highlight=False)
+        return
+    wait_job(record, echo=lambda text: print(text, flush=True))
 
 
 REGRESSION_EXIT = 3
@@ -312,29 +342,46 @@ def nightly(spec_path: Path = typer.Argument(..., metavar="SPEC", help="A job wi
 @app.command()
 def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an output dir holding runs.")) -> None:
     """Stages of the pipeline runs under TARGET: state, job id, scheduler state, elapsed, MLflow run."""
+    from launch.ray_jobs import RayJobRecord, job_status
     from launch.status import find_state_files, stage_statuses
 
+    record = RayJobRecord.load(target)
+    if record is not None:  # sent to a cluster through the Ray Jobs API
+        state, message = job_status(record)
+        console.print(f"Ray job {record.submission_id} at {record.address}: [bold]{state}[/] {message}")
     table = Table()
     for col in ("run dir", "stage", "status", "job id", "scheduler", "elapsed", "starts", "stage run",
                 "last log lines"):
         table.add_column(col, overflow="fold")
-    for st in find_state_files(target):
+    for st in find_state_files(target, missing_ok=record is not None):
         for s in stage_statuses(st):
             table.add_row(str(st.parent), s.stage, s.status, s.job_id, s.scheduler_state, s.elapsed, str(s.starts),
                           s.run_id, s.error or "")
-    console.print(table)
+    if table.row_count or record is None:
+        console.print(table)
 
 
 @app.command()
 def logs(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash>)."),
-         stage: str = typer.Argument(..., help="Stage name."),
+         stage: Optional[str] = typer.Argument(None, help="Stage name (a Ray Jobs run without it: the job's log)."),
          follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the stage ends."),
          lines: int = typer.Option(40, "-n", help="Lines to show first.")) -> None:
-    """Print a stage's log (its stage.log, written by rank 0)."""
+    """Print a stage's log (its stage.log, written by rank 0), or a Ray job's log."""
     import time
 
+    from launch.ray_jobs import RayJobRecord, follow_job, job_logs
     from launch.status import find_state_files, stage_statuses
 
+    record = RayJobRecord.load(run_dir)
+    if record is not None and stage is None:
+        if follow:
+            follow_job(record, echo=lambda text: print(text, flush=True))
+        else:
+            for line in job_logs(record).splitlines()[-lines:]:
+                print(line)
+        return
+    if stage is None:
+        raise SllmError(f"{run_dir}: name the stage (this run was not sent through the Ray Jobs API)")
     log_file = run_dir / "stages" / stage / "stage.log"
     if not log_file.is_file():
         raise SllmError(f"{log_file}: no log yet (is {stage!r} a stage of this run, and has it started?)")
@@ -355,9 +402,18 @@ def logs(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash
 @app.command()
 def cancel(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash>)."),
            stage: Optional[list[str]] = typer.Option(None, "--stage", help="Only these stages (repeatable).")) -> None:
-    """Cancel the unfinished stages of a run (scancel / SIGTERM)."""
+    """Cancel the unfinished stages of a run (scancel / SIGTERM / stop the Ray job)."""
+    from launch.ray_jobs import RayJobRecord, job_status, stop_job
     from launch.status import cancel_run, find_state_files
 
+    record = RayJobRecord.load(run_dir)
+    if record is not None:
+        if job_status(record)[0] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            console.print(f"Ray job {record.submission_id}: already ended")
+        else:
+            stop_job(record)
+            console.print(f"cancelled: Ray job {record.submission_id}")
+        return
     done = cancel_run(find_state_files(run_dir)[0], stage or None)
     console.print("cancelled: " + (", ".join(done) if done else "nothing (no unfinished stage)"))
 

@@ -86,9 +86,10 @@ class Executor(Protocol):
 def get_executor(profile: Any) -> Executor:
     """The executor for a cluster profile (dict lookup on `profile.kind`)."""
     from launch.local import LocalExecutor
+    from launch.ray_executor import RayExecutor
     from launch.slurm import SlurmExecutor
 
-    executors: dict[str, Any] = {"local": LocalExecutor, "slurm": SlurmExecutor}
+    executors: dict[str, Any] = {"local": LocalExecutor, "slurm": SlurmExecutor, "ray": RayExecutor}
     cls = executors.get(profile.kind)
     if cls is None:
         raise JobSpecError(

@@ -532,10 +532,19 @@ def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
         PlanError: pre-flight found bad inputs (nothing was created).
         StageFailedError: a stage failed (its run and the pipeline run are marked FAILED; dependents cancelled).
     """
+    preflight(plan.spec)
+    executor = get_executor(plan.profile)
+    try:
+        return _submit(plan, executor, wait=wait)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()  # e.g. the private Ray head of `address: local`
+
+
+def _submit(plan: Plan, executor: Any, *, wait: bool) -> PipelineOutcome:
     t0 = time.perf_counter()
     spec = plan.spec
-    preflight(spec)
-    executor = get_executor(plan.profile)
     if not wait and not executor.supports_dependencies:
         raise SllmError(f"--detach needs a scheduler that chains stages (slurm); {plan.profile.kind!r} runs them "
                         f"from this process")

@@ -28,12 +28,12 @@ class StageStatus:
     starts: int  # times the stage function started (1 + requeues/re-runs)
 
 
-def find_state_files(target: Path) -> list[Path]:
+def find_state_files(target: Path, *, missing_ok: bool = False) -> list[Path]:
     """state.json of a run folder, or of every run under an output folder."""
     if (target / "state.json").is_file():
         return [target / "state.json"]
     found = sorted(target.glob("*/*/state.json"))
-    if not found:
+    if not found and not missing_ok:
         raise SllmError(f"{target}: no pipeline runs found (looked for state.json); run `sllm submit SPEC` first")
     return found
 
@@ -89,7 +89,7 @@ def stage_statuses(state_file: Path) -> list[StageStatus]:
     for name, e in stages.items():
         job_id = str(e.get("job_id", "-"))
         sched, elapsed = sacct.get(job_id, ("-", "-"))
-        if job_id.startswith("local-") and e.get("status") not in ("COMPLETED", "FAILED", "CANCELLED"):
+        if job_id.startswith(("local-", "ray-")) and e.get("status") not in ("COMPLETED", "FAILED", "CANCELLED"):
             sched = _local_state(job_id)
         failed = e.get("status") == "FAILED" or sched in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
         out.append(StageStatus(stage=name, status=e.get("status", "-"), job_id=job_id, scheduler_state=sched,
@@ -160,7 +160,7 @@ def cancel_run(state_file: Path, stages: list[str] | None = None) -> list[str]:
         job_id = str(e.get("job_id", ""))
         if job_id.isdigit():
             subprocess.run(["scancel", job_id], capture_output=True, timeout=10)
-        elif job_id.startswith("local-"):
+        elif job_id.startswith(("local-", "ray-")):  # the stage process (a Ray driver: its job ends with it)
             try:
                 os.kill(int(job_id.split("-", 1)[1]), signal.SIGTERM)
             except ProcessLookupError:

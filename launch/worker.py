@@ -59,14 +59,19 @@ def _activate_cache(job: Any, stage: Any) -> Any:
     return activate(job)
 
 
-def run_request(req: LaunchRequest) -> StageResult:
-    """Run the stage described by `req` in this process and return its result."""
+def run_request(req: LaunchRequest, *, trainer_callbacks: list[Any] | None = None,
+                prepare_trainer: Any = None) -> StageResult:
+    """Run the stage described by `req` in this process and return its result.
+
+    `trainer_callbacks` / `prepare_trainer` are what an executor adds to a training stage's Trainer (Ray Train).
+    """
     job = load_job_spec(req.spec_path)
     env = _protect_secrets(job)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return _run(req, job, rank=int(os.environ.get("RANK", "0")))
+        return _run(req, job, rank=int(os.environ.get("RANK", "0")), trainer_callbacks=trainer_callbacks or [],
+                    prepare_trainer=prepare_trainer)
     finally:
         for k, v in saved.items():  # an in-process stage must not leak its env: into the launcher
             if v is None:
@@ -75,7 +80,8 @@ def run_request(req: LaunchRequest) -> StageResult:
                 os.environ[k] = v
 
 
-def _run(req: LaunchRequest, job: Any, *, rank: int) -> StageResult:
+def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any] | None = None,
+         prepare_trainer: Any = None) -> StageResult:
     from sllm_lib.training.stages import STAGE_FUNCTIONS
 
     stage = job.stage(req.stage)
@@ -85,7 +91,8 @@ def _run(req: LaunchRequest, job: Any, *, rank: int) -> StageResult:
         job=job, spec_hash=req.spec_hash, stage_dir=Path(req.stage_dir), chain=[Path(p) for p in req.chain],
         upstream_output=Path(req.upstream_output) if req.upstream_output else None, upstream_kind=req.upstream_kind,
         tracker=_tracker(req, rank, job.tracking), rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        tracking_uri=req.tracking_uri or None, run_id=req.run_id,
+        tracking_uri=req.tracking_uri or None, run_id=req.run_id, trainer_callbacks=list(trainer_callbacks or []),
+        prepare_trainer=prepare_trainer,
     )
     log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
              ctx.world_size)

@@ -30,6 +30,9 @@ _MIN_SECRET_LEN = 6  # shorter values would mask ordinary text
 # values that are settings, not secrets (HF_HUB_DISABLE_IMPLICIT_TOKEN=true must not mask every "true")
 _NOT_A_SECRET_RE = re.compile(r"^(true|false|yes|no|on|off|none|null|[0-9.]+)$", re.IGNORECASE)
 
+# the shell's working directories: "pwd" here is "print working directory", and masking the cwd hid every path
+_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
+
 _lock = threading.Lock()
 _values: set[str] = set()
 _extra_names: set[str] = set()
@@ -40,6 +43,8 @@ def is_secret_name(name: str) -> bool:
     name listed in tracking.redact. Words, not substrings: `tokenizer` and `max_new_tokens` are not secret."""
     if name in _extra_names or name.lower() in _extra_names:
         return True
+    if name in _NOT_SECRET_NAMES:
+        return False
     words = [w.lower() for w in _NAME_SPLIT_RE.split(name) if w]
     if any(w in _SECRET_WORDS for w in words):
         return True

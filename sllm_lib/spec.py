@@ -420,15 +420,67 @@ class SlurmProfile(_Strict):
 class RayProfile(_Strict):
     kind: Literal["ray"]
     name: str
-    address: str = Field(default="local", description="'local', 'auto' or ray://host:port / http://host:8265.")
-    num_workers: int = Field(default=1, gt=0)
+    address: str = Field(
+        default="local",
+        description="'local' (sllm starts a private head on 127.0.0.1 and stops it after the run), 'auto' (the "
+                    "cluster in RAY_ADDRESS or on this node), HOST:PORT (a head's GCS), ray://HOST:PORT (Ray "
+                    "Client) or http(s)://HOST:8265 (the Ray Jobs API: the whole plan runs on the cluster).",
+    )
+    num_workers: int = Field(default=1, gt=0, description="Training processes per stage (one per GPU).")
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Per worker, e.g. {CPU: 8, GPU: 1}; default {CPU: 1} (+ GPU: 1 with use_gpu)."
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    runtime_env: dict[str, Any] = Field(default_factory=dict)
-    storage_path: str | None = None
-    max_failures: int = Field(default=0, ge=-1)
-    num_to_keep: int | None = Field(default=2, gt=0)
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env (working_dir, pip or uv, env_vars, ...). Without working_dir/py_modules the "
+                    "cluster is expected to share this checkout (PYTHONPATH is set to it).",
+    )
+    storage_path: str | None = Field(
+        default=None, description="Where Ray Train keeps checkpoints: a shared folder or s3://bucket/prefix "
+                                  "(endpoint and credentials as for the feature cache); default <run dir>/ray.",
+    )
+    max_failures: int = Field(default=0, ge=-1, description="Worker-group restarts from the latest checkpoint.")
+    num_to_keep: int | None = Field(default=2, gt=0, description="Checkpoints Ray Train keeps per stage.")
+    placement_timeout_s: float = Field(
+        default=120.0, gt=0, description="Bound on waiting for the workers to be placed (then the stage fails)."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Bound on reaching the cluster.")
+    entrypoint_python: str = Field(
+        default="python", description="Ray Jobs: the interpreter the entrypoint runs with on the cluster "
+                                      "(the head's PATH applies; name a venv's python explicitly).",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v in ("local", "auto") or v.startswith(("ray://", "http://", "https://")):
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected 'local', 'auto', HOST:PORT, ray://HOST:PORT or http(s)://HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not (x >= 0 and x < float("inf"))}
+        if bad:
+            raise ValueError(f"expected finite amounts >= 0, got {bad}")
+        return v
+
+    @property
+    def jobs_api(self) -> bool:
+        """True when the address is a dashboard (Ray Jobs API): the plan is submitted to run on the cluster."""
+        return self.address.startswith(("http://", "https://"))
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker asks for (Ray Train's default: 1 CPU, plus 1 GPU with use_gpu)."""
+        res = dict(self.resources_per_worker) or {"CPU": 1.0}
+        if self.use_gpu:
+            res.setdefault("GPU", 1.0)
+        return {k: float(v) for k, v in res.items() if v}
 
 
 ClusterProfile = Annotated[Union[LocalProfile, SlurmProfile, RayProfile], Field(discriminator="kind")]

@@ -103,6 +103,22 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
     target = _preset_root() / f"{preset}-{key}"
     if (target / "config.json").is_file() and (target / ".complete").is_file():
         return target
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # transformers writes model files on rank 0 only once a process group exists (Ray Train makes it before
+        # the stage starts): rank 0 builds, the others wait for it
+        if dist.get_rank() == 0:
+            _build_tiny(preset, seed, target)
+        dist.barrier()
+        if not (target / ".complete").is_file():
+            raise JobSpecError(f"tiny preset {preset!r}: rank 0 did not finish building {target}")
+        return target
+    _build_tiny(preset, seed, target)
+    return target
+
+
+def _build_tiny(preset: str, seed: int, target: Path) -> None:
     import torch
     from transformers import VoxtralForConditionalGeneration, WhisperFeatureExtractor
 
@@ -119,6 +135,8 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
+        if not (tmp / "config.json").is_file():
+            raise JobSpecError(f"tiny preset {preset!r}: the model was not written to {tmp}")
         (tmp / ".complete").write_text(json.dumps({"preset": preset, "seed": seed}))
         try:
             tmp.rename(target)
@@ -128,7 +146,6 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("built tiny preset %s at %s", preset, target)
-    return target
 
 
 def resolve_model_path(model: ModelSpec) -> str:

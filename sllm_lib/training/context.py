@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sllm_lib.spec import JobSpec
 from sllm_lib.tracking.tracker import NullTracker, Tracker
@@ -31,6 +31,9 @@ class StageContext:
     world_size: int = 1
     tracking_uri: str | None = None  # for stages that read the registry or create runs (suite_eval, nightly_eval)
     run_id: str | None = None  # this stage's own MLflow run
+    # what an executor adds to a training stage's Trainer (Ray Train's report callback and prepare_trainer)
+    trainer_callbacks: list[Any] = field(default_factory=list)
+    prepare_trainer: Callable[[Any], Any] | None = None
 
     @property
     def output_dir(self) -> Path:

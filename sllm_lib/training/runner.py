@@ -22,6 +22,7 @@ from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenize
 from sllm_lib.spec import DatasetRef
 from sllm_lib.tracking.tracker import DatasetRecord
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output, write_json_atomic
+from sllm_lib.training.faults import fault_callbacks
 from sllm_lib.training.interrupt import StageInterrupted, stop_callback, stop_requested
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,11 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     trainer = _trainer_class()(
         model=model, args=_training_args(stage, ctx), train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=SpeechCollator(pad_id=chat.pad),
-        callbacks=[_status_callback(stage.name, ctx, history), stop_callback(ctx.world_size)],
+        callbacks=[_status_callback(stage.name, ctx, history), stop_callback(ctx.world_size), *fault_callbacks(ctx),
+                   *ctx.trainer_callbacks],
     )
+    if ctx.prepare_trainer is not None:
+        trainer = ctx.prepare_trainer(trainer)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our status line replaces its raw dict prints

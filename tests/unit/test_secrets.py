@@ -27,7 +27,8 @@ def test_secret_names(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["HOME", "lr", "max_steps", "SLURM_JOB_ID", "keywords", "tokenizer",
-                                  "max_new_tokens", "TOKENS_PER_CHUNK", "monkey", "key", "sort_key"])
+                                  "max_new_tokens", "TOKENS_PER_CHUNK", "monkey", "key", "sort_key",
+                                  "PWD", "OLDPWD"])
 def test_ordinary_names(name: str) -> None:
     assert not secrets.is_secret_name(name)
 
@@ -70,3 +71,10 @@ def test_setting_values_under_secret_names_are_not_registered() -> None:
     secrets.register_environment({"HF_HUB_DISABLE_IMPLICIT_TOKEN": "true", "SOME_TOKEN_TTL": "3600",
                                   "A_TOKEN": "${OTHER}", "SHORT_TOKEN": "abc"})
     assert secrets.redact_text("do_sample true, ttl 3600, abc, ${OTHER}") == "do_sample true, ttl 3600, abc, ${OTHER}"
+
+
+def test_the_shells_working_directory_is_not_masked() -> None:
+    # bash exports PWD: masking it turned every path under the checkout into *** in the stage logs
+    secrets.register_environment({"PWD": "/work/project", "OLDPWD": "/home/someone", "DB_PWD": "hunter2-long"})
+    assert secrets.redact_text("/work/project/runs and /home/someone") == "/work/project/runs and /home/someone"
+    assert secrets.redact_text("pw hunter2-long") == "pw ***"

@@ -1,0 +1,228 @@
+"""The driver of one stage on Ray: `python -m launch.ray_driver REQUEST.json PROFILE.json ADDRESS`.
+
+It connects to the cluster and fits a TorchTrainer whose workers run the stage function through
+`launch.worker.run_request`. Rank 0 alone writes the MLflow run the launcher created (the same run
+across worker-group restarts), logs to stage.log and writes result.json; the HF Trainer reports its
+complete checkpoints to Ray Train through a RayTrainReportCallback, and a restarted worker group
+first puts the latest reported checkpoint back where the stage resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from launch.executor import LaunchRequest
+from sllm_lib.spec import RayProfile
+
+log = logging.getLogger("launch.ray_driver")
+
+# environment a worker needs from the launcher's side (Ray workers inherit the head's environment, not ours);
+# passed in the train loop's config rather than runtime_env, so credentials do not show in the dashboard
+FORWARD_PREFIXES = ("MLFLOW_", "AWS_", "SLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH_", "CUDA_VISIBLE")
+FORWARD_NAMES = ("PYTHONHASHSEED", "TORCH_EXTENSIONS_DIR")
+
+
+def forwarded_env(req: LaunchRequest, base: dict[str, str] | None = None) -> dict[str, str]:
+    base = dict(os.environ if base is None else base)
+    env = {k: v for k, v in base.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
+    env.update(req.env)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def job_runtime_env(profile: RayProfile, project_root: Path) -> dict[str, Any]:
+    """The job-level runtime_env: the profile's, plus PYTHONPATH to this checkout when nothing ships the code,
+    plus the bound on waiting for worker placement (read by Ray Train's controller)."""
+    env = json.loads(json.dumps(profile.runtime_env))  # a deep copy
+    env_vars = dict(env.get("env_vars") or {})
+    if not env.get("working_dir") and not env.get("py_modules"):
+        env_vars.setdefault("PYTHONPATH", str(project_root))
+    env_vars["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(profile.placement_timeout_s)
+    env["env_vars"] = env_vars
+    return env
+
+
+def storage(profile: RayProfile, req: LaunchRequest, job: Any) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train: a folder, or s3:// with the feature cache's endpoint."""
+    path = profile.storage_path or str(Path(req.run_dir) / "ray")
+    if not path.startswith("s3://"):
+        return str(Path(path).resolve()), None
+    import pyarrow.fs as pafs
+
+    endpoint = (getattr(job.cache, "endpoint_url", None) if job is not None else None) or \
+        os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    kwargs["region"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return path[len("s3://"):], pafs.S3FileSystem(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ worker side
+
+
+def report_callback(rank: int) -> Any:
+    """Ray's transformers report callback, reporting the checkpoint the Trainer just completed (rank 0 only).
+
+    Ray's own `on_save` copies `get_last_checkpoint(output_dir)` on every rank: on a shared folder that is
+    N ranks uploading the same files at once, and it may pick a checkpoint still being written.
+    """
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    from sllm_lib.training.runner import COMPLETE_MARKER
+
+    class StageReport(RayTrainReportCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            metrics: dict[str, Any] = {}
+            for entry in state.log_history:
+                metrics.update(entry)
+            metrics["step"] = state.global_step
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if rank != 0 or not (ckpt / COMPLETE_MARKER).is_file():
+                ray.train.report(metrics=metrics, checkpoint=None)  # every rank reports: it is a collective
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copytree(ckpt, Path(tmp) / self.CHECKPOINT_NAME)
+                ray.train.report(metrics=metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    return StageReport()
+
+
+def restore_checkpoint(checkpoint: Any, folder: Path, rank: int) -> Path | None:
+    """Put Ray Train's latest checkpoint back as checkpoint-N under `folder` (rank 0; atomic), then barrier."""
+    from sllm_lib.training.runner import COMPLETE_MARKER
+
+    placed = None
+    if checkpoint is not None and rank == 0:
+        with checkpoint.as_directory() as d:
+            src = Path(d) / "checkpoint"
+            state = json.loads((src / "trainer_state.json").read_text(encoding="utf-8"))
+            dest = folder / f"checkpoint-{int(state['global_step'])}"
+            placed = dest
+            if not (dest / COMPLETE_MARKER).is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=folder))
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+                shutil.rmtree(dest, ignore_errors=True)  # a half-written leftover without the marker
+                tmp.rename(dest)
+                log.info("restored Ray Train checkpoint of step %s into %s", state["global_step"], dest)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()  # no rank looks for its resume point before rank 0 has put it back
+    return placed
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    os.environ.update(config["env"])
+    if config.get("cwd") and Path(config["cwd"]).is_dir():
+        os.chdir(config["cwd"])  # relative paths of the spec resolve as on the launcher (a shared checkout)
+    import ray.train
+    from ray.train.huggingface.transformers import prepare_trainer
+
+    from launch.worker import configure_logging, run_request
+
+    tc = ray.train.get_context()
+    rank = tc.get_world_rank()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(tc.get_world_size()), LOCAL_RANK=str(tc.get_local_rank()))
+    req = LaunchRequest.from_json(config["request"])
+    configure_logging(req.log_file if rank == 0 else None)
+    restore_checkpoint(ray.train.get_checkpoint(), Path(req.stage_dir) / "checkpoints", rank)
+    training = not req.single_process
+    try:
+        run_request(req, trainer_callbacks=[report_callback(rank)] if training else [],
+                    prepare_trainer=prepare_trainer if training else None)
+    except BaseException as exc:
+        logging.getLogger("launch.worker").error("stage %s failed on rank %d: %s\n%s", req.stage, rank, exc,
+                                                 traceback.format_exc())
+        raise
+
+
+# ------------------------------------------------------------------------------------------ driver side
+
+
+def build_trainer(req: LaunchRequest, profile: RayProfile, job: Any) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from launch.ray_executor import RayExecutor
+
+    path, fs = storage(profile, req, job)
+    scaling = RayExecutor.scaling_for(profile, req)
+    run_name = f"{req.job_name}-{req.stage}-{req.spec_hash[:12]}"
+    config = {"request": req.to_json(), "env": forwarded_env(req), "cwd": os.getcwd()}
+    return TorchTrainer(
+        train_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(**scaling),
+        torch_config=TorchConfig(backend="nccl" if profile.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name, storage_path=path, storage_filesystem=fs,
+            # controller errors (the worker group could not be placed in placement_timeout_s) are not retried:
+            # Ray's default is to retry them forever, an endless hang on a cluster that is too small
+            failure_config=FailureConfig(max_failures=profile.max_failures, controller_failure_limit=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=profile.num_to_keep),
+        ),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if "Error" in line or "Exception" in line:
+            return line.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
+    profile = RayProfile.model_validate_json(Path(argv[1]).read_text(encoding="utf-8"))
+    address = argv[2]
+    from launch.ray_head import ray_env
+    from launch.worker import configure_logging
+    from sllm_lib.spec import load_job_spec
+
+    configure_logging(Path(req.stage_dir) / "driver.log")
+    job = load_job_spec(req.spec_path)
+    os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})  # read when ray is imported
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(address=address, runtime_env=job_runtime_env(profile, Path(__file__).resolve().parents[1]),
+             log_to_driver=True, logging_level=logging.WARNING)
+    try:
+        trainer = build_trainer(req, profile, job)
+        log.info("stage=%s TorchTrainer with %d worker(s) at %s", req.stage, trainer.scaling_config.num_workers,
+                 address)
+        trainer.fit()
+    except BaseException as exc:
+        log.error("stage %s failed on Ray: %s\n%s", req.stage, _first_line(exc), traceback.format_exc())
+        try:  # the worker's traceback goes to stage.log too, where `sllm logs` and the launcher look
+            with open(req.log_file, "a", encoding="utf-8") as f:
+                f.write(f"ray: stage {req.stage} failed: {_first_line(exc)}\n")
+        except OSError:
+            pass
+        return 1
+    finally:
+        ray.shutdown()
+    log.info("stage=%s done on Ray in %.1f s", req.stage, time.perf_counter() - t0)
+    return 0 if req.result_file.is_file() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Ray executor pieces that need no cluster: profiles, placement arithmetic, reachability, rendering, Jobs API
+submissions, the environment a worker gets, fault-injection parsing."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.executor import LaunchRequest
+from launch.ray_driver import forwarded_env, job_runtime_env
+from launch.ray_executor import RayExecutor, check_reachable, placement_problem
+from launch.ray_jobs import DEFAULT_EXCLUDES, IN_JOB_ENV, build_submission
+from sllm_lib.errors import JobSpecError, SubmissionError
+from sllm_lib.spec import RayProfile, load_cluster_profile
+from sllm_lib.training.faults import FaultPlan, parse_fault
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _profile(**kw) -> RayProfile:
+    return RayProfile(kind="ray", name="r", **kw)
+
+
+def _req(single: bool = False) -> LaunchRequest:
+    return LaunchRequest(job_name="j", stage="s", spec_path="x.yaml", spec_hash="abcdef0123456789", run_dir="/runs/j",
+                         stage_dir="/runs/j/stages/s", tracking_uri="", tracking_strict=False, run_id=None,
+                         single_process=single)
+
+
+# ------------------------------------------------------------------------------------------ profiles
+
+
+def test_shipped_profiles_validate() -> None:
+    local = load_cluster_profile(REPO / "cluster_configs" / "ray_local.yaml")
+    assert local.kind == "ray" and local.address == "local" and local.num_workers == 2
+    multi = load_cluster_profile(REPO / "cluster_configs" / "ray_a100_2x8.yaml")
+    assert multi.num_workers == 16 and multi.use_gpu and multi.worker_resources()["GPU"] == 1
+    assert multi.storage_path.startswith("s3://") and multi.jobs_api
+
+
+@pytest.mark.parametrize("address", ["head:6379", "10.0.0.5:6379", "ray://head:10001", "http://head:8265", "auto"])
+def test_addresses_accepted(address: str) -> None:
+    assert _profile(address=address).address == address
+
+
+@pytest.mark.parametrize("address", ["head", "head:port", ":6379", "head:70000"])
+def test_bad_address_names_the_field(tmp_path: Path, address: str) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(f"kind: ray\nname: r\naddress: '{address}'\n", encoding="utf-8")
+    with pytest.raises(JobSpecError) as err:
+        load_cluster_profile(f)
+    assert "address" in str(err.value) and "HOST:PORT" in str(err.value) and str(f) in str(err.value)
+
+
+def test_worker_resources_defaults() -> None:
+    assert _profile().worker_resources() == {"CPU": 1.0}
+    assert _profile(use_gpu=True).worker_resources() == {"CPU": 1.0, "GPU": 1.0}
+    assert _profile(use_gpu=True, resources_per_worker={"CPU": 8, "GPU": 1}).worker_resources() == {"CPU": 8, "GPU": 1}
+
+
+# ------------------------------------------------------------------------------------------ placement
+
+
+def test_placement_fits_and_not() -> None:
+    nodes = [{"CPU": 2.0}, {"CPU": 3.0}]
+    assert placement_problem(nodes, {"CPU": 1.0}, 5, "PACK") is None
+    msg = placement_problem(nodes, {"CPU": 1.0}, 6, "PACK")
+    assert msg is not None and "6 workers" in msg and "CPU: 5" in msg and "room for 5" in msg
+
+
+def test_placement_counts_per_node_not_totals() -> None:
+    # 3 + 3 CPUs is 6 in all, but a 4-CPU worker fits on neither node
+    assert "room for 0" in placement_problem([{"CPU": 3.0}, {"CPU": 3.0}], {"CPU": 4.0}, 1, "PACK")
+
+
+def test_placement_gpus_and_strict_strategies() -> None:
+    nodes = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}]
+    gpu = {"CPU": 1.0, "GPU": 1.0}
+    assert placement_problem(nodes, gpu, 16, "PACK") is None
+    assert placement_problem(nodes, gpu, 16, "STRICT_PACK") is not None  # no single node holds 16 GPUs
+    assert placement_problem(nodes, gpu, 8, "STRICT_PACK") is None
+    assert placement_problem(nodes, gpu, 2, "STRICT_SPREAD") is None
+    assert placement_problem(nodes, gpu, 3, "STRICT_SPREAD") is not None
+    assert "GPU: 0" in placement_problem([{"CPU": 2.0}], gpu, 1, "PACK")
+
+
+# ------------------------------------------------------------------------------------------ reachability
+
+
+def test_unreachable_address_fails_fast_and_clearly() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(SubmissionError) as err:
+        check_reachable(f"127.0.0.1:{port}", 3.0, profile="ray-x")
+    assert time.monotonic() - t0 < 10
+    text = str(err.value)
+    assert "ray-x" in text and f"127.0.0.1:{port}" in text and "not reachable" in text and "nothing was submitted" in text
+
+
+def test_jobs_api_address_is_not_an_executor_address() -> None:
+    with pytest.raises(JobSpecError, match="Ray Jobs API"):
+        RayExecutor(_profile(address="http://127.0.0.1:8265"))
+
+
+def test_inside_a_ray_job_the_jobs_address_means_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(IN_JOB_ENV, "1")
+    assert RayExecutor(_profile(address="http://127.0.0.1:8265")).profile.address == "auto"
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def test_render_training_and_single_process_stages() -> None:
+    ex = RayExecutor(_profile(address="127.0.0.1:6379", num_workers=4, max_failures=2))
+    text = ex.render(_req())
+    assert "TorchTrainer(4 x" in text and "gloo" in text and "max_failures=2" in text and "/runs/j/ray" in text
+    assert "TorchTrainer(1 x" in ex.render(_req(single=True))
+    assert RayExecutor.scaling_for(ex.profile, _req())["num_workers"] == 4
+
+
+# ------------------------------------------------------------------------------------------ environments
+
+
+def test_job_runtime_env_adds_pythonpath_and_the_placement_bound() -> None:
+    env = job_runtime_env(_profile(placement_timeout_s=30), Path("/src/sllm"))
+    assert env["env_vars"]["PYTHONPATH"] == "/src/sllm"
+    assert env["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "30.0"
+    shipped = job_runtime_env(_profile(runtime_env={"working_dir": ".", "env_vars": {"A": "1"}}), Path("/src"))
+    assert "PYTHONPATH" not in shipped["env_vars"] and shipped["env_vars"]["A"] == "1"
+
+
+def test_worker_env_forwards_tracking_credentials_outside_the_runtime_env() -> None:
+    base = {"MLFLOW_TRACKING_PASSWORD": "pw-123456", "AWS_SECRET_ACCESS_KEY": "sk-abcdef", "HOME": "/root",
+            "SLLM_INJECT_FAULT": "step=3"}
+    env = forwarded_env(_req(), base)
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "pw-123456" and env["AWS_SECRET_ACCESS_KEY"] == "sk-abcdef"
+    assert "HOME" not in env and env["SLLM_INJECT_FAULT"] == "step=3"
+
+
+def test_jobs_submission_shared_checkout(tmp_path: Path) -> None:
+    spec, cluster = tmp_path / "jobs" / "a.yaml", tmp_path / "cluster_configs" / "r.yaml"
+    prof = _profile(address="http://127.0.0.1:8265", entrypoint_python="/venv/bin/python")
+    cmd, env = build_submission(spec, cluster, ["stages.0.train.max_steps=2"], prof, cwd=tmp_path,
+                                environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": "x" * 9})
+    assert cmd.startswith(f"cd {tmp_path} && PYTHONPATH={tmp_path}")
+    assert "/venv/bin/python -m launch.cli submit jobs/a.yaml --cluster cluster_configs/r.yaml" in cmd
+    assert "--set stages.0.train.max_steps=2" in cmd
+    assert env["env_vars"][IN_JOB_ENV] == "1" and env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "MLFLOW_TRACKING_PASSWORD" not in env["env_vars"]  # the dashboard shows runtime envs
+
+
+def test_jobs_submission_uploaded_working_dir(tmp_path: Path) -> None:
+    prof = _profile(address="http://h:8265", runtime_env={"working_dir": ".", "excludes": ["data/big"]})
+    cmd, env = build_submission(tmp_path / "a.yaml", Path("ray_a100_2x8"), [], prof, cwd=tmp_path,
+                                environ={}, cluster_is_name=True)
+    assert cmd == "python -m launch.cli submit a.yaml --cluster ray_a100_2x8"
+    assert set(DEFAULT_EXCLUDES) | {"data/big"} == set(env["excludes"])
+
+
+# ------------------------------------------------------------------------------------------ fault injection
+
+
+def test_fault_plan_parsing() -> None:
+    assert parse_fault("step=4") == FaultPlan(step=4)
+    assert parse_fault("step=4, rank=1, stage=text, times=2") == FaultPlan(step=4, rank=1, stage="text", times=2)
+    for bad in ("rank=1", "step=x", "step=1,when=now"):
+        with pytest.raises(JobSpecError, match="SLLM_INJECT_FAULT"):
+            parse_fault(bad)
