@@ -39,11 +39,15 @@ def forwarded_env(req: LaunchRequest, base: dict[str, str] | None = None) -> dic
     return env
 
 
-def job_runtime_env(profile: RayProfile, project_root: Path) -> dict[str, Any]:
+def job_runtime_env(profile: RayProfile, project_root: Path, address: str | None = None) -> dict[str, Any]:
     """The job-level runtime_env: the profile's, plus PYTHONPATH to this checkout when nothing ships the code,
     plus the bound on waiting for worker placement (read by Ray Train's controller)."""
     env = json.loads(json.dumps(profile.runtime_env))  # a deep copy
     env_vars = dict(env.get("env_vars") or {})
+    if address and "://" not in address:
+        # Ray Train's placement-group cleaner looks its cluster up by "auto": with two heads on one machine
+        # it finds both and fails; name ours
+        env_vars.setdefault("RAY_ADDRESS", address)
     if not env.get("working_dir") and not env.get("py_modules"):
         env_vars.setdefault("PYTHONPATH", str(project_root))
     env_vars["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(profile.placement_timeout_s)
@@ -180,12 +184,19 @@ def build_trainer(req: LaunchRequest, profile: RayProfile, job: Any) -> Any:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "Error" in line or "Exception" in line:
-            return line.strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def describe_failure(exc: BaseException, profile: RayProfile, scaling: dict[str, Any]) -> str:
+    """What went wrong, in a few lines a user can act on (Ray's errors wrap the cause in several layers)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    if "worker group startup timed out" in str(exc).lower():
+        text = (f"the {scaling['num_workers']} worker(s) of {json.dumps(scaling['resources_per_worker'])} could not "
+                f"be placed within placement_timeout_s={profile.placement_timeout_s:g} s (WorkerGroupStartupTimeout): "
+                f"the cluster lacks those resources; lower num_workers / resources_per_worker or add nodes")
+    elif "Error Snippet" in str(exc) or "worker group" in str(exc).lower():
+        raised = [ln for ln in lines if ln.split(":", 1)[0].endswith(("Error", "Exception", "Fault"))]
+        if raised:
+            text = f"{raised[-1]} (after {profile.max_failures} restart(s) allowed by max_failures)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,28 +204,31 @@ def main(argv: list[str] | None = None) -> int:
     req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
     profile = RayProfile.model_validate_json(Path(argv[1]).read_text(encoding="utf-8"))
     address = argv[2]
-    from launch.ray_head import ray_env
     from launch.worker import configure_logging
     from sllm_lib.spec import load_job_spec
 
     configure_logging(Path(req.stage_dir) / "driver.log")
     job = load_job_spec(req.spec_path)
-    os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})  # read when ray is imported
-    import ray
+    from launch.ray_executor import import_ray
 
+    ray = import_ray()
     t0 = time.perf_counter()
-    ray.init(address=address, runtime_env=job_runtime_env(profile, Path(__file__).resolve().parents[1]),
+    ray.init(address=address, runtime_env=job_runtime_env(profile, Path(__file__).resolve().parents[1], address),
              log_to_driver=True, logging_level=logging.WARNING)
+    from launch.ray_executor import RayExecutor
+
+    scaling = RayExecutor.scaling_for(profile, req)
     try:
         trainer = build_trainer(req, profile, job)
         log.info("stage=%s TorchTrainer with %d worker(s) at %s", req.stage, trainer.scaling_config.num_workers,
                  address)
         trainer.fit()
     except BaseException as exc:
-        log.error("stage %s failed on Ray: %s\n%s", req.stage, _first_line(exc), traceback.format_exc())
-        try:  # the worker's traceback goes to stage.log too, where `sllm logs` and the launcher look
+        why = describe_failure(exc, profile, scaling)
+        log.error("stage %s failed on Ray: %s\n%s", req.stage, why, traceback.format_exc())
+        try:  # stage.log is where `sllm logs` and the launcher's error look
             with open(req.log_file, "a", encoding="utf-8") as f:
-                f.write(f"ray: stage {req.stage} failed: {_first_line(exc)}\n")
+                f.write(f"ray: stage {req.stage} failed: {why}\n")
         except OSError:
             pass
         return 1

@@ -109,13 +109,25 @@ def placement_problem(nodes: list[dict[str, float]], bundle: dict[str, float], c
             f"{{{have}}} in all, room for {room} such worker(s)")
 
 
-def cluster_nodes(address: str) -> list[dict[str, float]]:
-    """Total resources of every alive node (a short-lived driver connection)."""
-    # before the import: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when imported (else it dials 127.0.0.1 heads
-    # on the machine's other interface and hangs)
+def import_ray() -> Any:
+    """`import ray` for a driver of ours, with the environment our heads run with.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import; left on, it rewrites a 127.0.0.1 head
+    address to the machine's other interface and the connection hangs (ray/_private/services.py,
+    resolve_ip_for_localhost). If ray was imported before the variable was set, its constant is synced.
+    """
     os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})
     import ray
+    from ray._private import ray_constants
 
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False  # see above: imported earlier by someone else
+    return ray
+
+
+def cluster_nodes(address: str) -> list[dict[str, float]]:
+    """Total resources of every alive node (a short-lived driver connection)."""
+    ray = import_ray()
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)

@@ -101,6 +101,7 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
     # the stage's own run reflects when it really runs and ends (a detached launcher is not there to do it)
     ctx.tracker.set_status("RUNNING")
     cache = _activate_cache(job, stage)
+    clean = False
     try:
         result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
         if cache is not None:
@@ -113,8 +114,10 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
         if rank == 0:
             write_json_atomic(req.result_file, result.to_dict())
         ctx.tracker.set_status("FINISHED")
+        clean = True
         return result
     except StageInterrupted:
+        clean = True  # every rank stopped at the same step (all-reduced)
         raise  # requeued: the run goes on in the next attempt
     except BaseException:
         ctx.tracker.set_status("FAILED")
@@ -127,7 +130,10 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
         flush = getattr(ctx.tracker, "flush", None)
         if flush is not None:
             flush()  # replay what an outage journaled, now that the stage is done (bounded)
-        _close_distributed()
+        if clean:
+            _close_distributed()
+        # after a failure there is no barrier: the other ranks may sit in a collective this rank will never join
+        # (the scheduler or Ray Train ends them)
 
 
 def _record_attempt(req: LaunchRequest) -> None:

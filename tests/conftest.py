@@ -133,16 +133,16 @@ class _TrackingStack:
 def ray_head():
     """A real Ray head on 127.0.0.1 (`ray start --head --block`, 2 CPUs, dashboard + Jobs API), fresh temp dir,
     free ports, stopped by its own pid. Skips without Ray, unless SLLM_REQUIRE_SERVICES=1 (CI): then a failure."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
         if _require_services():
             pytest.fail("Ray is not installed and SLLM_REQUIRE_SERVICES=1: pip install -e '.[test]'")
         pytest.skip("Ray not installed (pip install -e '.[test]')")
-    from launch.ray_head import ray_env, start_local_head
+    from launch.ray_executor import import_ray
+    from launch.ray_head import start_local_head
 
-    # Ray reads these when imported; the test process is a Ray client too (placement checks)
-    os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})
+    import_ray()  # the test process is a Ray client too (placement checks): same settings as the heads
     head = start_local_head(2, num_gpus=0, dashboard=True)
     try:
         yield head

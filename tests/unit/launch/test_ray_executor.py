@@ -3,6 +3,7 @@ submissions, the environment a worker gets, fault-injection parsing."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -171,3 +172,38 @@ def test_fault_plan_parsing() -> None:
     for bad in ("rank=1", "step=x", "step=1,when=now"):
         with pytest.raises(JobSpecError, match="SLLM_INJECT_FAULT"):
             parse_fault(bad)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint restore
+
+
+class _FakeRayCheckpoint:
+    """Shaped like ray.train.Checkpoint: as_directory() yields a folder holding `checkpoint/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def as_directory(self):
+        import contextlib
+
+        return contextlib.nullcontext(str(self.root))
+
+
+def test_restore_puts_the_reported_checkpoint_back_atomically(tmp_path: Path) -> None:
+    from launch.ray_driver import restore_checkpoint
+    from sllm_lib.training.runner import COMPLETE_MARKER, latest_complete_checkpoint
+
+    src = tmp_path / "ray" / "checkpoint"
+    src.mkdir(parents=True)
+    (src / "trainer_state.json").write_text(json.dumps({"global_step": 6, "max_steps": 8}))
+    (src / "trainable.safetensors").write_bytes(b"x" * 10)
+    (src / COMPLETE_MARKER).write_text("{}")
+    folder = tmp_path / "stage" / "checkpoints"
+    (folder / "checkpoint-6").mkdir(parents=True)  # a half-written leftover, no marker
+    placed = restore_checkpoint(_FakeRayCheckpoint(tmp_path / "ray"), folder, rank=0)
+    assert placed == folder / "checkpoint-6"
+    assert latest_complete_checkpoint(folder) == placed
+    assert (placed / "trainable.safetensors").read_bytes() == b"x" * 10
+    assert not list(folder.glob(".restore-*"))
+    assert restore_checkpoint(None, folder, rank=0) is None  # a first attempt: nothing to restore
+    assert restore_checkpoint(_FakeRayCheckpoint(tmp_path / "ray"), folder, rank=1) is None  # rank 0's job

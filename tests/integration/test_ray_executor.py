@@ -1,0 +1,199 @@
+"""The Ray executor on a real local Ray head (127.0.0.1, 2 CPUs): worker-failure recovery, placement and
+reachability errors, and a whole plan sent through the Ray Jobs API with status / logs / cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.executor import LaunchRequest
+from launch.pipeline import build_plan, submit_pipeline
+from launch.ray_executor import RayExecutor
+from sllm_lib.errors import JobSpecError, StageFailedError, SubmissionError
+from sllm_lib.spec import RayProfile, dump_resolved_yaml, load_cluster_profile, load_job_spec
+from tests.conftest import REPO, SAMPLE
+
+pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
+
+
+def _spec(tmp: Path, name: str, *, max_steps: int = 8, save_steps: int = 2) -> Path:
+    spec = {"name": name, "model": {"base": "tiny:voxtral"}, "output_dir": str(tmp / "runs"),
+            "tracking": {"experiment": "ray-tests"},
+            "stages": [{
+                "name": "text", "kind": "text_sft",
+                "data": {"train": [{"kind": "text_qa", "path": str(SAMPLE / "text_qa_train.jsonl")}]},
+                "train": {"per_device_bsz": 4, "max_steps": max_steps, "precision": "fp32", "save_steps": save_steps,
+                          "logging_steps": 1, "max_seq_len": 128, "lr": 5.0e-3, "seed": 3},
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "trainable": ["lora"]}]}
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _profile(tmp: Path, address: str, **kw) -> Path:
+    data = {"kind": "ray", "name": "ray-test", "address": address, "num_workers": 2,
+            "resources_per_worker": {"CPU": 1}, **kw}
+    path = tmp / f"ray-{abs(hash(json.dumps(data, sort_keys=True))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _run(spec_path: Path, profile_path: Path):
+    spec = load_job_spec(spec_path)
+    return submit_pipeline(build_plan(spec, spec_path, load_cluster_profile(profile_path)))
+
+
+def _trained_tensors(outcome, stage: str = "text") -> dict:
+    from safetensors.torch import load_file
+
+    out = Path(outcome.results[stage].output_dir)
+    return {f.name: load_file(str(f)) for f in sorted(out.glob("*.safetensors"))}
+
+
+# ------------------------------------------------------------------------------------------ recovery
+
+
+def test_worker_failure_resumes_from_checkpoint_with_equal_result(ray_head, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    profile = _profile(tmp_path, ray_head.gcs_address, max_failures=1)
+    clean = _run(_spec(tmp_path / "clean", "ray-clean"), profile)
+
+    monkeypatch.setenv("SLLM_INJECT_FAULT", "step=5,rank=1")  # rank 1 raises after step 5; checkpoint-4 exists
+    faulty = _run(_spec(tmp_path / "faulty", "ray-faulty"), profile)
+
+    stage_dir = faulty.plan.stage_dir("text")
+    assert len(list((stage_dir / "faults").iterdir())) == 1  # the fault did fire, once
+    attempts = (stage_dir / "attempts.jsonl").read_text().splitlines()
+    assert len(attempts) == 2  # the worker group was started again
+    assert "resuming from" in (log := (stage_dir / "stage.log").read_text()) and "checkpoint-4" in log
+
+    a, b = clean.results["text"], faulty.results["text"]
+    assert a.steps == b.steps == 8
+    assert b.loss_last == pytest.approx(a.loss_last, rel=1e-6)
+    ta, tb = _trained_tensors(clean), _trained_tensors(faulty)
+    assert ta.keys() == tb.keys() and ta
+    for fname in ta:
+        for key, tensor in ta[fname].items():
+            assert tensor.shape == tb[fname][key].shape
+            assert (tensor - tb[fname][key]).abs().max().item() < 1e-5, key
+
+    # one MLflow run for the stage across the restart, every step's loss exactly once
+    client = mlflow.MlflowClient(faulty.tracking_uri)
+    run_id = faulty.run_ids["text"]
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 9))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    exp = client.get_experiment_by_name("ray-tests")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`sllm.job` = 'ray-faulty'")
+    assert len(runs) == 2  # the pipeline run and the one stage run: never one run per worker or per attempt
+    # Ray Train kept the reported checkpoints in its storage (<run dir>/ray)
+    assert list((faulty.plan.run_dir / "ray").glob("*/checkpoint_*/checkpoint/sllm_complete.json"))
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_more_workers_than_the_cluster_can_place_is_refused_before_anything(ray_head, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, ray_head.gcs_address, num_workers=3)
+    spec = _spec(tmp_path, "ray-too-many")
+    t0 = time.monotonic()
+    with pytest.raises(JobSpecError) as err:
+        _run(spec, profile)
+    assert time.monotonic() - t0 < 30
+    text = str(err.value)
+    assert "ray-test" in text and "3 workers" in text and "CPU: 2" in text and "Nothing was submitted" in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreachable_head_is_a_clear_error_within_10s(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(SubmissionError) as err:
+        _run(_spec(tmp_path, "ray-unreachable"), _profile(tmp_path, f"127.0.0.1:{port}"))
+    assert time.monotonic() - t0 < 10
+    assert f"127.0.0.1:{port} is not reachable" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unplaceable_workers_fail_after_the_placement_bound(ray_head, tmp_path: Path) -> None:
+    """Past the pre-flight (e.g. an autoscaling cluster that never grows): a bounded wait, then a clear failure."""
+    spec_path = _spec(tmp_path, "ray-unplaceable", max_steps=2)
+    resolved = tmp_path / "spec.resolved.yaml"
+    resolved.write_text(dump_resolved_yaml(load_job_spec(spec_path)), encoding="utf-8")
+    req = LaunchRequest(job_name="ray-unplaceable", stage="text", spec_path=str(resolved), spec_hash="0" * 16,
+                        run_dir=str(tmp_path), stage_dir=str(tmp_path / "stages" / "text"), tracking_uri="",
+                        tracking_strict=False, run_id=None)
+    profile = RayProfile(kind="ray", name="ray-test", address=ray_head.gcs_address, num_workers=1,
+                         resources_per_worker={"CPU": 1, "accelerator_that_never_comes": 1}, placement_timeout_s=5)
+    t0 = time.monotonic()
+    job = RayExecutor(profile).submit(req)
+    with pytest.raises(StageFailedError) as err:
+        job.result(timeout_s=120)
+    assert time.monotonic() - t0 < 90
+    assert "WorkerGroupStartupTimeout" in str(err.value) or "start" in str(err.value).lower()
+
+
+# ------------------------------------------------------------------------------------------ Ray Jobs API
+
+
+def _sllm(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_plan_sent_through_the_jobs_api_then_status_logs_cancel(ray_head, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, ray_head.dashboard_url, entrypoint_python=sys.executable)
+    spec = _spec(tmp_path, "ray-jobs", max_steps=2, save_steps=100)
+    proc = _sllm(["submit", str(spec), "--cluster", str(profile)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray job sllm-ray-jobs-" in proc.stdout
+    assert "stage=text step 2/2" in proc.stdout  # the job's log, streamed back
+    (run_dir,) = list((tmp_path / "runs" / "ray-jobs").iterdir())
+    record = json.loads((run_dir / "ray_job.json").read_text())
+    assert record["address"] == ray_head.dashboard_url
+    state = json.loads((run_dir / "state.json").read_text())  # the cluster ran the plan (a shared folder here)
+    assert state["stages"]["text"]["status"] == "COMPLETED" and state["stages"]["text"]["job_id"].startswith("ray-")
+
+    status = _sllm(["status", str(run_dir)])
+    assert status.returncode == 0 and f"Ray job {record['submission_id']}" in status.stdout
+    assert "SUCCEEDED" in status.stdout and "COMPLETED" in status.stdout
+    logs = _sllm(["logs", str(run_dir)])
+    assert logs.returncode == 0 and "stage text: done" in logs.stdout
+    done = _sllm(["cancel", str(run_dir)])
+    assert done.returncode == 0 and "already ended" in done.stdout
+
+    long_spec = _spec(tmp_path, "ray-jobs-long", max_steps=5000, save_steps=5000)
+    proc = _sllm(["submit", str(long_spec), "--cluster", str(profile), "--detach"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (long_dir,) = list((tmp_path / "runs" / "ray-jobs-long").iterdir())
+    cancel = _sllm(["cancel", str(long_dir)])
+    assert cancel.returncode == 0 and "cancelled: Ray job" in cancel.stdout
+    deadline = time.monotonic() + 60
+    while "STOPPED" not in (out := _sllm(["status", str(long_dir)]).stdout):
+        assert time.monotonic() < deadline, out
+        time.sleep(1)
+
+
+def test_jobs_api_unreachable_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    profile = _profile(tmp_path, f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    proc = _sllm(["submit", str(_spec(tmp_path, "ray-jobs-down")), "--cluster", str(profile)])
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode != 0
+    assert f"Ray Jobs API at http://127.0.0.1:{port} is not reachable" in proc.stdout + proc.stderr
