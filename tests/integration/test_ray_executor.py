@@ -56,7 +56,7 @@ def _trained_tensors(outcome, stage: str = "text") -> dict:
     from safetensors.torch import load_file
 
     out = Path(outcome.results[stage].output_dir)
-    return {f.name: load_file(str(f)) for f in sorted(out.glob("*.safetensors"))}
+    return {str(f.relative_to(out)): load_file(str(f)) for f in sorted(out.rglob("*.safetensors"))}
 
 
 # ------------------------------------------------------------------------------------------ recovery
