@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -60,18 +61,19 @@ def storage(profile: RayProfile, req: LaunchRequest, job: Any) -> tuple[str, Any
     path = profile.storage_path or str(Path(req.run_dir) / "ray")
     if not path.startswith("s3://"):
         return str(Path(path).resolve()), None
-    import pyarrow.fs as pafs
+    import s3fs
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     endpoint = (getattr(job.cache, "endpoint_url", None) if job is not None else None) or \
         os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    kwargs["region"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    return path[len("s3://"):], pafs.S3FileSystem(**kwargs)
+    # s3fs, as the feature cache uses, rather than pyarrow's S3FileSystem: pyarrow writes "dir/" marker objects,
+    # which S3-compatible servers such as rclone's reject (InternalError on PutObject of a key ending in /)
+    creds = {}
+    if os.environ.get("AWS_ACCESS_KEY_ID"):  # the controller and workers run with the head's environment, not ours
+        creds = {"key": os.environ["AWS_ACCESS_KEY_ID"], "secret": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                 "token": os.environ.get("AWS_SESSION_TOKEN")}
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False, **creds)
+    return path[len("s3://"):], PyFileSystem(FSSpecHandler(fs))
 
 
 # ------------------------------------------------------------------------------------------ worker side
@@ -184,19 +186,22 @@ def build_trainer(req: LaunchRequest, profile: RayProfile, job: Any) -> Any:
     )
 
 
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Fault)\b:")
+
+
 def describe_failure(exc: BaseException, profile: RayProfile, scaling: dict[str, Any]) -> str:
-    """What went wrong, in a few lines a user can act on (Ray's errors wrap the cause in several layers)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = " ".join(lines[:2]) if lines else type(exc).__name__
-    if "worker group startup timed out" in str(exc).lower():
-        text = (f"the {scaling['num_workers']} worker(s) of {json.dumps(scaling['resources_per_worker'])} could not "
+    """What went wrong, in a line a user can act on (Ray wraps the cause in several layers of text)."""
+    text = str(exc)
+    if "worker group startup timed out" in text.lower():
+        return (f"the {scaling['num_workers']} worker(s) of {json.dumps(scaling['resources_per_worker'])} could not "
                 f"be placed within placement_timeout_s={profile.placement_timeout_s:g} s (WorkerGroupStartupTimeout): "
                 f"the cluster lacks those resources; lower num_workers / resources_per_worker or add nodes")
-    elif "Error Snippet" in str(exc) or "worker group" in str(exc).lower():
-        raised = [ln for ln in lines if ln.split(":", 1)[0].endswith(("Error", "Exception", "Fault"))]
-        if raised:
-            text = f"{raised[-1]} (after {profile.max_failures} restart(s) allowed by max_failures)"
-    return text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    raised = [ln for ln in lines if _RAISED.match(ln)]
+    why = raised[-1] if raised else " ".join(lines[:2]) if lines else type(exc).__name__
+    if "worker group" in text.lower() or "Error Snippet" in text:
+        why += f" (after the {profile.max_failures} restart(s) max_failures allows)"
+    return why
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,3 +197,24 @@ def test_jobs_api_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 30
     assert proc.returncode != 0
     assert f"Ray Jobs API at http://127.0.0.1:{port} is not reachable" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ S3 storage
+
+
+@pytest.mark.s3
+def test_checkpoints_reported_to_s3_storage(ray_head, rclone_s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rclone_s3.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rclone_s3.secret)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_s3.endpoint_url)
+    prefix = rclone_s3.new_prefix("ray")
+    profile = _profile(tmp_path, ray_head.gcs_address, storage_path=prefix, num_to_keep=1)
+    outcome = _run(_spec(tmp_path, "ray-s3", max_steps=4, save_steps=2), profile)
+    assert outcome.results["text"].steps == 4
+    fs = s3fs.S3FileSystem(key=rclone_s3.key, secret=rclone_s3.secret, endpoint_url=rclone_s3.endpoint_url,
+                           skip_instance_cache=True)
+    markers = fs.glob(prefix[len("s3://"):] + "/*/checkpoint_*/checkpoint/sllm_complete.json")
+    assert len(markers) == 1  # num_to_keep=1: Ray Train deleted the older one
+    assert not (outcome.plan.run_dir / "ray").exists()  # nothing went to the local default

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "jobs" / "demo_sllm_tiny.yaml"
 SAMPLE = REPO / "data" / "sample"
 STAGES = ["text_lora", "asr_projector", "multitask", "merge", "eval"]
-HEAVY = ("torch", "transformers", "mlflow", "peft", "accelerate", "bitsandbytes")
+HEAVY = ("torch", "transformers", "mlflow", "peft", "accelerate", "bitsandbytes", "ray")
 
 
 def _env() -> dict[str, str]:
@@ -292,3 +292,10 @@ def test_data_stats_prints_percentiles_and_padding_share() -> None:
         assert col in out
     assert "64 records" in out
     assert "padding share at batch size 8: random" in out and "length-grouped" in out
+
+
+def test_plan_on_ray_renders_trainers_without_touching_a_cluster() -> None:
+    result, out = run_harness(["plan", "jobs/demo_sllm_tiny.yaml", "--cluster", "ray_local", "--no-show-spec"])
+    assert result["code"] in (0, None), out
+    assert "TorchTrainer(2 x" in out and "TorchTrainer(1 x" in out and "gloo" in out  # training vs merge/eval
+    assert "ray" not in result["heavy"]  # no head started, no Ray imported

@@ -1,0 +1,108 @@
+"""What Ray costs a stage: the same trivial stage through the local executor and the Ray executor, side by side,
+plus the local head's start time and memory.
+
+    python bench/ray_overhead.py [--repeats 3]
+
+The trivial stage is one optimizer step of LoRA on the tiny model (4 records), so the figures are the fixed
+cost a stage pays before and after its work: process start, imports, (Ray: job + controller + worker group
++ process group setup, report, teardown). The Ray executor runs against an already started head, as on a
+real cluster; the head's own start is timed separately. Memory: RSS of the head's whole process tree, idle,
+without and with the dashboard (the Jobs API needs the dashboard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _request(tmp: Path, i: int, tag: str):
+    import yaml
+
+    from launch.executor import LaunchRequest
+    from sllm_lib.spec import dump_resolved_yaml, load_job_spec
+
+    run = tmp / f"{tag}{i}"
+    run.mkdir()
+    spec = {"name": "trivial", "model": {"base": "tiny:voxtral"}, "stages": [{
+        "name": "text", "kind": "text_sft",
+        "data": {"train": [{"kind": "text_qa", "path": str(REPO / "data/sample/text_qa_train.jsonl"),
+                            "max_records": 4}]},
+        "train": {"per_device_bsz": 2, "max_steps": 1, "precision": "fp32", "max_seq_len": 64,
+                  "save_steps": 1000},
+        "lora": {"r": 2, "alpha": 4}, "trainable": ["lora"]}]}
+    (run / "job.yaml").write_text(yaml.safe_dump(spec))
+    resolved = run / "spec.resolved.yaml"
+    resolved.write_text(dump_resolved_yaml(load_job_spec(run / "job.yaml")))
+    return LaunchRequest(job_name="trivial", stage="text", spec_path=str(resolved), spec_hash=f"{i:016d}",
+                         run_dir=str(run), stage_dir=str(run / "stages" / "text"), tracking_uri="",
+                         tracking_strict=False, run_id=None)
+
+
+def _timed(executor, req) -> float:
+    t0 = time.perf_counter()
+    executor.submit(req).result(timeout_s=600)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    from launch.local import LocalExecutor
+    from launch.ray_executor import RayExecutor, import_ray
+    from launch.ray_head import start_local_head
+    from sllm_lib.spec import LocalProfile, RayProfile
+
+    import_ray()
+    tmp = Path(tempfile.mkdtemp(prefix="sllm-bench-ray-"))
+    rows: list[tuple[str, list[float]]] = []
+
+    t0 = time.perf_counter()
+    head = start_local_head(2, num_gpus=0)
+    start_s = time.perf_counter() - t0
+    try:
+        time.sleep(3)
+        rss_idle = head.rss_bytes()
+        local = LocalExecutor(LocalProfile(kind="local", cpus=1))
+        ray1 = RayExecutor(RayProfile(kind="ray", name="bench", address=head.gcs_address, num_workers=1))
+        ray2 = RayExecutor(RayProfile(kind="ray", name="bench", address=head.gcs_address, num_workers=2))
+        _timed(local, _request(tmp, 99, "warm"))  # the tiny preset and OS caches, once, for everyone
+        for name, ex in (("local executor (1 process)", local), ("ray, 1 worker", ray1), ("ray, 2 workers (gloo)", ray2)):
+            times = [_timed(ex, _request(tmp, i, name.split()[0] + str(len(rows)))) for i in range(args.repeats)]
+            rows.append((name, times))
+            print(f"  {name}: " + ", ".join(f"{t:.1f}" for t in times) + " s", flush=True)
+        rss_busy = head.rss_bytes()
+    finally:
+        head.stop()
+    t0 = time.perf_counter()
+    dash = start_local_head(2, num_gpus=0, dashboard=True)
+    dash_start_s = time.perf_counter() - t0
+    try:
+        time.sleep(3)
+        rss_dash = dash.rss_bytes()
+    finally:
+        dash.stop()
+
+    base = statistics.median(rows[0][1])
+    print(f"\ntrivial stage (1 optimizer step, tiny model), median of {args.repeats}, 2 cores:")
+    print(f"{'executor':<30} {'wall s':>8} {'vs local':>9}")
+    for name, times in rows:
+        med = statistics.median(times)
+        print(f"{name:<30} {med:>8.1f} {med / base:>8.2f}x")
+    gib = 1024 ** 3
+    print(f"\nlocal head start: {start_s:.1f} s (no dashboard), {dash_start_s:.1f} s (dashboard + Jobs API)")
+    print(f"head memory (RSS of its process tree): idle {rss_idle / gib:.2f} GiB, after the runs "
+          f"{rss_busy / gib:.2f} GiB (idle workers kept), with dashboard {rss_dash / gib:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
