@@ -619,6 +619,35 @@ def data_validate(path: Path, kind: str = KindOpt) -> None:
         raise SllmError("\n".join(str(b) for b in res.skipped[:50]))
 
 
+@data_app.command("convert-aihub")
+def data_convert_aihub(root: Path = typer.Argument(..., help="An AI-Hub TL folder (1.질문 + 2.답변), or a folder of them."),
+                       output: Path = typer.Option(..., "-o", "--output", help="The text_qa JSONL to write."),
+                       strict: bool = typer.Option(False, "--strict", help="Any unreadable or unmatched file is an error."),
+                       report_file: Optional[Path] = typer.Option(None, "--report", help="Also write the report as JSON.")
+                       ) -> None:
+    """AI-Hub question/answer trees -> {instruction, output} JSONL, with a report of what was skipped."""
+    from sllm_lib.data.aihub import convert_aihub
+    from sllm_lib.training.context import write_json_atomic
+
+    rep = convert_aihub(root, output, strict=strict)
+    table = Table(title=f"{root} -> {output}")
+    for col in ("trees", "questions", "answers", "pairs", "unmatched questions", "unmatched answers", "unreadable"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(x) for x in (rep.trees, rep.questions, rep.answers, rep.pairs, len(rep.unmatched_questions),
+                                     len(rep.unmatched_answers), len(rep.unreadable))))
+    console.print(table)
+    for path, why in rep.unreadable[:20]:
+        console.print(f"  unreadable {path}: {why}", highlight=False, markup=False)
+    for path in rep.unmatched_questions[:20]:
+        console.print(f"  no answer for {path}", highlight=False, markup=False)
+    for path in rep.unmatched_answers[:20]:
+        console.print(f"  no question for {path}", highlight=False, markup=False)
+    if rep.problems > 60:
+        console.print(f"  ... {rep.problems} problems in all" + (f" (see {report_file})" if report_file else ""))
+    if report_file:
+        write_json_atomic(report_file, rep.as_dict())
+
+
 @data_app.command("stats")
 def data_stats(path: Path, kind: str = KindOpt,
                model: str = typer.Option("tiny:voxtral", help="Whose tokenizer counts tokens."),
