@@ -66,6 +66,7 @@ class RayHead:
     gcs_address: str
     dashboard_url: str | None
     temp_dir: Path
+    client_address: str  # ray://127.0.0.1:PORT (Ray Client)
     log_file: Path
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -77,6 +78,20 @@ class RayHead:
         except OSError:
             return False
         return True
+
+    def wait_client(self, timeout_s: float = 30.0) -> str:
+        """Wait (bounded) until the Ray Client server of the head accepts connections; its ray:// address."""
+        port = int(self.client_address.rsplit(":", 1)[1])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    return self.client_address
+            except OSError:
+                if time.monotonic() > deadline or not self.alive():
+                    raise SubmissionError(f"Ray Client server of the head {self.pid} not listening on port {port} "
+                                          f"after {timeout_s:.0f} s; see {self.log_file}") from None
+                time.sleep(0.25)
 
     def rss_bytes(self) -> int:
         """Resident memory of the head and every process under it (gcs, raylet, dashboard, workers)."""
@@ -152,7 +167,7 @@ def start_local_head(num_cpus: int | None = None, *, num_gpus: int | None = None
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=ray_env(), start_new_session=True)
     head = RayHead(pid=proc.pid, gcs_address=f"127.0.0.1:{port}", dashboard_url=dash_url, temp_dir=temp_dir,
-                   log_file=log_file, _proc=proc)
+                   client_address=f"ray://127.0.0.1:{client_port}", log_file=log_file, _proc=proc)
     deadline = time.monotonic() + timeout_s
     ready = False
     while time.monotonic() < deadline:

@@ -218,3 +218,13 @@ def test_checkpoints_reported_to_s3_storage(ray_head, rclone_s3, tmp_path: Path,
     markers = fs.glob(prefix[len("s3://"):] + "/*/checkpoint_*/checkpoint/sllm_complete.json")
     assert len(markers) == 1  # num_to_keep=1: Ray Train deleted the older one
     assert not (outcome.plan.run_dir / "ray").exists()  # nothing went to the local default
+
+
+# ------------------------------------------------------------------------------------------ Ray Client
+
+
+def test_stage_through_ray_client_address(ray_head, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, ray_head.wait_client(), num_workers=2)
+    outcome = _run(_spec(tmp_path, "ray-client", max_steps=2, save_steps=100), profile)
+    assert outcome.results["text"].steps == 2
+    assert (outcome.plan.stage_dir("text") / "losses.rank1.json").is_file()  # both workers ran
