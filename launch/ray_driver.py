@@ -28,7 +28,8 @@ log = logging.getLogger("launch.ray_driver")
 
 # environment a worker needs from the launcher's side (Ray workers inherit the head's environment, not ours);
 # passed in the train loop's config rather than runtime_env, so credentials do not show in the dashboard
-FORWARD_PREFIXES = ("MLFLOW_", "AWS_", "SLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH_", "CUDA_VISIBLE")
+# (never CUDA_VISIBLE_DEVICES: Ray gives each GPU worker its own)
+FORWARD_PREFIXES = ("MLFLOW_", "AWS_", "SLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH_")
 FORWARD_NAMES = ("PYTHONHASHSEED", "TORCH_EXTENSIONS_DIR")
 
 
@@ -162,6 +163,17 @@ def train_loop(config: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------ driver side
 
 
+def ray_run_name(req: LaunchRequest) -> str:
+    """Ray Train's run name: one per stage folder (a sweep point is its own run), stable across re-runs, so a
+    re-run finds the checkpoints its previous attempt reported."""
+    try:
+        where = Path(req.stage_dir).resolve().relative_to(Path(req.run_dir).resolve()).parts
+    except ValueError:
+        where = (req.stage,)
+    slug = "-".join(p for p in where if p != "stages") or req.stage
+    return f"{req.job_name}-{req.spec_hash[:12]}-{slug}"
+
+
 def build_trainer(req: LaunchRequest, profile: RayProfile, job: Any) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -170,7 +182,7 @@ def build_trainer(req: LaunchRequest, profile: RayProfile, job: Any) -> Any:
 
     path, fs = storage(profile, req, job)
     scaling = RayExecutor.scaling_for(profile, req)
-    run_name = f"{req.job_name}-{req.stage}-{req.spec_hash[:12]}"
+    run_name = ray_run_name(req)
     config = {"request": req.to_json(), "env": forwarded_env(req), "cwd": os.getcwd()}
     return TorchTrainer(
         train_loop, train_loop_config=config,
@@ -214,16 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(Path(req.stage_dir) / "driver.log")
     job = load_job_spec(req.spec_path)
-    from launch.ray_executor import import_ray
+    from launch.ray_executor import RayExecutor, import_ray
 
     ray = import_ray()
     t0 = time.perf_counter()
-    ray.init(address=address, runtime_env=job_runtime_env(profile, Path(__file__).resolve().parents[1], address),
-             log_to_driver=True, logging_level=logging.WARNING)
-    from launch.ray_executor import RayExecutor
-
     scaling = RayExecutor.scaling_for(profile, req)
     try:
+        ray.init(address=address, runtime_env=job_runtime_env(profile, Path(__file__).resolve().parents[1], address),
+                 log_to_driver=True, logging_level=logging.WARNING)
         trainer = build_trainer(req, profile, job)
         log.info("stage=%s TorchTrainer with %d worker(s) at %s", req.stage, trainer.scaling_config.num_workers,
                  address)
@@ -238,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 1
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     log.info("stage=%s done on Ray in %.1f s", req.stage, time.perf_counter() - t0)
     return 0 if req.result_file.is_file() else 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch.executor import LaunchRequest
-from launch.ray_driver import forwarded_env, job_runtime_env
+from launch.ray_driver import forwarded_env, job_runtime_env, ray_run_name
 from launch.ray_executor import RayExecutor, check_reachable, placement_problem
 from launch.ray_jobs import DEFAULT_EXCLUDES, IN_JOB_ENV, build_submission
 from sllm_lib.errors import JobSpecError, SubmissionError
@@ -207,3 +207,17 @@ def test_restore_puts_the_reported_checkpoint_back_atomically(tmp_path: Path) ->
     assert not list(folder.glob(".restore-*"))
     assert restore_checkpoint(None, folder, rank=0) is None  # a first attempt: nothing to restore
     assert restore_checkpoint(_FakeRayCheckpoint(tmp_path / "ray"), folder, rank=1) is None  # rank 0's job
+
+
+def test_ray_run_names_are_per_stage_folder() -> None:
+    from dataclasses import replace
+
+    req = _req()
+    assert ray_run_name(req) == "j-abcdef012345-s"
+    p0 = replace(req, stage_dir="/runs/j/stages/s/points/0")
+    p1 = replace(req, stage_dir="/runs/j/stages/s/points/1")
+    assert ray_run_name(p0) == "j-abcdef012345-s-points-0" != ray_run_name(p1)  # sweep points never share checkpoints
+
+
+def test_worker_env_never_overrides_rays_gpu_assignment() -> None:
+    assert "CUDA_VISIBLE_DEVICES" not in forwarded_env(_req(), {"CUDA_VISIBLE_DEVICES": "0,1", "HF_HOME": "/h"})
