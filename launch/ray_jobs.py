@@ -151,8 +151,19 @@ def job_logs(record: RayJobRecord) -> str:
     return _client(record.address).get_job_logs(record.submission_id)
 
 
-def stop_job(record: RayJobRecord) -> bool:
-    return bool(_client(record.address).stop_job(record.submission_id))
+def stop_job(record: RayJobRecord, *, pending_wait_s: float = 120.0) -> bool:
+    """Stop the job. A PENDING job is first waited for (bounded) until its entrypoint runs: Ray 2.60 marks a
+    job stopped while PENDING as STOPPED, yet may still start its entrypoint, which then runs unsupervised
+    (seen here: the whole plan trained on with the job STOPPED)."""
+    client = _client(record.address)
+    deadline = time.monotonic() + pending_wait_s
+    while str(getattr(client.get_job_status(record.submission_id), "value", "")) == "PENDING":
+        if time.monotonic() > deadline:
+            log.warning("Ray job %s still PENDING after %.0f s; stopping it anyway", record.submission_id,
+                        pending_wait_s)
+            break
+        time.sleep(0.5)
+    return bool(client.stop_job(record.submission_id))
 
 
 def follow_job(record: RayJobRecord, *, echo: Callable[[str], None] = print, poll_s: float = 1.0,

@@ -185,6 +185,23 @@ def test_plan_sent_through_the_jobs_api_then_status_logs_cancel(ray_head, tmp_pa
     while "STOPPED" not in (out := _sllm(["status", str(long_dir)]).stdout):
         assert time.monotonic() < deadline, out
         time.sleep(1)
+    # nothing of that job runs on unsupervised (launcher, stage driver), so its CPUs are free for the next
+    deadline = time.monotonic() + 30
+    while left := _processes_mentioning(str(long_spec)) + _processes_mentioning(str(long_dir)):
+        assert time.monotonic() < deadline, f"still running after the stop: {left}"
+        time.sleep(1)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and proc.name != str(os.getpid()):
+            found.append(f"{proc.name}: {cmd[:120]}")
+    return found
 
 
 def test_jobs_api_unreachable_is_a_clear_error(tmp_path: Path) -> None:
