@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     job = load_job_spec(req.spec_path)
     from launch.ray_executor import RayExecutor, import_ray
 
-    ray = import_ray()
+    ray = import_ray(address)
     t0 = time.perf_counter()
     scaling = RayExecutor.scaling_for(profile, req)
     try:

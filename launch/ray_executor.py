@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from launch.executor import LaunchRequest
 from launch.local import LocalJob
-from launch.ray_head import RayHead, ray_env, start_local_head
+from launch.ray_head import RayHead, is_loopback, ray_env, start_local_head
 from sllm_lib.errors import JobSpecError, SubmissionError
 from sllm_lib.spec import RayProfile
 
@@ -109,25 +109,26 @@ def placement_problem(nodes: list[dict[str, float]], bundle: dict[str, float], c
             f"{{{have}}} in all, room for {room} such worker(s)")
 
 
-def import_ray() -> Any:
+def import_ray(address: str | None = None) -> Any:
     """`import ray` for a driver of ours, with the environment our heads run with.
 
     Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import; left on, it rewrites a 127.0.0.1 head
     address to the machine's other interface and the connection hangs (ray/_private/services.py,
     resolve_ip_for_localhost). If ray was imported before the variable was set, its constant is synced.
     """
-    os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})
+    loopback = is_loopback(address)
+    os.environ.update({k: v for k, v in ray_env(loopback=loopback).items() if k.startswith("RAY_")})
     import ray
     from ray._private import ray_constants
 
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+    if loopback and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
         ray_constants.ENABLE_RAY_CLUSTER = False  # see above: imported earlier by someone else
     return ray
 
 
 def cluster_nodes(address: str) -> list[dict[str, float]]:
     """Total resources of every alive node (a short-lived driver connection)."""
-    ray = import_ray()
+    ray = import_ray(address)
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
@@ -233,7 +234,7 @@ class RayExecutor:
         req.result_file.unlink(missing_ok=True)
         req.request_file.write_text(req.to_json(), encoding="utf-8")
         (Path(req.stage_dir) / PROFILE_FILE).write_text(self.profile.model_dump_json(), encoding="utf-8")
-        env = ray_env()
+        env = ray_env(loopback=is_loopback(self.address()))
         env.update(req.env)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),

@@ -27,17 +27,31 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
 
 
-def ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment every Ray process of ours runs with (head, drivers, clients) so they agree."""
+def is_loopback(address: str | None) -> bool:
+    """A private head on this machine (None / 'local' / 127.0.0.1 / localhost), as opposed to a real cluster."""
+    if address in (None, "", "local"):
+        return True
+    rest = address.split("://", 1)[-1]
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def ray_env(base: dict[str, str] | None = None, *, loopback: bool = True) -> dict[str, str]:
+    """The environment our Ray processes run with (head, drivers, clients) so they agree.
+
+    The settings apply to loopback heads only: for a real cluster the user's own environment decides
+    (its auth mode; a driver there must advertise its real IP, not 127.0.0.1).
+    """
     env = dict(os.environ if base is None else base)
-    # a plain local ray.init() leaves ~/.ray/auth_token behind; a head started later then demands tokens that our
-    # clients do not send and they hang: one explicit mode for head and clients alike
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    # without it Ray swaps --node-ip-address 127.0.0.1 for the machine's other interface and listens on all of them
-    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # stopping a head otherwise waits ~30 s for graceful draining of a node that has nothing left to drain
-    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+    if loopback:
+        # a plain local ray.init() leaves ~/.ray/auth_token behind; a head started later then demands tokens
+        # that our clients do not send and they hang: one explicit mode for head and clients alike
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+        # without it Ray swaps 127.0.0.1 for the machine's other interface and listens on all of them
+        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # stopping a head otherwise waits ~30 s for graceful draining of a node that has nothing left to drain
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     return env
 
 

@@ -221,3 +221,15 @@ def test_ray_run_names_are_per_stage_folder() -> None:
 
 def test_worker_env_never_overrides_rays_gpu_assignment() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in forwarded_env(_req(), {"CUDA_VISIBLE_DEVICES": "0,1", "HF_HOME": "/h"})
+
+
+def test_loopback_settings_only_for_private_heads() -> None:
+    from launch.ray_head import is_loopback, ray_env
+
+    assert is_loopback(None) and is_loopback("local") and is_loopback("127.0.0.1:6379")
+    assert is_loopback("ray://localhost:10001") and not is_loopback("10.0.0.5:6379")
+    assert not is_loopback("ray://head.internal:10001")
+    remote = ray_env({}, loopback=False)
+    assert "RAY_AUTH_MODE" not in remote and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in remote  # the user's own
+    assert ray_env({}, loopback=True)["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert ray_env({"RAY_AUTH_MODE": "token"})["RAY_AUTH_MODE"] == "token"
