@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from datetime import date as _date
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.results import GateResult, ModelEval, NightlyResult, TrendPoint
+from sllm_lib.training.context import write_text_atomic
 
 __all__ = ["render_html", "render_markdown", "write_report", "STATUS_ORDER", "STATUS_LABELS"]
 
@@ -608,24 +608,6 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    """Write `data` (UTF-8) to `path` via a temp file in the same folder, fsync, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -649,6 +631,6 @@ def write_report(result: NightlyResult, out_dir: Path | str) -> dict[str, Path]:
     # render everything before writing anything: a rendering error leaves the previous report in place
     contents = {"html": render_html(result), "markdown": render_markdown(result), "json": payload}
     for kind in ("json", "markdown", "html"):
-        _atomic_write(paths[kind], contents[kind])
+        write_text_atomic(paths[kind], contents[kind])
     _fsync_dir(out)
     return paths

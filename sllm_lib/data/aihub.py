@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sllm_lib.errors import DataError
+from sllm_lib.training.context import write_text_atomic
 
 ANSWER_PARTS = ("intro", "body", "conclusion")
 
@@ -164,16 +164,5 @@ def convert_aihub(root: Path, output: Path, *, strict: bool = False) -> ConvertR
         raise DataError(f"{root}: {report.problems} problem(s) (--strict); first: {first}")
     if not rows:
         raise DataError(f"{root}: no question/answer pair could be made ({report.problems} problem(s))")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return report

@@ -68,19 +68,25 @@ class StageResult:
         return cls(**json.loads(text))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temp file in the same folder and rename (never a half-written file)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text via a temp file in the same folder, fsync, then rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary files others read (reports, datasets)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def new_output_tmp(ctx: StageContext) -> Path:
