@@ -146,7 +146,7 @@ class SlurmExecutor:
         self.profile = profile
 
     def _tasks_per_node(self) -> int:
-        return self.profile.tasks_per_node or max(1, self.profile.gpus_per_node)
+        return self.profile.tasks_per_node or max(1, self.profile.gpus_per_node)  # world_size = nodes x this
 
     def parameters(self, req: LaunchRequest) -> dict[str, Any]:
         """submitit parameters from the profile (units in names, as submitit takes them)."""

@@ -65,6 +65,53 @@ class QuantSpec(_Strict):
     quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
     double_quant: bool = Field(default=True, description="Quantize the 4-bit quantization constants too.")
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(default="bfloat16")
+    storage_dtype: Literal["uint8", "bfloat16", "float16", "float32"] | None = Field(
+        default=None,
+        description="Dtype the packed 4-bit weights are stored in; default: the compute dtype (what ZeRO-3 needs to "
+                    "partition them like any other weight); uint8 is bitsandbytes' own default.")
+
+    @property
+    def storage(self) -> str:
+        """The effective 4-bit storage dtype."""
+        return self.storage_dtype or self.compute_dtype
+
+
+class DeepSpeedSpec(_Strict):
+    """DeepSpeed ZeRO for a training stage; sllm writes the DeepSpeed config from these fields."""
+
+    stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage: 1 shards optimizer states, 2 also "
+                                                              "gradients, 3 also the weights.")
+    offload_optimizer: Literal["none", "cpu"] = Field(
+        default="none", description="Keep optimizer states (and the update) on the CPU (DeepSpeed's CPU Adam).")
+    offload_params: Literal["none", "cpu"] = Field(default="none", description="ZeRO-3 only: keep weights on the CPU.")
+    pin_memory: bool = Field(default=True, description="Pinned host memory for offloaded tensors.")
+    overlap_comm: bool = Field(default=True, description="Overlap gradient reduction with the backward pass.")
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int | Literal["auto"] = Field(default="auto", description="Elements per reduce bucket.")
+    allgather_bucket_size: int = Field(default=200_000_000, gt=0, description="ZeRO-1/2: elements per all-gather.")
+    stage3_prefetch_bucket_size: int | Literal["auto"] = "auto"
+    stage3_param_persistence_threshold: int | Literal["auto"] = "auto"
+    stage3_max_live_parameters: int = Field(default=1_000_000_000, gt=0)
+    gather_16bit_weights_on_save: bool = Field(
+        default=True, description="ZeRO-3: gather full weights when saving (else adapters are saved as empty tensors).")
+    config_file: str | None = Field(
+        default=None, description="An explicit DeepSpeed JSON config; it overrides the generated one (its 'auto' "
+                                  "values are still filled from the stage's batch settings). Relative to the spec.")
+
+    @field_validator("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if v != "auto" and v <= 0:
+            raise ValueError(f"expected 'auto' or a positive number of elements, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _offload_fits_stage(self) -> DeepSpeedSpec:
+        if self.offload_params != "none" and self.stage != 3:
+            raise ValueError(f"offload_params needs stage 3 (ZeRO-{self.stage} keeps whole weights on every GPU)")
+        if self.offload_optimizer != "none" and self.stage == 0:
+            raise ValueError("offload_optimizer needs stage 1, 2 or 3 (ZeRO-0 does not partition the optimizer)")
+        return self
 
 
 class TrainSpec(_Strict):
@@ -124,6 +171,7 @@ class _TrainStageBase(_StageBase):
     train: TrainSpec
     lora: LoraSpec | None = Field(default=None, description="New LoRA adapter on the LLM; None trains no LoRA.")
     quant: QuantSpec = Field(default_factory=QuantSpec)
+    deepspeed: DeepSpeedSpec | None = Field(default=None, description="Train with DeepSpeed ZeRO (None: plain DDP).")
     trainable: list[TrainableGroup] = Field(description="Parameter groups trained in this stage.")
 
     @model_validator(mode="after")
@@ -134,6 +182,17 @@ class _TrainStageBase(_StageBase):
             raise ValueError("a lora block is set but 'lora' is not in trainable")
         if self.quant.bits != "none" and {"llm", "audio_encoder"} & set(self.trainable):
             raise ValueError("full 'llm'/'audio_encoder' training cannot run on a quantized base; use lora")
+        ds, q = self.deepspeed, self.quant
+        if ds is not None and ds.stage == 3 and q.bits == 8:
+            raise ValueError("quant.bits 8 with deepspeed.stage 3 is not supported: ZeRO-3 cannot partition "
+                             "bitsandbytes 8-bit weights (their scales live outside the tensor); use bits 4 or stage 2")
+        if ds is not None and ds.stage == 3 and q.bits == 4 and q.storage != q.compute_dtype:
+            raise ValueError(f"quant.storage_dtype {q.storage!r} must equal quant.compute_dtype {q.compute_dtype!r} "
+                             f"under deepspeed.stage 3 (ZeRO-3 partitions the packed 4-bit weights as tensors of "
+                             f"that dtype)")
+        if ds is not None and ds.offload_params != "none" and q.bits != "none":
+            raise ValueError("deepspeed.offload_params cannot move bitsandbytes-quantized weights to the CPU; "
+                             "use offload_optimizer, or quant.bits none")
         return self
 
     @field_validator("data")
@@ -391,7 +450,21 @@ class LocalProfile(_Strict):
         default="subprocess", description="subprocess: one process per stage (memory freed); inprocess: for tests."
     )
     gpus: int = Field(default=0, ge=0, description="GPUs visible to a stage (0 = CPU).")
-    cpus: int | None = Field(default=None, gt=0, description="Threads per stage (OMP_NUM_THREADS); default all.")
+    cpus: int | None = Field(default=None, gt=0, description="Threads per process (OMP_NUM_THREADS); default all "
+                                                             "cores shared by the processes.")
+    nproc: int = Field(default=1, gt=0, le=64, description="Processes per training stage (torch.distributed on "
+                                                           "127.0.0.1; one per GPU when gpus > 0).")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+
+    @model_validator(mode="after")
+    def _nproc_fits_gpus(self) -> LocalProfile:
+        if self.gpus and self.nproc > self.gpus:
+            raise ValueError(f"nproc ({self.nproc}) exceeds gpus ({self.gpus}): one process per GPU")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc
 
 
 class SlurmProfile(_Strict):
@@ -415,6 +488,12 @@ class SlurmProfile(_Strict):
     signal_delay_s: int = Field(default=120, ge=0)
     max_num_timeout: int = Field(default=3, ge=0, description="Requeues allowed after timeout/preemption.")
     folder: str = Field(default="runs/slurm", description="submitit log/pickle folder.")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+
+    @property
+    def world_size(self) -> int:
+        """Processes of a training stage: nodes x tasks per node (default one per GPU, 1 on CPU nodes)."""
+        return self.nodes * (self.tasks_per_node or max(1, self.gpus_per_node))
 
 
 class RayProfile(_Strict):
@@ -428,6 +507,7 @@ class RayProfile(_Strict):
     )
     num_workers: int = Field(default=1, gt=0, description="Training processes per stage (one per GPU).")
     use_gpu: bool = False
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Per worker, e.g. {CPU: 8, GPU: 1}; default {CPU: 1} (+ GPU: 1 with use_gpu)."
     )
@@ -469,6 +549,10 @@ class RayProfile(_Strict):
         if bad:
             raise ValueError(f"expected finite amounts >= 0, got {bad}")
         return v
+
+    @property
+    def world_size(self) -> int:
+        return self.num_workers
 
     @property
     def jobs_api(self) -> bool:
@@ -890,6 +974,9 @@ def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> list[str]:
         for key in ("suite", "report_dir"):
             if isinstance(stage.get(key), str) and stage[key]:
                 resolve(stage, key, f"stages[{i}].{key}")
+        ds = stage.get("deepspeed")
+        if isinstance(ds, dict) and isinstance(ds.get("config_file"), str) and ds["config_file"]:
+            resolve(ds, "config_file", f"stages[{i}].deepspeed.config_file")
         m = stage.get("model")
         if stage.get("kind") == "suite_eval" and isinstance(m, str) and m.startswith((".", "/", "~")):
             resolve(stage, "model", f"stages[{i}].model")
