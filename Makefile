@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/slurm_local.sh install
 	bash scripts/browser_deps.sh
+	bash scripts/compiler_deps.sh
 	bash scripts/tracking_stack.sh install
 	$(PY) -m pytest tests -q
 

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from launch.executor import JobState, LaunchRequest
 from sllm_lib.errors import StageFailedError
+from sllm_lib.ports import free_port
 from sllm_lib.spec import LocalProfile
 from sllm_lib.training.context import StageResult
 
@@ -34,42 +35,74 @@ def _failure(req: LaunchRequest, job_id: str, state: str) -> StageFailedError:
     )
 
 
-class LocalJob:
-    """A stage running in a child process."""
+# after one rank fails, the others get this long to fail on their own before they are stopped (they may sit in a
+# collective the failed rank will never join)
+PEER_GRACE_S = 10.0
 
-    def __init__(self, req: LaunchRequest, proc: subprocess.Popen) -> None:
+
+class LocalJob:
+    """A stage running in child processes: one, or one per rank (`nproc`), rank 0 first."""
+
+    def __init__(self, req: LaunchRequest, procs: list[subprocess.Popen]) -> None:
         self.req = req
-        self.proc = proc
-        self.job_id = f"local-{proc.pid}"
+        self.procs = procs
+        self.proc = procs[0]
+        self.job_id = f"local-{procs[0].pid}"
         self._cancelled = False
+        self._failed_at: float | None = None
+
+    def _reap_peers(self) -> None:
+        """Once a rank has failed, stop the ranks still running after a grace period."""
+        codes = [p.poll() for p in self.procs]
+        if not any(c not in (None, 0) for c in codes):
+            return
+        if self._failed_at is None:
+            self._failed_at = time.monotonic()
+        if time.monotonic() - self._failed_at >= PEER_GRACE_S:
+            for p in self.procs:
+                if p.poll() is None:
+                    log.warning("stage %s: rank pid %d still running after a peer failed; stopping it", self.req.stage,
+                                p.pid)
+                    _stop(p)
 
     def state(self) -> JobState:
-        code = self.proc.poll()
-        if code is None:
+        self._reap_peers()
+        codes = [p.poll() for p in self.procs]
+        if any(c is None for c in codes):
             return JobState.RUNNING
         if self._cancelled:
             return JobState.CANCELLED
-        return JobState.COMPLETED if code == 0 and self.req.result_file.is_file() else JobState.FAILED
+        ok = all(c == 0 for c in codes) and self.req.result_file.is_file()
+        return JobState.COMPLETED if ok else JobState.FAILED
 
     def result(self, timeout_s: float | None = None) -> StageResult:
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise TimeoutError(f"stage {self.req.stage!r} ({self.job_id}) still running after {timeout_s} s") from exc
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.state() is JobState.RUNNING:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"stage {self.req.stage!r} ({self.job_id}) still running after {timeout_s} s")
+            time.sleep(0.2)
         state = self.state()
         if state is not JobState.COMPLETED:
             raise _failure(self.req, self.job_id, state.value)
         return StageResult.from_json(self.req.result_file.read_text(encoding="utf-8"))
 
     def cancel(self) -> None:
-        if self.proc.poll() is None:
-            self._cancelled = True
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        for p in self.procs:
+            if p.poll() is None:
+                self._cancelled = True
+                p.terminate()
+        for p in self.procs:
+            _stop(p)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class InProcessJob:
@@ -109,14 +142,29 @@ class LocalExecutor:
     def __init__(self, profile: LocalProfile) -> None:
         self.profile = profile
 
-    def _env(self, req: LaunchRequest) -> dict[str, str]:
+    def nproc(self, req: LaunchRequest) -> int:
+        """Processes for this stage: the profile's nproc for training, one for merge/eval."""
+        return 1 if req.single_process else self.profile.nproc
+
+    def _threads(self, n: int) -> int | None:
+        """OMP threads per process: the profile's cpus, else the cores shared out (torch would take all per rank)."""
+        if self.profile.cpus:
+            return self.profile.cpus
+        return max(1, (os.cpu_count() or 1) // n) if n > 1 else None
+
+    def _env(self, req: LaunchRequest, *, rank: int = 0, world: int = 1, port: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         env.update(req.env)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        if self.profile.cpus:
-            env["OMP_NUM_THREADS"] = str(self.profile.cpus)
+        threads = self._threads(world)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         if self.profile.gpus == 0:
             env["CUDA_VISIBLE_DEVICES"] = ""
+            env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's accelerator probe warns on every import otherwise
+        if world > 1:  # torch.distributed's env:// rendezvous on this machine, as torchrun sets it
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                           env.get("PYTHONPATH", "")]))
         return env
@@ -127,11 +175,16 @@ class LocalExecutor:
     def render(self, req: LaunchRequest) -> str:
         """The command line a stage runs as (pure; used by `sllm plan`)."""
         extra = dict(req.env)
-        if self.profile.cpus:
-            extra["OMP_NUM_THREADS"] = str(self.profile.cpus)
+        n = self.nproc(req)
+        threads = self._threads(n)
+        if threads:
+            extra["OMP_NUM_THREADS"] = str(threads)
+        if n > 1:
+            extra.update(RANK="{0.." + str(n - 1) + "}", WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1")
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(extra.items()))
         cmd = " ".join(shlex.quote(c) for c in ["python", "-m", "launch.worker", str(req.request_file)])
-        return f"{env} {cmd}".strip()
+        line = f"{env} {cmd}".strip()
+        return f"{line}  # x{n} processes" if n > 1 else line
 
     def submit(self, req: LaunchRequest) -> LocalJob | InProcessJob:
         Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
@@ -139,6 +192,21 @@ class LocalExecutor:
         req.request_file.write_text(req.to_json(), encoding="utf-8")
         if self.profile.isolation == "inprocess":
             return InProcessJob(req)
-        proc = subprocess.Popen(self.command(req), env=self._env(req), cwd=os.getcwd())
-        log.debug("started %s as pid %d at %s", req.stage, proc.pid, time.strftime("%H:%M:%S"))
-        return LocalJob(req, proc)
+        n = self.nproc(req)
+        if n == 1:
+            procs = [subprocess.Popen(self.command(req), env=self._env(req), cwd=os.getcwd())]
+        else:
+            port = free_port()
+            procs = []
+            for rank in range(n):
+                # rank 0 writes stage.log and the console; the others keep their own output in rankN.log
+                out = None if rank == 0 else open(Path(req.stage_dir) / f"rank{rank}.log", "ab")  # noqa: SIM115
+                try:
+                    procs.append(subprocess.Popen(self.command(req), env=self._env(req, rank=rank, world=n, port=port),
+                                                  cwd=os.getcwd(), stdout=out, stderr=subprocess.STDOUT if out else None))
+                finally:
+                    if out is not None:
+                        out.close()
+        log.debug("started %s as pids %s at %s", req.stage, [p.pid for p in procs], time.strftime("%H:%M:%S"))
+        return LocalJob(req, procs)
+

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sllm_lib.errors import SubmissionError
+from sllm_lib.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,6 @@ def ray_env(base: dict[str, str] | None = None, *, loopback: bool = True) -> dic
         # stopping a head otherwise waits ~30 s for graceful draining of a node that has nothing left to drain
         env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ray_cli() -> str:

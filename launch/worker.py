@@ -180,6 +180,10 @@ def configure_logging(log_file: Path | None) -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # PEFT 0.21 still calls transformers' deprecated `is_gradient_checkpointing` (a FutureWarning per model)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # DeepSpeed 0.19 still calls torch.distributed's deprecated all_gather_into_tensor/reduce_scatter_tensor: one
+    # FutureWarning per step and rank otherwise
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)"
+                                              r".* is deprecated", category=FutureWarning)
     # one status line per logging interval replaces the hub's per-file tqdm bars (weights, shards)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
     Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
-    configure_logging(req.log_file)
+    configure_logging(req.log_file if os.environ.get("RANK", "0") == "0" else None)  # rank 0 writes stage.log
     try:
         run_request(req)
     except BaseException as exc:

@@ -460,6 +460,8 @@ class LocalProfile(_Strict):
     def _nproc_fits_gpus(self) -> LocalProfile:
         if self.gpus and self.nproc > self.gpus:
             raise ValueError(f"nproc ({self.nproc}) exceeds gpus ({self.gpus}): one process per GPU")
+        if self.nproc > 1 and self.isolation == "inprocess":
+            raise ValueError("nproc > 1 needs isolation: subprocess (one process per rank)")
         return self
 
     @property
@@ -1002,6 +1004,10 @@ def parse_job_spec(raw: Any, *, source: str, base_dir: Path, overrides: list[str
     if path_problems:
         _raise_problems(source, path_problems)
     problems = graph_problems(spec)
+    from sllm_lib.training.deepspeed_config import stage_config_problems  # imports this module
+
+    for i, stage in enumerate(spec.stages):
+        problems += [f"stages[{i}].{p}" for p in stage_config_problems(stage)]
     if problems:
         _raise_problems(source, problems)
     return spec

@@ -16,6 +16,8 @@ def _sllm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny presets are built once per session into a fresh folder (never the user's cache)."""
     home = Path(os.environ.get("SLLM_TEST_HOME") or tmp_path_factory.mktemp("sllm_home"))
     os.environ["SLLM_HOME"] = str(home)
+    # DeepSpeed JIT-builds CPU Adam once (~45 s); keep the build between test sessions as a user's cache would
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "sllm-tests" / "torch_extensions"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their store; a developer's team server is not it
     return home
 

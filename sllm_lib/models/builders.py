@@ -215,6 +215,11 @@ def load_tokenizer_and_features(path: str, *, revision: str | None = None) -> tu
     )
 
 
+# Kept unquantized: the projector is trained in full by the ASR stages (a 4-bit weight cannot take gradients)
+# and is small; lm_head as bitsandbytes' own default (tied to the embeddings here).
+QUANT_SKIP_MODULES = ("multi_modal_projector", "lm_head")
+
+
 def quantization_config(quant: QuantSpec) -> Any:
     """A BitsAndBytesConfig for 4/8-bit, or None."""
     if quant.bits == "none":
@@ -222,12 +227,13 @@ def quantization_config(quant: QuantSpec) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
+    skip = list(QUANT_SKIP_MODULES)
     if quant.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = getattr(torch, quant.compute_dtype)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type, bnb_4bit_use_double_quant=quant.double_quant,
-        bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute,
+        bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype), bnb_4bit_quant_storage=getattr(torch, quant.storage),
+        llm_int8_skip_modules=skip,
     )
 
 

@@ -70,7 +70,20 @@ def _trainer_class() -> type:
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             out = Path(output_dir or self.args.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            if state_dict is not None and self.is_deepspeed_enabled:
+                # DeepSpeed hands over the gathered weights (ZeRO-3 partitions leave the parameters empty here)
+                missing = [n for n in names if n not in state_dict]
+                if missing:
+                    raise RuntimeError(f"DeepSpeed's state dict lacks {len(missing)} trainable tensors, e.g. "
+                                       f"{missing[0]}; is stage3_gather_16bit_weights_on_model_save off?")
+                state = {n: state_dict[n].detach().cpu().contiguous() for n in names}
+            else:
+                state = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+            empty = [n for n, t in state.items() if t.numel() == 0]
+            if empty:
+                raise RuntimeError(f"refusing to save {len(empty)} empty trainable tensors (e.g. {empty[0]}): "
+                                   f"partitioned ZeRO-3 weights were not gathered")
             save_file(state, str(out / TRAINABLE_FILE))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -204,11 +217,34 @@ def _ddp_backend(ctx: StageContext) -> dict[str, str]:
     return {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo"}
 
 
-def _training_args(stage: Any, ctx: StageContext) -> Any:
+def _deepspeed_args(stage: Any, ctx: StageContext, model: Any) -> dict[str, Any]:
+    """TrainingArguments for a DeepSpeed stage (empty without one); sets up the process group it needs."""
+    if stage.deepspeed is None:
+        return {}
+    import torch
+
+    from sllm_lib.training.deepspeed_config import runtime_config
+    from sllm_lib.training.deepspeed_env import prepare_deepspeed_process
+
+    cuda = torch.cuda.is_available()
+    text = getattr(model.config, "text_config", None) or model.config
+    cfg = runtime_config(stage.deepspeed, hidden_size=getattr(text, "hidden_size", None), cuda=cuda)
+    args: dict[str, Any] = {"deepspeed": cfg, "use_cpu": False}
+    if prepare_deepspeed_process(cuda=cuda):
+        args["accelerator_config"] = {"use_configured_state": True}
+    return args
+
+
+def _training_args(stage: Any, ctx: StageContext, model: Any) -> Any:
     import torch
     from transformers import TrainingArguments
 
     t = stage.train
+    ds = _deepspeed_args(stage, ctx, model)
+    kwargs: dict[str, Any] = {"use_cpu": not torch.cuda.is_available(), **_ddp_backend(ctx)}
+    kwargs.update(ds)
+    if ds:
+        kwargs.pop("ddp_backend", None)  # DeepSpeed makes its own process group (gloo on CPU, nccl on GPU)
     return TrainingArguments(
         output_dir=str(ctx.stage_dir / "checkpoints"), per_device_train_batch_size=t.per_device_bsz,
         per_device_eval_batch_size=t.per_device_bsz, gradient_accumulation_steps=t.grad_accum,
@@ -217,9 +253,9 @@ def _training_args(stage: Any, ctx: StageContext) -> Any:
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, logging_steps=t.logging_steps, logging_first_step=True,
         report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(), eval_strategy="no",
-        ddp_find_unused_parameters=_audio_params_idle_in_some_batches(stage),
-        **_ddp_backend(ctx), **_precision(t.precision),
+        dataloader_pin_memory=torch.cuda.is_available(),
+        eval_strategy="no", ddp_find_unused_parameters=_audio_params_idle_in_some_batches(stage),
+        **kwargs, **_precision(t.precision),
     )
 
 
@@ -266,7 +302,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     val_ds = ExampleDataset(encode_mixture(val_sets, stage.data.val, seed=stage.train.seed, **enc)) if val_sets else None
     history: list[tuple[int, float]] = []
     trainer = _trainer_class()(
-        model=model, args=_training_args(stage, ctx), train_dataset=train_ds, eval_dataset=val_ds,
+        model=model, args=_training_args(stage, ctx, model), train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=SpeechCollator(pad_id=chat.pad),
         callbacks=[_status_callback(stage.name, ctx, history), stop_callback(ctx.world_size), *fault_callbacks(ctx),
                    *ctx.trainer_callbacks],
@@ -291,6 +327,9 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         train_loss = sum(logged) / len(logged) if logged else float("nan")
     else:
         train_loss = trainer.train(resume_from_checkpoint=str(resume) if resume else None).training_loss
+    hf_ds = getattr(trainer.args, "hf_deepspeed_config", None)
+    if hf_ds is not None and ctx.is_main:  # the config DeepSpeed ran with, "auto" values filled in
+        write_json_atomic(ctx.stage_dir / "deepspeed_config.json", hf_ds.config)
     if ctx.world_size > 1:  # each rank's view of the (all-reduced) loss, for checking a distributed run
         write_json_atomic(ctx.stage_dir / f"losses.rank{ctx.rank}.json", history)
     if stop_requested() and trainer.state.global_step < trainer.state.max_steps:
@@ -315,8 +354,18 @@ def _publish_training_output(
     result = StageResult(stage=stage.name, kind=stage.kind, output_dir=str(ctx.output_dir), steps=steps,
                          loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                          metrics=metrics)
-    if not ctx.is_main:
-        return result
+    from sllm_lib.training.deepspeed_env import gathered_trainable
+
+    with gathered_trainable(model) as digests:  # every rank enters: under ZeRO-3 gathering is a collective
+        if not ctx.is_main:
+            return result
+        return _write_training_output(stage, ctx, model, steps, metrics, train_sets, result, digests)
+
+
+def _write_training_output(
+    stage: Any, ctx: StageContext, model: Any, steps: int, metrics: dict[str, float], train_sets: list[ReadResult],
+    result: StageResult, rank_digests: list[str],
+) -> StageResult:
     tmp = new_output_tmp(ctx)
     try:
         written = save_stage_weights(model, tmp, trainable=list(stage.trainable))
@@ -324,7 +373,8 @@ def _publish_training_output(
             "stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash, "base_model": ctx.job.model.base,
             "chain": [str(p) for p in ctx.chain], "trainable": list(stage.trainable), "written": written,
             "lora": stage.lora.model_dump() if stage.lora else None, "steps": steps, "metrics": metrics,
-            "datasets": {str(r.path): r.digest() for r in train_sets},
+            "quant": stage.quant.model_dump(), "deepspeed": stage.deepspeed.model_dump() if stage.deepspeed else None,
+            "world_size": ctx.world_size, "trainable_sha256_by_rank": rank_digests, "datasets": {str(r.path): r.digest() for r in train_sets},
         }
         publish_output(tmp, ctx, manifest)
     except BaseException:
