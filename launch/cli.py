@@ -109,7 +109,10 @@ def _load(spec_path: Path, set_: list[str] | None, cluster: str | None) -> Any:
 @app.command()
 def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[list[str]] = SetOpt,
          cluster: Optional[str] = ClusterOpt,
-         show_spec: bool = typer.Option(True, "--show-spec/--no-show-spec", help="Print the resolved spec.")) -> None:
+         show_spec: bool = typer.Option(True, "--show-spec/--no-show-spec", help="Print the resolved spec."),
+         memory: bool = typer.Option(False, "--memory", help="Also print each training stage's predicted GPU "
+                                                             "memory (from the model config; no weights loaded).")
+         ) -> None:
     """Validate, check inputs and print the stage plan without running or writing anything."""
     from launch.executor import LaunchRequest, get_executor
     from launch.pipeline import preflight
@@ -145,6 +148,8 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
         for i, point in enumerate(points):
             console.print(f"  point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()), highlight=False)
     console.print(f"run dir: {p.run_dir}\nresources: {p.stages[0].resources}")
+    if memory:
+        _print_memory(p)
     if show_spec:
         console.rule("resolved spec")
         console.print(dump_resolved_yaml(p.spec), markup=False, highlight=False)
@@ -153,11 +158,14 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
 @app.command()
 def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[list[str]] = SetOpt,
            cluster: Optional[str] = ClusterOpt,
-           detach: bool = typer.Option(False, "--detach", help="SLURM: return once every stage is submitted.")) -> None:
+           detach: bool = typer.Option(False, "--detach", help="SLURM: return once every stage is submitted."),
+           force: bool = typer.Option(False, "--force", help="Submit even if a stage is predicted not to fit "
+                                                             "the profile's gpu_memory_gb.")) -> None:
     """Run every stage of SPEC on the cluster profile, then print results and the model's lineage."""
     from launch.pipeline import submit_pipeline
 
     p = _load(spec_path, set_, cluster)
+    _check_memory(p, force=force, cluster=cluster or p.spec.cluster)
     if _via_ray_jobs(p.profile):
         _submit_ray_job(p, spec_path, set_ or [], cluster or p.spec.cluster, detach=detach)
         return
@@ -172,6 +180,61 @@ def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional
         return
     _print_outcome(outcome)
     _exit_on_regression(outcome)
+
+
+def _print_memory(p: Any) -> None:
+    """`sllm plan --memory`: one table per training stage, and the cheapest fix for a stage that does not fit."""
+    from sllm_lib.memory import plan_memory, render_plan, suggest
+
+    memories = plan_memory(p.spec, p.profile)
+    console.rule("memory per training process (predicted from the model config; no weights loaded)")
+    if not memories:
+        console.print("no training stages")
+        return
+    if getattr(p.profile, "gpu_memory_gb", None) is None:
+        console.print(f"cluster {p.profile.name!r} sets no gpu_memory_gb: nothing to compare with", highlight=False)
+    suggestions = {m.stage: suggest(p.spec, p.profile, m) for m in memories}
+    for item in render_plan(memories, suggestions):
+        console.print(item, highlight=False)
+
+
+def _check_memory(p: Any, *, force: bool, cluster: str) -> None:
+    """Refuse (PlanError) a stage predicted not to fit the profile's gpu_memory_gb, unless --force.
+
+    Runs once, where the user submits: inside a Ray Jobs entrypoint the check was already made.
+    """
+    from launch.ray_jobs import IN_JOB_ENV
+
+    if getattr(p.profile, "gpu_memory_gb", None) is None or os.environ.get(IN_JOB_ENV):
+        return
+    from sllm_lib.errors import PlanError
+    from sllm_lib.memory import GB, plan_memory, suggest
+
+    try:
+        memories = plan_memory(p.spec, p.profile)
+    except SllmError as exc:  # no config to plan from: the check must not block a submission
+        log.warning("memory check skipped: %s", exc)
+        return
+    problems = []
+    for m in memories:
+        log.info("memory: stage %s needs %.1f of %.1f GB per GPU", m.stage, m.total / GB, m.available_bytes / GB)
+        if m.fits is False:
+            s = suggest(p.spec, p.profile, m)
+            fix = f"cheapest change that fits: {s.describe()}" if s is not None else \
+                "no combination of ZeRO, checkpointing, micro-batch, offload and 4-bit fits"
+            big = sorted(m.rows, key=lambda r: r.bytes, reverse=True)[:3]
+            terms = ", ".join(f"{r.name} {r.bytes / GB:.1f} GB" for r in big)
+            problems.append(f"stage {m.stage!r} is predicted to need {m.total / GB:.1f} GB per GPU; cluster "
+                            f"{p.profile.name!r} has {m.available_bytes / GB:.1f} GB (largest: {terms}); {fix}")
+    if not problems:
+        return
+    if force:
+        for line in problems:
+            log.warning("--force: submitting anyway: %s", line)
+        return
+    raise PlanError("memory check failed; nothing was submitted:\n" + "\n".join(problems)
+                    + f"\nsee `sllm plan {p.spec_path} --cluster {cluster} --memory` for the breakdown, "
+                      f"or pass --force to submit anyway")
 
 
 def _via_ray_jobs(profile: Any) -> bool:

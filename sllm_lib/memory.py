@@ -21,10 +21,12 @@ What is exact and what is a formula (GB = 1e9 bytes throughout):
   - LoRA: r * (in + out) per targeted Linear, in fp32 (PEFT upcasts adapters), 16-bit under DeepSpeed.
   - Gradients: one per trainable parameter at its dtype. Plain DDP (no `deepspeed`, world > 1) adds its
     gradient buckets (another copy of the gradients). AdamW: 2 states per trainable parameter at the
-    parameter's dtype (torch AdamW); under DeepSpeed 2 fp32 states + an fp32 master copy.
+    parameter's dtype (torch AdamW); under DeepSpeed 2 fp32 states + an fp32 master copy, gradients in the
+    training dtype (ZeRO-0 in bf16/fp16 also keeps fp32 gradients).
   - ZeRO over the world size W: stage >= 1 divides optimizer states and master copy by W, >= 2 also the
     gradients, 3 also the weights (quantization constants stay whole) and adds the gathered working set
-    (max(largest single module, 2 decoder layers): one in use, one prefetched) and its buckets;
+    (max(largest single module, 2 decoder layers): one in use, one prefetched); stage >= 1 adds a reduce
+    bucket of hidden^2 elements (what "auto" becomes), stage 3 a prefetch bucket of 0.9 * hidden^2;
     offload_optimizer moves states + master (+ an fp32 gradient partition) to the CPU, offload_params the
     weights.
 * Activations are a formula (every example at max_seq_len; attention through SDPA/flash, so no seq^2 term).
@@ -45,17 +47,16 @@ What is exact and what is a formula (GB = 1e9 bytes throughout):
   2*e_r*d + 6*e*d + 2*e*f per frame per layer (d width, f MLP size), or e_r*d with checkpointing; a
   trained projector keeps e*(4d + 2h) per audio token.
 * Margin: 1 GB (CUDA context, cuBLAS and NCCL workspaces) + 10 % of everything above (allocator
-  fragmentation, temporary buffers).
+  fragmentation, temporary buffers); on a CPU-only profile (the runner trains in fp32 there) the 10 % only.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -312,7 +313,6 @@ class DtypeRules:
     lora: int
     act: int  # activations (autocast dtype)
     residual: int  # residual stream
-    deepspeed: bool
     quant: QuantSpec
 
     @classmethod
@@ -327,7 +327,7 @@ class DtypeRules:
             float_param, lora, residual = 4, 4, 4
         else:
             float_param, lora, residual = e, 4, e
-        return cls(float_param=float_param, lora=lora, act=e, residual=residual, deepspeed=ds, quant=stage.quant)
+        return cls(float_param=float_param, lora=lora, act=e, residual=residual, quant=stage.quant)
 
     def param(self, p: ParamInfo) -> tuple[int, int]:
         """(partitionable bytes, constant bytes) of one parameter as stored for training."""
@@ -429,9 +429,13 @@ def _gb(n: float) -> str:
     return f"{n / GB:.2f} GB"
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
 def _uses_gpu(profile: Any) -> bool:
-    return bool(getattr(profile, "gpus", 0) or getattr(profile, "gpus_per_node", 0) or getattr(profile, "use_gpu",
-                                                                                                 False))
+    """Whether the profile's training processes run on GPUs (else the runner trains in fp32 on the CPU)."""
+    return bool(getattr(profile, "gpus", 0) or getattr(profile, "gpus_per_node", 0) or getattr(profile, "use_gpu", 0))
 
 
 def plan_memory(job: JobSpec, profile: Any, *, device: Device | None = None) -> list[StageMemory]:
@@ -470,13 +474,7 @@ def _worst_sweep_point(job: JobSpec, index: int, stage: Any, account: ModelAccou
              for point in job.sweep.points()]
     worst, point = max(plans, key=lambda mp: mp[0].total)
     note = "largest of the sweep's points: " + ", ".join(f"{k}={v}" for k, v in point.items())
-    return _with_notes(worst, (*worst.notes, note))
-
-
-def _with_notes(m: StageMemory, notes: tuple[str, ...]) -> StageMemory:
-    from dataclasses import replace
-
-    return replace(m, notes=notes)
+    return replace(worst, notes=(*worst.notes, note))
 
 
 def stage_memory(stage: Any, index: int, account: ModelAccount, profile: Any, *,
@@ -486,25 +484,23 @@ def stage_memory(stage: Any, index: int, account: ModelAccount, profile: Any, *,
     world = max(1, profile.world_size)
     ds = stage.deepspeed
     zero = ds.stage if ds is not None else None
-    rows, cpu, notes = [], [], []
-    weights = _weight_rows(account, rules, zero, ds, world)
-    rows += weights[0]
-    cpu += weights[1]
+    rows, cpu = _weight_rows(account, rules, zero, ds, world)
+    notes: list[str] = []
     n_lora = lora_numel(account, stage.lora) if stage.lora is not None else 0
     train_params = [p for p in account.params if _trainable(account, p, list(stage.trainable))]
-    _ = notes.extend(_quantized_trainable_notes(train_params, rules))
+    notes.extend(_quantized_trainable_notes(train_params, rules))
     lora_bytes = n_lora * rules.lora
     if n_lora:
         row = MemoryRow("LoRA adapters", _split(lora_bytes, world, zero == 3),
                         f"{n_lora:,} params (r={stage.lora.r}, {len(lora_shapes(account, stage.lora.targets))} "
                         f"Linears), {'fp32' if rules.lora == 4 else '16-bit'}" + _zero_note(zero == 3, world))
         (cpu if ds is not None and ds.offload_params == "cpu" else rows).append(row)
-    grad_bytes = lora_bytes + sum(rules.trainable_elements(p) * rules.param(p)[0] // max(1, rules.trainable_elements(p))
-                                  for p in train_params)
+    grad_bytes = lora_bytes + sum(rules.param(p)[0] for p in train_params)  # a gradient has its param's dtype
     n_train = n_lora + sum(rules.trainable_elements(p) for p in train_params)
     rows += _training_state_rows(rules, ds, world, n_train, grad_bytes, cpu)
     rows += _activation_rows(stage, account, rules, notes)
-    rows.append(_margin(rows))
+    rows += _bucket_rows(stage, account.text["h"], rules)
+    rows.append(_margin(rows, device))
     return StageMemory(stage=stage.name, index=index, kind=stage.kind, rows=tuple(rows), cpu_rows=tuple(cpu),
                        world_size=world, device=device,
                        available_bytes=int(profile.gpu_memory_gb * GB) if profile.gpu_memory_gb else None,
@@ -598,14 +594,7 @@ def _training_state_rows(rules: DtypeRules, ds: Any, world: int, n_train: int, g
                                    "for the CPU Adam step")]
     else:
         rows += states
-    if zero >= 1:
-        rows.append(_zero_buckets(rules, ds))
     return rows
-
-
-def _zero_buckets(rules: DtypeRules, ds: Any) -> MemoryRow:
-    # no model dims here: "auto" buckets are sized by the HF integration as hidden^2 (see _activation_rows caller)
-    return MemoryRow("ZeRO buckets", 0, "filled in by _bucket_bytes")
 
 
 def _activation_rows(stage: Any, account: ModelAccount, rules: DtypeRules, notes: list[str]) -> list[MemoryRow]:
@@ -614,16 +603,16 @@ def _activation_rows(stage: Any, account: ModelAccount, rules: DtypeRules, notes
     d = account.text
     e, er = rules.act, rules.residual
     per_layer = 2 * er * d["h"] + 2 * e * d["h"] + e * (d["h_q"] + 2 * d["h_kv"]) + e * d["h_q"] + 4 * e * d["inter"]
-    lora_tok = _lora_act_per_layer(stage, account, e)
+    lora_tok = _lora_act_per_token(stage, account, e)
     L = d["layers"]
     ckpt = t.gradient_checkpointing
     how = (f"checkpointed: {L} layer inputs + 1 layer recomputed" if ckpt
            else f"{L} layers x {per_layer:,} B/token")
     if ckpt:
         layers = tokens * (L * er * d["h"] + per_layer + 2 * er * d["h"])
-        lora = tokens * lora_tok
+        lora = tokens * -(-lora_tok // L)  # only the recomputed layer's
     else:
-        layers, lora = tokens * L * per_layer, tokens * L * lora_tok
+        layers, lora = tokens * L * per_layer, tokens * lora_tok
     rows = [MemoryRow("activations: LLM layers", layers,
                       f"{t.per_device_bsz} x {t.max_seq_len} tokens, {how}")]
     if lora:
@@ -633,34 +622,31 @@ def _activation_rows(stage: Any, account: ModelAccount, rules: DtypeRules, notes
     rows.append(MemoryRow("activations: logits + loss", logits, f"{tokens:,} tokens x {d['vocab']:,} vocab x 12 B "
                                                                 f"(fp32 loss)"))
     rows += _audio_rows(stage, account, rules, sum(r.bytes for r in rows), notes)
-    return _fill_buckets(rows, stage, d["h"], rules)
+    return rows
 
 
-def _fill_buckets(rows: list[MemoryRow], stage: Any, hidden: int, rules: DtypeRules) -> list[MemoryRow]:
-    """ZeRO's reduce (and ZeRO-3 prefetch) buckets, sized like the HF integration fills 'auto'."""
+def _bucket_rows(stage: Any, hidden: int, rules: DtypeRules) -> list[MemoryRow]:
+    """ZeRO's reduce (and ZeRO-3 prefetch) buckets, sized like the HF integration fills 'auto' (hidden^2)."""
     ds = stage.deepspeed
     if ds is None or ds.stage == 0:
-        return rows
-    e = 2 if rules.act == 2 else 4
+        return []
+    e = rules.act
     reduce = hidden * hidden if ds.reduce_bucket_size == "auto" else ds.reduce_bucket_size
     prefetch = 0
     if ds.stage == 3:
         prefetch = int(0.9 * hidden * hidden) if ds.stage3_prefetch_bucket_size == "auto" \
             else ds.stage3_prefetch_bucket_size
-    return [*rows, MemoryRow("ZeRO buckets", e * (reduce + prefetch),
-                             f"reduce bucket {reduce:,}" + (f" + prefetch {prefetch:,}" if prefetch else "")
-                             + " elements")]
+    what = f"reduce bucket {reduce:,}" + (f" + prefetch {prefetch:,}" if prefetch else "")
+    return [MemoryRow("ZeRO buckets", e * (reduce + prefetch), f"{what} elements")]
 
 
-def _lora_act_per_layer(stage: Any, account: ModelAccount, e: int) -> int:
-    """LoRA activation bytes per token for one decoder layer."""
+def _lora_act_per_token(stage: Any, account: ModelAccount, e: int) -> int:
+    """LoRA activation bytes per token, summed over every decoder layer."""
     lora = stage.lora
     if lora is None or "lora" not in stage.trainable:
         return 0
-    shapes = lora_shapes(account, lora.targets)
-    layers = max(1, account.text["layers"])
     per_in = (1 + e) if lora.dropout > 0 else 0
-    return sum(per_in * lin.in_features + e * lora.r for lin in shapes) // layers
+    return sum(per_in * lin.in_features + e * lora.r for lin in lora_shapes(account, lora.targets))
 
 
 def _audio_rows(stage: Any, account: ModelAccount, rules: DtypeRules, llm_acts: int,
@@ -674,8 +660,8 @@ def _audio_rows(stage: Any, account: ModelAccount, rules: DtypeRules, llm_acts: 
     frames, d, f = a["frames"], a["d"], a["ffn"]
     rows = []
     if "audio_encoder" in stage.trainable:
-        per_frame = a["layers"] * er * d + (2 * er * d + 6 * e * d + 2 * e * f) * \
-            (1 if t.gradient_checkpointing else a["layers"])
+        layer = 2 * er * d + 6 * e * d + 2 * e * f
+        per_frame = a["layers"] * er * d + layer if t.gradient_checkpointing else a["layers"] * layer
         convs = MEL_FRAMES * (a["mels"] + 2 * d) * e + frames * d * e
         rows.append(MemoryRow("activations: audio encoder", chunks * (frames * per_frame + convs),
                               f"trained: {chunks} chunks x {frames} frames"))
@@ -692,8 +678,10 @@ def _audio_rows(stage: Any, account: ModelAccount, rules: DtypeRules, llm_acts: 
     return rows
 
 
-def _margin(rows: list[MemoryRow]) -> MemoryRow:
+def _margin(rows: list[MemoryRow], device: Device) -> MemoryRow:
     sub = sum(r.bytes for r in rows)
+    if device == "cpu":
+        return MemoryRow("allocator margin", int(MARGIN_FRACTION * sub), f"{MARGIN_FRACTION:.0%} of the rest")
     return MemoryRow("CUDA context + allocator margin", MARGIN_FIXED_BYTES + int(MARGIN_FRACTION * sub),
                      f"1 GB + {MARGIN_FRACTION:.0%} of the rest")
 
@@ -711,3 +699,175 @@ def _setting(stage: Any, world: int, device: Device) -> str:
     glob = t.per_device_bsz * t.grad_accum * world
     return (f"{quant}, {prec}, {par} x {world}, micro-batch {t.per_device_bsz} x accum {t.grad_accum} "
             f"(global {glob}), seq {t.max_seq_len}, {ckpt}")
+
+
+# ------------------------------------------------------------------------------------------ suggestions
+
+# Rough relative slowdown of each change (the search minimises the sum; ties go to fewer changes):
+# ZeRO-2 costs about what DDP's all-reduce does, ZeRO-3 adds a weight all-gather per forward and backward,
+# checkpointing a second forward, each halving of the micro-batch some GPU efficiency, offloading PCIe
+# traffic and CPU Adam, and 4-bit weights change the model (last resort).
+_ZERO_COST = {None: 0.0, 0: 0.0, 1: 0.03, 2: 0.05, 3: 0.25}
+_COST_CHECKPOINTING = 0.33
+_COST_PER_HALVING = 0.10
+_COST_OFFLOAD_OPTIMIZER = 0.5
+_COST_OFFLOAD_PARAMS = 1.0
+_COST_QUANT4 = 1.5
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The cheapest set of spec changes predicted to make a stage fit."""
+
+    stage: str
+    index: int
+    changes: dict[str, Any]  # dotted stage field -> value
+    memory: StageMemory
+
+    @property
+    def set_args(self) -> list[str]:
+        """The changes as `--set` values for `sllm plan|submit`."""
+        return [f"stages[{self.index}].{k}={_yaml_scalar(v)}" for k, v in self.changes.items()]
+
+    def describe(self) -> str:
+        """One line: the --set options and the predicted memory with them."""
+        sets = " ".join(f"--set {a}" for a in self.set_args)
+        avail = self.memory.available_bytes or 0
+        return f"{sets}  (predicted {_gb(self.memory.total)} of {_gb(avail)})"
+
+
+def _yaml_scalar(v: Any) -> str:
+    return "true" if v is True else "false" if v is False else str(v)
+
+
+@functools.lru_cache(maxsize=1)
+def _stage_adapter() -> Any:
+    from pydantic import TypeAdapter
+
+    from sllm_lib.spec import StageSpec
+
+    return TypeAdapter(StageSpec)
+
+
+def stage_variant(stage: Any, changes: dict[str, Any]) -> Any:
+    """A validated copy of `stage` with dotted fields set (blocks such as `deepspeed` created when absent).
+
+    Raises:
+        JobSpecError: the combination is not a valid stage.
+    """
+    from pydantic import ValidationError
+
+    raw = stage.model_dump(mode="json")
+    for key, value in changes.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    try:
+        variant = _stage_adapter().validate_python(raw)
+    except ValidationError as exc:
+        raise JobSpecError(f"stage {stage.name!r} with {changes}: {exc.errors()[0]['msg']}") from exc
+    from sllm_lib.training.deepspeed_config import stage_config_problems
+
+    problems = stage_config_problems(variant)  # what load_job_spec checks too (a config_file's settings)
+    if problems:
+        raise JobSpecError(f"stage {stage.name!r} with {changes}: {problems[0]}")
+    return variant
+
+
+def _candidates(stage: Any) -> list[tuple[float, dict[str, Any]]]:
+    """Every combination of the knobs, with its cost, cheapest first."""
+    import itertools
+
+    t, ds, q = stage.train, stage.deepspeed, stage.quant
+    cur = ds.stage if ds is not None else None
+    zero = [({}, 0.0)] + [({"deepspeed.stage": z}, _ZERO_COST[z] - _ZERO_COST[cur])
+                          for z in (2, 3) if cur is None or z > cur]
+    ckpt = [({}, 0.0)] + ([] if t.gradient_checkpointing else [({"train.gradient_checkpointing": True},
+                                                                  _COST_CHECKPOINTING)])
+    mb = [({}, 0.0)] + [({"train.per_device_bsz": m, "train.grad_accum": t.grad_accum * t.per_device_bsz // m},
+                         _COST_PER_HALVING * math.log2(t.per_device_bsz / m))
+                        for m in range(t.per_device_bsz - 1, 0, -1) if t.per_device_bsz % m == 0]
+    off_o = [({}, 0.0)] + ([] if ds is not None and ds.offload_optimizer == "cpu"
+                           else [({"deepspeed.offload_optimizer": "cpu"}, _COST_OFFLOAD_OPTIMIZER)])
+    off_p = [({}, 0.0)] + ([] if ds is not None and ds.offload_params == "cpu"
+                           else [({"deepspeed.offload_params": "cpu"}, _COST_OFFLOAD_PARAMS)])
+    quant = [({}, 0.0)] + ([] if q.bits == 4 else [({"quant.bits": 4}, _COST_QUANT4)])
+    out = []
+    for combo in itertools.product(zero, ckpt, mb, off_o, off_p, quant):
+        changes = {k: v for part, _ in combo for k, v in part.items()}
+        if not changes or (ds is None and any(k.startswith("deepspeed.") for k in changes)
+                           and "deepspeed.stage" not in changes):
+            continue  # a new deepspeed block always names its ZeRO stage
+        out.append((sum(c for _, c in combo), changes))
+    out.sort(key=lambda cc: (cc[0], len(cc[1])))
+    return out
+
+
+def suggest(job: JobSpec, profile: Any, memory: StageMemory, *, device: Device | None = None) -> Suggestion | None:
+    """The cheapest change to a stage that is predicted to fit `profile.gpu_memory_gb`.
+
+    Tries combinations of: ZeRO-2/3, gradient checkpointing, a smaller micro-batch with grad_accum raised to keep
+    the global batch, optimizer / parameter offload to the CPU, and 4-bit weights; ordered by a rough cost.
+
+    Returns:
+        None when the stage already fits, the profile gives no GPU memory, or nothing fits.
+    """
+    if memory.fits is not False or job.model is None:
+        return None
+    stage = job.stages[memory.index]
+    account = account_model(job.model)
+    dev: Device = device or memory.device
+    for _, changes in _candidates(stage):
+        try:
+            variant = stage_variant(stage, changes)
+        except JobSpecError:
+            continue
+        m = stage_memory(variant, memory.index, account, profile, device=dev)
+        if m.fits:
+            return Suggestion(stage=stage.name, index=memory.index, changes=changes, memory=m)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def render_stage(m: StageMemory) -> Any:
+    """A rich Table of one stage's rows, total, available memory and verdict."""
+    from rich.table import Table
+
+    title = (f"{m.stage} ({m.kind}): {_count(m.params_total)} params, {_count(m.params_trainable)} trainable, "
+             f"per {'GPU' if m.device == 'gpu' else 'process'}")
+    table = Table(title=title, caption=m.setting, title_justify="left", caption_justify="left")
+    table.add_column("component")
+    table.add_column("memory", justify="right")
+    table.add_column("note", overflow="fold")
+    for r in m.rows:
+        table.add_row(r.name, _gb(r.bytes), r.note)
+    table.add_section()
+    table.add_row("[bold]total[/]", f"[bold]{_gb(m.total)}[/]", "")
+    if m.available_bytes is not None:
+        verdict = "[green]fits[/]" if m.fits else "[red]does NOT fit[/]"
+        table.add_row("available", _gb(m.available_bytes), f"{verdict} ({100 * m.total / m.available_bytes:.0f} %)")
+    if m.cpu_rows:
+        table.add_section()
+        for r in m.cpu_rows:
+            table.add_row(f"CPU: {r.name}", _gb(r.bytes), r.note)
+        table.add_row("[bold]CPU total per process[/]", f"[bold]{_gb(m.cpu_total)}[/]", "offloaded to host memory")
+    return table
+
+
+def render_plan(memories: list[StageMemory], suggestions: dict[str, Suggestion | None]) -> list[Any]:
+    """Renderables for `sllm plan --memory`: one table per stage, its notes and, when it does not fit, a fix."""
+    out: list[Any] = []
+    for m in memories:
+        out.append(render_stage(m))
+        out += [f"  note: {n}" for n in m.notes]
+        if m.fits is False:
+            s = suggestions.get(m.stage)
+            out.append(f"  cheapest change that fits: {s.describe()}" if s is not None
+                       else "  no combination of ZeRO, checkpointing, micro-batch, offload and 4-bit fits this GPU")
+    return out

@@ -217,7 +217,8 @@ def load_tokenizer_and_features(path: str, *, revision: str | None = None) -> tu
 
 # Kept unquantized: the projector is trained in full by the ASR stages (a 4-bit weight cannot take gradients)
 # and is small; lm_head as bitsandbytes' own default (tied to the embeddings here).
-QUANT_SKIP_MODULES = ("multi_modal_projector", "lm_head")
+# transformers 5 matches these from the start of a module name or as its suffix: the projector needs its full path
+QUANT_SKIP_MODULES = ("model.multi_modal_projector", "multi_modal_projector", "lm_head")
 
 
 def quantization_config(quant: QuantSpec) -> Any:

@@ -164,3 +164,81 @@ def test_preflight_checks_a_local_model_folder(tmp_path: Path) -> None:
     (tmp_path / "no_model").mkdir()
     (tmp_path / "no_model" / "config.json").write_text("{}", encoding="utf-8")
     preflight(spec)
+
+
+# ------------------------------------------------------------------------------------------ memory (CLI)
+
+VOXTRAL = REPO / "jobs" / "sllm_voxtral_3stage.yaml"
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path: Path):
+    """Invoke `sllm` in-process (the memory planner's model walk is cached between calls); logging restored after."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from launch.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield lambda *args: CliRunner().invoke(app, list(args))
+    root.handlers, root.level = handlers, level
+
+
+def gpu_profile(tmp_path: Path, gb: float) -> str:
+    path = tmp_path / f"gpu{gb}.yaml"
+    path.write_text(yaml.safe_dump({"kind": "local", "name": f"one-gpu-{gb}", "gpus": 1, "gpu_memory_gb": gb}))
+    return str(path)
+
+
+def test_plan_memory_prints_a_table_per_stage_and_the_fix(cli) -> None:
+    res = cli("plan", str(VOXTRAL), "--cluster", str(REPO / "cluster_configs" / "slurm_l4_1x4.yaml"), "--memory",
+              "--no-show-spec")
+    assert res.exit_code == 0, res.output
+    for text in ("memory per training process", "stage1_text_lora (text_sft)", "stage3_multitask (multitask)",
+                 "weights: LLM layers", "LoRA adapters", "optimizer: AdamW states", "activations: logits + loss",
+                 "CUDA context + allocator margin", "24.00 GB", "does NOT fit", "fits (",
+                 "cheapest change that fits: --set stages[0]."):
+        assert text in res.output, text
+
+
+def test_plan_without_memory_flag_plans_no_memory(cli) -> None:
+    res = cli("plan", str(DEMO), "--no-show-spec")
+    assert res.exit_code == 0, res.output
+    assert "memory per training process" not in res.output
+
+
+def test_submit_refuses_a_stage_that_does_not_fit_unless_forced(cli, monkeypatch, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    submitted: list[Any] = []
+    monkeypatch.setattr("launch.pipeline.submit_pipeline",
+                        lambda p, wait: submitted.append(p) or SimpleNamespace(submitted={}))
+    args = ["submit", str(DEMO), "--cluster", gpu_profile(tmp_path, 0.5), "--detach"]
+    res = cli(*args)
+    assert isinstance(res.exception, PlanError), res.output
+    msg = str(res.exception)
+    assert msg.startswith("memory check failed; nothing was submitted:")
+    assert "stage 'text_lora' is predicted to need" in msg and "has 0.5 GB" in msg
+    assert "CUDA context + allocator margin" in msg  # the largest terms are named
+    assert "--memory" in msg and "--force" in msg
+    assert submitted == []
+    res = cli(*args, "--force")
+    assert res.exit_code == 0, res.output
+    assert len(submitted) == 1
+
+
+def test_submit_checks_nothing_without_gpu_memory_and_passes_a_fitting_plan(cli, monkeypatch, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import sllm_lib.memory as memory
+
+    submitted: list[Any] = []
+    monkeypatch.setattr("launch.pipeline.submit_pipeline",
+                        lambda p, wait: submitted.append(p) or SimpleNamespace(submitted={}))
+    assert cli("submit", str(DEMO), "--cluster", gpu_profile(tmp_path, 40), "--detach").exit_code == 0
+    monkeypatch.setattr(memory, "plan_memory", lambda *a, **k: pytest.fail("planned without gpu_memory_gb"))
+    assert cli("submit", str(DEMO), "--detach").exit_code == 0
+    assert len(submitted) == 2
