@@ -120,7 +120,9 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
 
     p = _load(spec_path, set_, cluster)
     preflight(p.spec)
-    executor = get_executor(p.profile)
+    jobs_api = _via_ray_jobs(p.profile)
+    # a Ray Jobs API profile: the plan runs inside one Ray job, against the cluster it lands on ("auto")
+    executor = get_executor(p.profile.model_copy(update={"address": "auto"}) if jobs_api else p.profile)
     table = Table(title=f"{p.spec.name}  hash {p.spec_hash[:12]}  cluster {p.profile.name} ({p.profile.kind})")
     for col in ("#", "stage", "kind", "after", "starts from", "inputs", "command"):
         table.add_column(col, overflow="fold")
@@ -148,6 +150,15 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
         for i, point in enumerate(points):
             console.print(f"  point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()), highlight=False)
     console.print(f"run dir: {p.run_dir}\nresources: {p.stages[0].resources}")
+    if jobs_api:
+        from launch.ray_jobs import build_submission
+
+        name = cluster or p.spec.cluster
+        as_file = Path(name).suffix in (".yaml", ".yml")
+        entrypoint, _ = build_submission(spec_path, Path(name), list(set_ or []), p.profile,
+                                         cluster_is_name=not as_file)
+        console.print(f"submitted as one Ray job to {p.profile.address}; entrypoint: {entrypoint}", highlight=False,
+                      markup=False)
     if memory:
         _print_memory(p)
     if show_spec:

@@ -318,6 +318,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     resume = latest_complete_checkpoint(ctx.stage_dir / "checkpoints")
     if resume is not None:
         log.info("stage=%s resuming from %s", stage.name, resume)
+    loop_s = 0.0
     if resume is not None and _holds_final_step(resume):
         # re-run after the last step was saved (e.g. a requeue racing the job's end): publish, don't train on
         log.info("stage=%s %s already holds the final step; publishing it", stage.name, resume)
@@ -326,7 +327,11 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         train_loss = sum(logged) / len(logged) if logged else float("nan")
     else:
-        train_loss = trainer.train(resume_from_checkpoint=str(resume) if resume else None).training_loss
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_loss = out.training_loss
+        loop_s = float(out.metrics.get("train_runtime", 0.0))
     hf_ds = getattr(trainer.args, "hf_deepspeed_config", None)
     if hf_ds is not None and ctx.is_main:  # the config DeepSpeed ran with, "auto" values filled in
         write_json_atomic(ctx.stage_dir / "deepspeed_config.json", hf_ds.config)
@@ -336,6 +341,10 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         raise StageInterrupted(f"stage {stage.name!r} stopped at step {trainer.state.global_step} after a complete "
                                f"checkpoint; run it again to resume")
     metrics: dict[str, float] = {"train_loss": float(train_loss), "train_runtime_s": time.perf_counter() - t0}
+    if loop_s:
+        metrics["train_loop_s"] = loop_s  # the optimizer steps alone (no loading, encoding or saving)
+    if torch.cuda.is_available():  # what the memory planner predicts, measured (this rank)
+        metrics["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
     if val_ds is not None and len(val_ds):
         ev = trainer.evaluate()
         metrics["val_loss"] = float(ev["eval_loss"])

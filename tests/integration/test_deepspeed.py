@@ -108,12 +108,14 @@ def test_zero2_zero3_qlora_and_offload_on_two_local_ranks_then_merge(tmp_path: P
     off = json.loads((stages_dir / "z2off" / "deepspeed_config.json").read_text())
     assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu" and off["optimizer"]["type"] == "AdamW"
 
-    # the ZeRO-3 QLoRA adapter reloads onto a 4-bit base (as the next stage did) and onto a full-precision one
+    # every adapter reloads onto a full-precision base, the ZeRO-3 QLoRA one onto a 4-bit base too
     job = load_job_spec(spec_path)
     base_path = resolve_model_path(job.model)
-    for quant in (job.stage("z3q").quant, None):
+    for name, quant in (("z2", None), ("z3q", job.stage("z3q").quant), ("z3q", None), ("z2off", None)):
         base = load_base_model(base_path, model=job.model, quant=quant, dtype="float32")
-        PeftModel.from_pretrained(base, str(stages_dir / "z3q" / "output" / "adapter"))
+        reloaded = PeftModel.from_pretrained(base, str(stages_dir / name / "output" / "adapter"))
+        lora = {k: v for k, v in reloaded.state_dict().items() if "lora_B" in k}
+        assert lora and any(float(v.abs().sum()) > 0 for v in lora.values()), name
 
     # the merge carries every adapter's delta: q_proj of layer 0 differs from the base by the three LoRA products
     key = "model.language_model.layers.0.self_attn.q_proj.weight"
@@ -129,14 +131,17 @@ def test_zero2_zero3_qlora_and_offload_on_two_local_ranks_then_merge(tmp_path: P
     assert not torch.allclose(merged_w, base_w)
 
 
-def test_zero3_in_a_single_process_gets_a_world_of_one(tmp_path: Path) -> None:
-    """No launcher variables: the stage runner makes a one-rank process group itself (DeepSpeed needs one)."""
-    spec_path, profile = _write(tmp_path, [_stage("z3", {"stage": 3})], nproc=1)
+def test_zero3_with_both_offloads_in_a_single_process_gets_a_world_of_one(tmp_path: Path) -> None:
+    """No launcher variables: the stage runner makes a one-rank process group itself (DeepSpeed needs one);
+    weights and optimizer offloaded to the CPU (ZeRO-Offload / ZeRO-Infinity's CPU tier)."""
+    ds = {"stage": 3, "offload_optimizer": "cpu", "offload_params": "cpu"}
+    spec_path, profile = _write(tmp_path, [_stage("z3", ds)], nproc=1)
     outcome = _submit(spec_path, profile)
     assert outcome.results["z3"].steps == 4
     stage_dir = _stage_dirs(tmp_path) / "z3"
     cfg = json.loads((stage_dir / "deepspeed_config.json").read_text())
     assert cfg["train_batch_size"] == 2 and cfg["zero_optimization"]["stage"] == 3
+    assert cfg["zero_optimization"]["offload_param"]["device"] == "cpu"
     adapter = _adapter(stage_dir)
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     assert json.loads((stage_dir / "output" / "manifest.json").read_text())["world_size"] == 1

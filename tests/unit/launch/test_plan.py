@@ -242,3 +242,12 @@ def test_submit_checks_nothing_without_gpu_memory_and_passes_a_fitting_plan(cli,
     monkeypatch.setattr(memory, "plan_memory", lambda *a, **k: pytest.fail("planned without gpu_memory_gb"))
     assert cli("submit", str(DEMO), "--detach").exit_code == 0
     assert len(submitted) == 2
+
+
+def test_plan_on_a_ray_jobs_api_profile_shows_the_job_it_would_submit(cli) -> None:
+    """The plan runs inside one Ray job there: planning must not need (or contact) the cluster."""
+    res = cli("plan", str(VOXTRAL), "--cluster", str(REPO / "cluster_configs" / "ray_a100_2x8.yaml"), "--memory",
+              "--no-show-spec")
+    assert res.exit_code == 0, res.output
+    assert "submitted as one Ray job to http://ray-head.internal:8265" in res.output
+    assert "launch.cli submit" in res.output and "DDP x 16" in res.output
