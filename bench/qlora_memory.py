@@ -34,8 +34,9 @@ stage runner loads Voxtral-architecture models only, so every model is a Voxtral
 * voxtral-mini-3b: the bundled config of mistralai/Voxtral-Mini-3B-2507 (32-layer Whisper-large encoder,
   3B Llama-style LLM, 131072 vocab, untied lm_head).
 * llama-3.2-1b: Voxtral-Mini's audio encoder and projector with a language model of Llama-3.2-1B's dimensions
-  (hidden 2048, 16 layers, intermediate 8192, 32 heads, 8 KV heads, head_dim 64, vocab 128256, tied
-  embeddings), i.e. what QLoRA on a 1B LLM costs.
+  (hidden 2048, 16 layers, intermediate 8192, 32 heads, 8 KV heads, head_dim 64, vocab 128256), i.e. what
+  QLoRA on a 1B LLM costs. Unlike Llama-3.2-1B itself its lm_head is not tied to the embeddings: transformers'
+  Voxtral class never ties them (whatever text_config says), so it holds a separate 128256 x 2048 lm_head.
 * tiny: the `tiny:voxtral` preset (for the CPU smoke run).
 All use sllm's character-level Korean tokenizer (its ids fit any of these vocabularies); the embedding and
 lm_head keep the model's full vocabulary, so the logits cost what they would with the real tokenizer.
@@ -253,6 +254,13 @@ def fallback_ds_config(zero: int, hidden: int) -> dict[str, Any]:
             "fp16": {"enabled": "auto"}, "zero_optimization": z}
 
 
+def baseline_encode(tok: Any, rec: dict[str, str], seq: int) -> tuple[list[int], list[int]]:
+    """A text_qa record as a user would tokenise it: [bos][INST]prompt[/INST]answer</s>, loss on the answer."""
+    prompt = tok(f"{tok.bos_token}[INST]{rec['instruction']}[/INST]", add_special_tokens=False)["input_ids"]
+    answer = tok(rec["output"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+    return (prompt + answer)[:seq], ([-100] * len(prompt) + answer)[:seq]
+
+
 def _baseline(args_path: Path) -> None:
     """The plain HF Trainer + PEFT QLoRA script (runs in its own process; writes its figures to a JSON)."""
     a = json.loads(args_path.read_text(encoding="utf-8"))
@@ -283,20 +291,15 @@ def _baseline(args_path: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(a["folder"])
     seq = a["seq"]
-    rows = []
+    rows, short = [], 0
     for line in Path(a["data"]).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        prompt = tok(f"{tok.bos_token}[INST]{rec['instruction']}[/INST]", add_special_tokens=False)["input_ids"]
-        answer = tok(rec["output"] + tok.eos_token, add_special_tokens=False)["input_ids"]
-        ids = (prompt + answer)[:seq]
-        labels = ([-100] * len(prompt) + answer)[:seq]
-        pad = seq - len(ids)
-        rows.append({"input_ids": torch.tensor(ids + [tok.pad_token_id] * pad),
-                     "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
-                     "labels": torch.tensor(labels + [-100] * pad), "unpadded": len(ids)})
-    short = sum(r.pop("unpadded") < seq for r in rows)
+        if line.strip():
+            ids, labels = baseline_encode(tok, json.loads(line), seq)
+            short += len(ids) < seq
+            pad = seq - len(ids)
+            rows.append({"input_ids": torch.tensor(ids + [tok.pad_token_id] * pad),
+                         "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
+                         "labels": torch.tensor(labels + [-100] * pad)})
 
     class Rows(torch.utils.data.Dataset):
         def __len__(self) -> int:

@@ -46,7 +46,6 @@ class LocalJob:
     def __init__(self, req: LaunchRequest, procs: list[subprocess.Popen]) -> None:
         self.req = req
         self.procs = procs
-        self.proc = procs[0]
         self.job_id = f"local-{procs[0].pid}"
         self._cancelled = False
         self._failed_at: float | None = None

@@ -145,7 +145,7 @@ class RayStageJob(LocalJob):
     """The driver subprocess of one stage (its pid names the job: `ray-PID`)."""
 
     def __init__(self, req: LaunchRequest, proc: subprocess.Popen) -> None:
-        super().__init__(req, proc)
+        super().__init__(req, [proc])
         self.job_id = f"ray-{proc.pid}"
 
 

@@ -189,3 +189,19 @@ def test_zero3_qlora_stage_on_two_slurm_tasks(slurm_cluster, tmp_path: Path) -> 
     result = SlurmExecutor(profile).submit(req).result(timeout_s=420)
     assert result.steps == 3
     _check_published(Path(req.stage_dir), world=2)
+
+
+@pytest.mark.ray
+def test_zero3_qlora_stage_on_two_ray_workers(ray_head, tmp_path: Path) -> None:
+    """Ray Train makes the process group before the stage; DeepSpeed must join it (gloo), not make another."""
+    q4 = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    spec_path, _ = _write(tmp_path, [_stage("z3q", {"stage": 3}, quant=q4, steps=3, save_steps=2)])
+    profile = tmp_path / "ray.yaml"
+    profile.write_text(yaml.safe_dump({"kind": "ray", "name": "ray-ds", "address": ray_head.gcs_address,
+                                       "num_workers": 2, "resources_per_worker": {"CPU": 1}}), encoding="utf-8")
+    outcome = _submit(spec_path, profile)
+    assert outcome.results["z3q"].steps == 3
+    stage_dir = _stage_dirs(tmp_path) / "z3q"
+    _check_published(stage_dir, world=2)
+    reported = list((stage_dir.parent.parent / "ray").rglob("global_step2"))  # DeepSpeed's state reached Ray's storage
+    assert reported, "checkpoint-2 (with DeepSpeed's global_step2) was not reported to Ray's storage"
