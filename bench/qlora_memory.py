@@ -118,6 +118,7 @@ def materialize(name: str, workdir: Path) -> Path:
     t0 = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)
     try:
         tokenizer = build_char_tokenizer()
         config = _real_size_config(name, tokenizer)
@@ -205,22 +206,32 @@ def profile_yaml(cuda: bool, gpu_memory_gb: float) -> str:
             else "kind: local\nname: bench\ngpus: 0\n")
 
 
+def _run_logged(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: int) -> int | None:
+    """Run cmd in the repo root, stdout and stderr to log_path; its exit code, None on a timeout."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            return subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            return None
+
+
 def run_sllm(run_root: Path, spec_path: Path, profile_path: Path, timeout_s: int) -> dict[str, Any]:
     """Submit the spec through the CLI; the stage's result.json metrics (or an error)."""
     log_path = run_root / "sllm.log"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite store, never a team server
     cmd = [sys.executable, "-m", "launch.cli", "submit", str(spec_path), "--cluster", str(profile_path), "--force"]
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s} s (log {log_path})"}
+    rc = _run_logged(cmd, env, log_path, timeout_s)
+    if rc is None:
+        return {"error": f"timed out after {timeout_s} s (log {log_path})"}
     found = sorted((run_root / "out").glob(f"*/*/stages/{STAGE}/result.json"))
     if rc != 0 or not found:
         return {"error": f"exit {rc} (log {log_path})"}
     result = json.loads(found[-1].read_text(encoding="utf-8"))
     m = result.get("metrics", {})
+    if not m.get("train_loop_s"):
+        return {"error": f"no train_loop_s in {found[-1]} (a stage runner from before the metric existed?)"}
     ds_cfg = found[-1].parent / "deepspeed_config.json"
     return {"train_loop_s": m.get("train_loop_s"), "peak_gpu_mem_gb": m.get("peak_gpu_mem_gb"),
             "train_loss": m.get("train_loss"), "steps": result.get("steps"), "log": str(log_path),
@@ -349,11 +360,9 @@ def run_baseline(run_root: Path, args: dict[str, Any], cuda: bool, timeout_s: in
         env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
     log_path = run_root / "baseline.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_baseline", str(args_path)]
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s} s (log {log_path})"}
+    rc = _run_logged(cmd, env, log_path, timeout_s)
+    if rc is None:
+        return {"error": f"timed out after {timeout_s} s (log {log_path})"}
     result_path = Path(args["result"])
     if rc != 0 or not result_path.is_file():
         return {"error": f"exit {rc} (log {log_path})"}
@@ -491,8 +500,8 @@ def main() -> None:
             row["planner_error"] = (predicted["planner_gb"] - peak) / peak if peak else None
             for side in ("sllm", "baseline"):
                 r = row[side]
-                state = r.get("error") or (f"{r['train_loop_s']:.1f} s, loss {r['train_loss']:.3f}"
-                                           + (f", peak {r['peak_gpu_mem_gb']:.2f} GB" if r.get("peak_gpu_mem_gb") else ""))
+                mem = f", peak {r['peak_gpu_mem_gb']:.2f} GB" if r.get("peak_gpu_mem_gb") else ""
+                state = r.get("error") or f"{r['train_loop_s']:.1f} s, loss {r['train_loss']:.3f}{mem}"
                 print(f"  {side}: {state}", flush=True)
             rows.append(row)
 

@@ -235,6 +235,17 @@ def _deepspeed_args(stage: Any, ctx: StageContext, model: Any) -> dict[str, Any]
     return args
 
 
+def _strict_json(value: Any) -> Any:
+    """A copy readable by strict JSON parsers: accelerate sets steps_per_print to float('inf') ("never")."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return 10**12 if value > 0 else -(10**12)
+    return value
+
+
 def _training_args(stage: Any, ctx: StageContext, model: Any) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -334,7 +345,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         loop_s = float(out.metrics.get("train_runtime", 0.0))
     hf_ds = getattr(trainer.args, "hf_deepspeed_config", None)
     if hf_ds is not None and ctx.is_main:  # the config DeepSpeed ran with, "auto" values filled in
-        write_json_atomic(ctx.stage_dir / "deepspeed_config.json", hf_ds.config)
+        write_json_atomic(ctx.stage_dir / "deepspeed_config.json", _strict_json(hf_ds.config))
     if ctx.world_size > 1:  # each rank's view of the (all-reduced) loss, for checking a distributed run
         write_json_atomic(ctx.stage_dir / f"losses.rank{ctx.rank}.json", history)
     if stop_requested() and trainer.state.global_step < trainer.state.max_steps:

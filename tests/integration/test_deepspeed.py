@@ -71,7 +71,8 @@ def _check_published(stage_dir: Path, *, world: int, micro: int = 2, accum: int 
     manifest = json.loads((stage_dir / "output" / "manifest.json").read_text())
     digests = manifest["trainable_sha256_by_rank"]
     assert len(digests) == world and len(set(digests)) == 1, digests  # the same adapter on every rank
-    cfg = json.loads((stage_dir / "deepspeed_config.json").read_text())
+    text = (stage_dir / "deepspeed_config.json").read_text()
+    cfg = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c} in the config"))
     assert cfg["train_micro_batch_size_per_gpu"] == micro and cfg["gradient_accumulation_steps"] == accum
     assert cfg["train_batch_size"] == micro * accum * world  # "auto" resolved consistently with the Trainer
     r0 = json.loads((stage_dir / "losses.rank0.json").read_text())
