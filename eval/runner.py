@@ -139,8 +139,12 @@ def load_model(path: Path) -> tuple[Any, Any, Any]:
     from sllm_lib.models.builders import load_base_model, load_tokenizer_and_features
     from sllm_lib.spec import ModelSpec
 
+    from sllm_lib.models.adapters import chain_system_prompt
+
     model = load_base_model(str(path), model=ModelSpec(base=str(path)))
     model.eval()
+    # a causal LM is prompted with the system prompt it was trained with (kept in the merge's manifest)
+    model.sllm_system_prompt = chain_system_prompt([path])
     tokenizer, features = load_tokenizer_and_features(str(path))
     return model, tokenizer, features
 
@@ -216,9 +220,9 @@ def score_task(task: SuiteTask, suite: Suite, *, model: Any, tokenizer: Any, fea
 def score_suite(model: Any, tokenizer: Any, features: Any, suite: Suite, *,
                 sample_limit: int | None = None) -> tuple[dict[str, float], dict[str, list[SampleScore]], float]:
     """Every task of the suite: ("task/metric" -> score, task -> samples, samples per second of generation)."""
-    from sllm_lib.models.builders import chat_tokens
+    from sllm_lib.models.builders import chat_for
 
-    chat = chat_tokens(tokenizer, model.config)
+    chat = chat_for(tokenizer, model.config, system_prompt=getattr(model, "sllm_system_prompt", None))
     metrics: dict[str, float] = {}
     samples: dict[str, list[SampleScore]] = {}
     n, seconds = 0, 0.0

@@ -12,7 +12,7 @@ from sllm_lib.data.encode import SpeechCollator, encode_record
 from sllm_lib.data.records import read_records
 from sllm_lib.metrics.registry import compute_metrics
 from sllm_lib.models.adapters import apply_chain
-from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenizer_and_features, resolve_model_path
+from sllm_lib.models.builders import chat_for, load_base_model, load_tokenizer_and_features, resolve_model_path
 from sllm_lib.spec import EvalDatasetRef, EvalStage, ModelSpec
 from sllm_lib.tracking.tracker import DatasetRecord
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
@@ -77,7 +77,11 @@ def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
     t0 = time.perf_counter()
     model, tokenizer, features = load_eval_model(ctx)
     model.eval()
-    chat = chat_tokens(tokenizer, model.config)
+    from sllm_lib.models.adapters import chain_system_prompt
+
+    # prompt as the model was trained: a causal LM's system prompt travels in its stage/merge manifests
+    trained_on = [ctx.upstream_output] if ctx.upstream_kind == "merge" and ctx.upstream_output else ctx.chain
+    chat = chat_for(tokenizer, model.config, system_prompt=chain_system_prompt(list(trained_on)))
     metrics: dict[str, float] = {}
     predictions: list[dict[str, Any]] = []
     lineage: list[DatasetRecord] = []

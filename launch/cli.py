@@ -505,6 +505,29 @@ def lineage(model: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION, e
 
 
 @app.command()
+def export(model: str = typer.Argument(..., help="Merged model folder, models:/NAME@ALIAS, NAME/VERSION, or the "
+                                                 "MLflow run id of a merge stage."),
+           out: Path = typer.Option(..., "-o", "--output", help="Folder to write (must not exist or be empty)."),
+           push_to_hub: Optional[str] = typer.Option(None, help="Also upload to this hub repository (ORG/NAME); "
+                                                                "token from HF_TOKEN or the hub login."),
+           public: bool = typer.Option(False, "--public", help="Create the hub repository public (default private)."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+           tracking_uri: Optional[str] = typer.Option(None, help="Default: sqlite file under --output-dir."),
+           output_dir: Path = typer.Option(Path("runs"), help="Where the embedded default store lives.")) -> None:
+    """Write a merged model as a hub-ready folder with a model card built from its lineage (optionally upload)."""
+    from launch.export import export_model
+    from sllm_lib.tracking.tracker import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(output_dir)
+    result = export_model(model, out, tracking_uri=uri, push_to_hub=push_to_hub, private=not public,
+                          overwrite=overwrite)
+    files = sorted(p.name for p in result.folder.iterdir())
+    console.print(f"exported {model} -> {result.folder} ({len(files)} files: {', '.join(files)})", highlight=False)
+    if result.uploaded_to:
+        console.print(f"uploaded: {result.uploaded_to}", highlight=False)
+
+
+@app.command()
 def schema(output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file.")) -> None:
     """Print (or write) the JSON schema of job specs, for editors."""
     from sllm_lib.spec import json_schema

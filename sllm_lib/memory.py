@@ -126,11 +126,14 @@ def load_model_config(model: ModelSpec) -> tuple[Any, str]:
 
 
 def _tiny_config(preset: str) -> Any:
-    from sllm_lib.models.builders import korean_char_vocab, tiny_voxtral_config
+    from sllm_lib.models.builders import TINY_PRESETS, korean_char_vocab, tiny_llama_config, tiny_voxtral_config
 
-    if preset != "voxtral":
-        raise JobSpecError(f"model.base: unknown tiny preset {preset!r}; available: tiny:voxtral")
+    if preset not in TINY_PRESETS:
+        raise JobSpecError(f"model.base: unknown tiny preset {preset!r}; available: "
+                           + ", ".join(f"tiny:{p}" for p in TINY_PRESETS))
     vocab = korean_char_vocab()  # what materialize_tiny's tokenizer holds, without building it
+    if preset == "llama":
+        return tiny_llama_config(vocab_size=len(vocab))
     return tiny_voxtral_config(vocab_size=len(vocab), audio_token_id=vocab.index("[AUDIO]"))
 
 

@@ -223,6 +223,25 @@ class MultitaskStage(_TrainStageBase):
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector", "lora"])
 
 
+class CausalSftStage(_TrainStageBase):
+    """Supervised fine-tuning of a text-only causal LM (e.g. an instruct model on medical QA) through the
+    tokenizer's chat template; loss on the answer only."""
+
+    kind: Literal["causal_sft"]
+    trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
+    system_prompt: str | None = Field(
+        default=None, description="System turn put before every question (the chat template's system role); "
+                                  "evaluation of this model's merge uses the same one.")
+    _data_kind: ClassVar[str] = "text_qa"
+
+    @model_validator(mode="after")
+    def _text_groups_only(self) -> CausalSftStage:
+        bad = [g for g in self.trainable if g in ("projector", "audio_encoder")]
+        if bad:
+            raise ValueError(f"trainable {bad}: a text-only causal LM has no audio parts (use lora and/or llm)")
+        return self
+
+
 class RegisterSpec(_Strict):
     name: str = Field(min_length=1, description="Registered model name in the MLflow model registry.")
     alias: str = Field(default="candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -329,10 +348,11 @@ class NightlyEvalStage(_StageBase):
 
 
 StageSpec = Annotated[
-    Union[TextSftStage, AsrAdapterStage, MultitaskStage, MergeStage, EvalStage, SuiteEvalStage, NightlyEvalStage],
+    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, MergeStage, EvalStage, SuiteEvalStage,
+          NightlyEvalStage],
     Field(discriminator="kind"),
 ]
-TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask")
+TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft")
 MODEL_KINDS = (*TRAIN_KINDS, "merge", "eval")  # stages that need the job's base model
 
 
@@ -590,7 +610,7 @@ def _profile_adapter() -> Any:
 _PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
 _TAG_MODELS: dict[str, type[BaseModel]] = {
     "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
-    "merge": MergeStage, "eval": EvalStage,
+    "causal_sft": CausalSftStage, "merge": MergeStage, "eval": EvalStage,
     "suite_eval": SuiteEvalStage, "nightly_eval": NightlyEvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
 }
 

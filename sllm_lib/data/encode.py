@@ -71,10 +71,19 @@ def encode_record(
     record: dict, kind: str, *, tokenizer: Any, chat: Any, feature_extractor: Any, max_seq_len: int,
     with_target: bool = True,
 ) -> Example | None:
-    """Tokenize one record; loss only on the target (+eos). None when the prompt alone exceeds max_seq_len."""
+    """Tokenize one record; loss only on the target (+eos). None when the prompt alone exceeds max_seq_len.
+
+    `chat` is the speech LLM's ChatTokens, or a text-only causal LM's TemplateChat (its chat template, text only).
+    """
+    templated = getattr(chat, "prompt_ids", None)
+    if templated is not None and kind != "text_qa":
+        raise ValueError(f"{kind} records need the speech LLM; a text-only causal LM takes text_qa records only")
     feats = audio_features(record["audio_path"], feature_extractor) if kind in ("asr", "speech_qa") else None
     n_chunks = 0 if feats is None else feats.shape[0]
-    prompt = build_prompt_ids(tokenizer, chat, prompt_text(record, kind), n_chunks)
+    if templated is not None:
+        prompt = templated(tokenizer, prompt_text(record, kind))
+    else:
+        prompt = build_prompt_ids(tokenizer, chat, prompt_text(record, kind), n_chunks)
     target = target_text(record, kind)
     if not with_target:
         return Example(prompt, [IGNORE_INDEX] * len(prompt), feats, target, kind)

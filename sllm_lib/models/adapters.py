@@ -22,6 +22,15 @@ GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
     "audio_encoder": ("audio_tower.",),
     "llm": ("language_model.", "lm_head."),
 }
+# a text-only causal LM is all LLM
+CAUSAL_GROUP_PATTERNS: dict[str, tuple[str, ...]] = {"llm": ("",)}
+
+
+def group_patterns(model: Any) -> dict[str, tuple[str, ...]]:
+    """The trainable groups of this model's architecture."""
+    from sllm_lib.models.builders import is_speech_model
+
+    return GROUP_PATTERNS if is_speech_model(base_of(model).config) else CAUSAL_GROUP_PATTERNS
 
 
 def apply_chain(model: Any, chain: list[Path]) -> Any:
@@ -44,16 +53,37 @@ def apply_chain(model: Any, chain: list[Path]) -> Any:
     return model
 
 
-def lora_target_regex(targets: list[str]) -> str:
-    """LoRA only inside the language model (the Whisper encoder has q_proj/k_proj/v_proj too)."""
+def chain_system_prompt(outputs: list[Path]) -> str | None:
+    """The system prompt a chain of stage outputs was trained with (the latest stage that set one), from their
+    manifests; a merged model's manifest carries it on, so evaluation prompts as training did."""
+    from sllm_lib.training.context import read_manifest
+
+    prompt = None
+    for out in outputs:
+        manifest = read_manifest(Path(out)) or {}
+        if manifest.get("system_prompt"):
+            prompt = manifest["system_prompt"]
+    return prompt
+
+
+def lora_target_regex(targets: list[str], *, speech: bool = True) -> str:
+    """LoRA only inside the language model (the Whisper encoder has q_proj/k_proj/v_proj too); in a text-only
+    causal LM every Linear with a target name."""
     names = "|".join(sorted(set(targets)))
-    return rf".*language_model.*\.({names})$"
+    return rf".*language_model.*\.({names})$" if speech else rf".*\.({names})$"
 
 
 def prepare_trainable(model: Any, *, lora: Any, trainable: list[str], gradient_checkpointing: bool) -> Any:
     """Add this stage's LoRA (if any) and set requires_grad on exactly the chosen groups."""
     from peft import LoraConfig, get_peft_model
 
+    from sllm_lib.models.builders import is_speech_model
+
+    speech = is_speech_model(model.config)
+    patterns = group_patterns(model)
+    unknown = [g for g in trainable if g != "lora" and g not in patterns]
+    if unknown:
+        raise ValueError(f"trainable {unknown} do not exist in a text-only causal LM (it has: lora, llm)")
     for p in model.parameters():
         p.requires_grad_(False)
     quantized = getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False)
@@ -66,14 +96,15 @@ def prepare_trainable(model: Any, *, lora: Any, trainable: list[str], gradient_c
         model.enable_input_require_grads()
     if lora is not None:
         cfg = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora_target_regex(lora.targets),
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora_target_regex(lora.targets, speech=speech),
             bias="none", task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, cfg)
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.requires_grad_("lora" in trainable)
-        elif any(frag in name for g in trainable for frag in GROUP_PATTERNS.get(g, ())):
+        elif any(frag in name for g in trainable for frag in patterns.get(g, ())):
             p.requires_grad_(True)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
@@ -96,7 +127,8 @@ def save_stage_weights(model: Any, out_dir: Path, *, trainable: list[str]) -> di
         written["adapter"] = ADAPTER_DIR
     full_groups = [g for g in trainable if g != "lora"]
     if full_groups:
-        frags = tuple(f for g in full_groups for f in GROUP_PATTERNS[g])
+        patterns = group_patterns(model)
+        frags = tuple(f for g in full_groups for f in patterns[g])
         state = {
             n: p.detach().to("cpu").contiguous().clone()
             for n, p in base_of(model).named_parameters()

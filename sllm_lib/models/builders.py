@@ -55,6 +55,29 @@ def tiny_voxtral_config(
     )
 
 
+def tiny_llama_config(*, vocab_size: int, n_layer: int = 2, d_model: int = 64) -> Any:
+    """A small Llama causal LM (the text-only pipelines: medical QA SFT, classification by instruction tuning)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layer, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=d_model // 4, vocab_size=vocab_size, max_position_embeddings=4096,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        initializer_range=0.2,  # as the Voxtral preset's LLM: visible loss movement in a few LoRA steps
+    )
+
+
+# The tiny causal LM's chat template: system text, then [INST]user[/INST], the answer and </s> (the control
+# tokens are single ids of the char tokenizer). Real models bring their own template with their tokenizer.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}[INST]{{ m['content'] }}[/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+TINY_PRESETS = ("voxtral", "llama")
+
+
 def korean_char_vocab() -> list[str]:
     """Special tokens, every precomposed Hangul syllable, compatibility jamo, newline/tab, printable ASCII, symbols."""
     chars = [chr(c) for c in range(0xAC00, 0xD7A4)]
@@ -97,8 +120,9 @@ def _preset_root() -> Path:
 
 def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
     """Build (once) and return the folder of a tiny preset; written atomically (temp dir + rename)."""
-    if preset != "voxtral":
-        raise JobSpecError(f"model.base: unknown tiny preset {preset!r}; available: tiny:voxtral")
+    if preset not in TINY_PRESETS:
+        raise JobSpecError(f"model.base: unknown tiny preset {preset!r}; available: "
+                           + ", ".join(f"tiny:{p}" for p in TINY_PRESETS))
     key = hashlib.sha256(f"{preset}-{seed}-v{PRESET_VERSION}".encode()).hexdigest()[:12]
     target = _preset_root() / f"{preset}-{key}"
     if (target / "config.json").is_file() and (target / ".complete").is_file():
@@ -120,21 +144,26 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
 
 def _build_tiny(preset: str, seed: int, target: Path) -> None:
     import torch
-    from transformers import VoxtralForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import LlamaForCausalLM, VoxtralForConditionalGeneration, WhisperFeatureExtractor
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         tokenizer = build_char_tokenizer()
-        config = tiny_voxtral_config(
-            vocab_size=len(tokenizer), audio_token_id=tokenizer.convert_tokens_to_ids("[AUDIO]")
-        )
         with torch.random.fork_rng(devices=[]):  # the caller's RNG stream must not depend on a cache miss here
             torch.manual_seed(seed)
-            model = VoxtralForConditionalGeneration(config)
+            if preset == "voxtral":
+                config = tiny_voxtral_config(
+                    vocab_size=len(tokenizer), audio_token_id=tokenizer.convert_tokens_to_ids("[AUDIO]")
+                )
+                model = VoxtralForConditionalGeneration(config)
+            else:
+                model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer)))
+                tokenizer.chat_template = TINY_CHAT_TEMPLATE
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
+        if preset == "voxtral":
+            WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
         if not (tmp / "config.json").is_file():
             raise JobSpecError(f"tiny preset {preset!r}: the model was not written to {tmp}")
         (tmp / ".complete").write_text(json.dumps({"preset": preset, "seed": seed}))
@@ -198,10 +227,72 @@ def chat_tokens(tokenizer: Any, config: Any) -> ChatTokens:
     )
 
 
-def load_tokenizer_and_features(path: str, *, revision: str | None = None) -> tuple[Any, Any]:
-    """Tokenizer and Whisper feature extractor from a model folder or hub id (processor first)."""
-    from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer
+@dataclass(frozen=True)
+class TemplateChat:
+    """Prompts of a text-only causal LM through its tokenizer's chat template (with an optional system prompt)."""
 
+    eos: int
+    pad: int
+    system_prompt: str | None = None
+
+    def prompt_ids(self, tokenizer: Any, text: str) -> list[int]:
+        """The template's token ids for one user turn, ending where the assistant's answer starts."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": text})
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # a BatchEncoding on some tokenizers
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+
+VOXTRAL_TYPES = ("voxtral",)
+
+
+def is_speech_model(config: Any) -> bool:
+    """True for the speech LLM architecture (audio encoder + projector + LLM); False for a text-only causal LM."""
+    return getattr(config, "model_type", None) in VOXTRAL_TYPES
+
+
+def chat_for(tokenizer: Any, config: Any, *, system_prompt: str | None = None) -> Any:
+    """ChatTokens for the speech LLM; a TemplateChat (the tokenizer's chat template) for a causal LM."""
+    if is_speech_model(config):
+        return chat_tokens(tokenizer, config)
+    if not getattr(tokenizer, "chat_template", None):
+        raise JobSpecError(f"model.base: the tokenizer of {getattr(config, '_name_or_path', '') or 'the model'} has "
+                           f"no chat template; use an instruct model (its tokenizer_config.json holds one)")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise JobSpecError("model.base: the tokenizer has no eos token (needed to end answers)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return TemplateChat(eos=int(eos), pad=int(pad), system_prompt=system_prompt)
+
+
+def load_model_config(path: str, model: ModelSpec) -> Any:
+    """The model's config (no weights): what decides the architecture before anything heavy is loaded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=model.revision, trust_remote_code=model.trust_remote_code)
+    except OSError as exc:
+        raise ArtifactNotFoundError(f"model.base: cannot load {path!r} ({exc})") from exc
+    except ValueError as exc:  # e.g. a model type that needs trust_remote_code
+        raise JobSpecError(f"model.base: {path!r}: {exc}") from exc
+    if model.audio_token_id is not None:
+        config.audio_token_id = model.audio_token_id
+    return config
+
+
+def load_tokenizer_and_features(path: str, *, revision: str | None = None) -> tuple[Any, Any]:
+    """Tokenizer and Whisper feature extractor from a model folder or hub id (processor first); a text-only
+    causal LM has no feature extractor (None)."""
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError):  # remote code or unreachable: the loaders below say why if they fail too
+        config = None
+    if config is not None and not is_speech_model(config):
+        return AutoTokenizer.from_pretrained(path, revision=revision), None
     try:
         processor = AutoProcessor.from_pretrained(path, revision=revision)
         tokenizer = getattr(processor, "tokenizer", None)
@@ -238,21 +329,20 @@ def quantization_config(quant: QuantSpec) -> Any:
     )
 
 
-def load_base_model(path: str, *, model: ModelSpec, quant: QuantSpec | None = None, dtype: str = "float32") -> Any:
-    """Load the speech LLM (Voxtral architecture) from a folder or hub id, optionally quantized."""
+def load_base_model(path: str, *, model: ModelSpec, quant: QuantSpec | None = None, dtype: str = "float32",
+                    config: Any = None) -> Any:
+    """Load the speech LLM (Voxtral architecture) or a text-only causal LM from a folder or hub id, optionally
+    quantized."""
     import torch
-    from transformers import AutoConfig, VoxtralForConditionalGeneration
+    from transformers import AutoModelForCausalLM, VoxtralForConditionalGeneration
 
     qcfg = quantization_config(quant) if quant is not None else None
-    try:
-        config = AutoConfig.from_pretrained(path, revision=model.revision, trust_remote_code=model.trust_remote_code)
-    except OSError as exc:
-        raise ArtifactNotFoundError(f"model.base: cannot load {path!r} ({exc})") from exc
-    if model.audio_token_id is not None:
-        config.audio_token_id = model.audio_token_id
+    config = config if config is not None else load_model_config(path, model)
     kwargs: dict[str, Any] = {"config": config, "revision": model.revision, "dtype": getattr(torch, dtype)}
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-    return VoxtralForConditionalGeneration.from_pretrained(path, **kwargs)
+    if is_speech_model(config):
+        return VoxtralForConditionalGeneration.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model.trust_remote_code, **kwargs)

@@ -18,7 +18,14 @@ from typing import Any
 from sllm_lib.data.encode import Example, ExampleDataset, SpeechCollator, encode_record, mixture_indices
 from sllm_lib.data.records import ReadResult, read_records
 from sllm_lib.models.adapters import apply_chain, prepare_trainable, save_stage_weights
-from sllm_lib.models.builders import chat_tokens, load_base_model, load_tokenizer_and_features, resolve_model_path
+from sllm_lib.models.builders import (
+    chat_for,
+    is_speech_model,
+    load_base_model,
+    load_model_config,
+    load_tokenizer_and_features,
+    resolve_model_path,
+)
 from sllm_lib.spec import DatasetRef
 from sllm_lib.tracking.tracker import DatasetRecord
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output, write_json_atomic
@@ -284,6 +291,19 @@ def _log_padding(stage: Any, ctx: StageContext, lengths: list[int]) -> None:
         ctx.tracker.log_metrics({"data/padding_share": used, "data/padding_share_shuffled": plain}, step=0)
 
 
+def check_architecture(stage: Any, config: Any, base: str) -> None:
+    """causal_sft needs a text-only causal LM; the speech stages need the speech LLM (before any weight loads)."""
+    from sllm_lib.errors import JobSpecError
+
+    speech = is_speech_model(config)
+    if stage.kind == "causal_sft" and speech:
+        raise JobSpecError(f"stage {stage.name!r} (causal_sft): model.base {base!r} is a speech LLM "
+                           f"({config.model_type}); use text_sft for its text stage, or a text-only causal LM")
+    if stage.kind != "causal_sft" and not speech:
+        raise JobSpecError(f"stage {stage.name!r} ({stage.kind}): model.base {base!r} is a text-only "
+                           f"{config.model_type} model; {stage.kind} needs the speech LLM (use causal_sft)")
+
+
 def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     """Fine-tune from the upstream chain on the stage's data; publish adapter/modules under output/."""
     import torch
@@ -291,14 +311,16 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
 
     t0 = time.perf_counter()
     path = resolve_model_path(ctx.job.model)
+    config = load_model_config(path, ctx.job.model)
+    check_architecture(stage, config, ctx.job.model.base)
     tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
     train_sets, val_sets = load_datasets(stage.data.train), load_datasets(stage.data.val)
     if ctx.is_main:
         ctx.tracker.log_datasets(dataset_records(train_sets, "train") + dataset_records(val_sets, "validation"))
     dtype = "float32" if not torch.cuda.is_available() or stage.train.precision == "fp32" else (
         "bfloat16" if stage.train.precision == "bf16" else "float16")
-    model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype)
-    chat = chat_tokens(tokenizer, model.config)
+    model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype, config=config)
+    chat = chat_for(tokenizer, model.config, system_prompt=getattr(stage, "system_prompt", None))
     model = apply_chain(model, ctx.chain)
     set_seed(stage.train.seed)  # right before the LoRA init: the Trainer seeds only after the model exists
     model = prepare_trainable(model, lora=stage.lora, trainable=list(stage.trainable),
@@ -393,6 +415,7 @@ def _write_training_output(
             "stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash, "base_model": ctx.job.model.base,
             "chain": [str(p) for p in ctx.chain], "trainable": list(stage.trainable), "written": written,
             "lora": stage.lora.model_dump() if stage.lora else None, "steps": steps, "metrics": metrics,
+            "system_prompt": getattr(stage, "system_prompt", None),
             "quant": stage.quant.model_dump(), "deepspeed": stage.deepspeed.model_dump() if stage.deepspeed else None,
             "world_size": ctx.world_size, "trainable_sha256_by_rank": rank_digests, "datasets": {str(r.path): r.digest() for r in train_sets},
         }

@@ -31,6 +31,13 @@ def run_multitask(stage: Any, ctx: StageContext) -> StageResult:
     return run_training_stage(stage, ctx)
 
 
+def run_causal_sft(stage: Any, ctx: StageContext) -> StageResult:
+    """A text-only causal LM on text QA through its chat template (e.g. medical QA QLoRA)."""
+    from sllm_lib.training.runner import run_training_stage
+
+    return run_training_stage(stage, ctx)
+
+
 def run_merge(stage: Any, ctx: StageContext) -> StageResult:
     """Merge the adapter chain into the base; log and register the model."""
     from sllm_lib.training.merge import run_merge as merge
@@ -63,6 +70,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Any, StageContext], StageResult]] = {
     "text_sft": run_text_sft,
     "asr_adapter": run_asr_adapter,
     "multitask": run_multitask,
+    "causal_sft": run_causal_sft,
     "merge": run_merge,
     "eval": run_eval,
     "suite_eval": run_suite_eval,

@@ -1,0 +1,171 @@
+"""`sllm export MODEL -o DIR`: a merged model as a folder ready for a model hub, with a model card built from its
+lineage (stages, datasets with digests, metrics, evaluations); `--push-to-hub REPO` uploads it.
+
+MODEL is a merged folder, models:/NAME@ALIAS (or NAME@ALIAS, NAME/VERSION) or a merge run id, as for `sllm eval`.
+The folder is assembled next to DIR and renamed into place: an export never leaves a half-written DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sllm_lib.errors import SllmError, SubmissionError
+from sllm_lib.training.context import MANIFEST, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+KEPT_MANIFEST = "sllm_manifest.json"  # sllm's own manifest, kept beside the weights for provenance
+
+
+@dataclass
+class Export:
+    folder: Path
+    card: str
+    lineage: Any  # ModelLineage or None (a plain folder has no registry entry)
+    uploaded_to: str | None = None
+
+
+def _run_metrics(tracking_uri: str, run_ids: list[str]) -> dict[str, dict[str, float]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    out = {}
+    for rid in run_ids:
+        try:
+            data = client.get_run(rid).data
+        except Exception as exc:  # a card is still useful without one run's numbers
+            log.warning("export: run %s unreadable (%s); its metrics are left out of the card", rid, exc)
+            continue
+        out[rid] = {k: v for k, v in data.metrics.items() if k.startswith(("final/", "eval/", "merge/"))}
+    return out
+
+
+def _nodes(root: Any) -> list[Any]:
+    """Lineage nodes, upstream first (data -> ... -> merge)."""
+    order: list[Any] = []
+
+    def visit(n: Any) -> None:
+        for up in n.upstream:
+            visit(up)
+        if n not in order:
+            order.append(n)
+
+    visit(root)
+    return order
+
+
+def _pipeline_tag(config: dict[str, Any]) -> str:
+    return "automatic-speech-recognition" if config.get("model_type") == "voxtral" else "text-generation"
+
+
+def model_card(folder: Path, manifest: dict[str, Any], lineage: Any, metrics: dict[str, dict[str, float]],
+               repo_id: str | None, *, aliases: list[str] | None = None, load_from: str | None = None) -> str:
+    """The README.md of the exported folder: hub front matter, lineage, metrics, usage, limits."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    base = manifest.get("base_model") or "?"
+    name = repo_id or (f"{lineage.name}" if lineage else folder.name)
+    front = ["---", "library_name: transformers", f"pipeline_tag: {_pipeline_tag(config)}", "language:", "- ko",
+             "tags:", "- sllm", "- lora", "- korean", "- medical"]
+    if base and not base.startswith(("tiny:", "/", ".")):
+        front += [f"base_model: {base}"]
+    front.append("---")
+    lines = [*front, "", f"# {name}", ""]
+    lines.append(f"Fine-tuned from `{base}` with sllm (multi-stage LoRA fine-tuning launcher) and merged into "
+                 f"{manifest.get('dtype', '?')} weights ({int(manifest.get('num_parameters', 0)):,} parameters).")
+    if lineage is not None:
+        shown = aliases if aliases is not None else ([lineage.alias] if lineage.alias else [])
+        lines.append(f"Registered as `{lineage.name}` version {lineage.version}"
+                     + (" (" + ", ".join(f"`@{a}`" for a in shown) + ")" if shown else "")
+                     + (f"; pipeline run `{lineage.pipeline_run_id}`." if lineage.pipeline_run_id else "."))
+    if manifest.get("system_prompt"):
+        lines += ["", "System prompt used in training (use the same one):", "", "```",
+                  manifest["system_prompt"], "```"]
+    lines += ["", "## Lineage", ""]
+    if lineage is None:
+        lines.append(f"Exported from a folder; stages recorded in its manifest: "
+                     f"{', '.join(Path(c).parent.name for c in manifest.get('chain', [])) or '-'}.")
+    else:
+        lines += ["| stage | kind | MLflow run | datasets | key metrics |", "| --- | --- | --- | --- | --- |"]
+        for n in _nodes(lineage.root):
+            data = "<br>".join(f"{d['name']} ({d.get('context') or 'data'}, sha {str(d['digest'])[:12]})"
+                               for d in n.datasets) or "-"
+            m = metrics.get(n.run_id, {})
+            key = ", ".join(f"{k.split('/', 1)[1]} {v:.4g}" for k, v in sorted(m.items())[:6]) or "-"
+            lines.append(f"| {n.stage} | {n.kind} | `{n.run_id}` | {data} | {key} |")
+        if lineage.evaluations:
+            lines += ["", "## Evaluations", "", "| suite | date | run | metrics |", "| --- | --- | --- | --- |"]
+            for ev in lineage.evaluations[:5]:
+                ms = ", ".join(f"{k} {v:.4g}" for k, v in sorted(ev["metrics"].items())[:8]) or "-"
+                lines.append(f"| {ev['suite']} | {ev.get('date') or '-'} | `{ev['run_id']}` | {ms} |")
+    loader = "VoxtralForConditionalGeneration" if config.get("model_type") == "voxtral" else "AutoModelForCausalLM"
+    where = repo_id or load_from or str(folder)
+    lines += ["", "## Use", "", "```python", f"from transformers import AutoTokenizer, {loader}", "",
+              f"model = {loader}.from_pretrained({where!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({where!r})", "```", "",
+              "## Limitations", "",
+              "Trained for Korean medical question answering research. It is not a medical device: answers can be "
+              "wrong or out of date and must not replace a clinician's judgement.", ""]
+    return "\n".join(lines)
+
+
+def export_model(ref: str, out_dir: Path, *, tracking_uri: str, push_to_hub: str | None = None,
+                 private: bool = True, overwrite: bool = False) -> Export:
+    """Copy the model's files to `out_dir` with a model card; upload to `push_to_hub` when given."""
+    from eval.runner import resolve_model
+    from sllm_lib.tracking.lineage import walk_lineage
+
+    out_dir = out_dir.expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise SllmError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite")
+    model = resolve_model(ref, tracking_uri)
+    manifest_path = model.path / MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    lineage = walk_lineage(tracking_uri, f"{model.name}/{model.version}") if model.name else None
+    metrics = _run_metrics(tracking_uri, [n.run_id for n in _nodes(lineage.root)]) if lineage else {}
+    card = model_card(model.path, manifest, lineage, metrics, push_to_hub, aliases=model.aliases,
+                      load_from=str(out_dir))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for f in model.path.iterdir():
+            if f.name == MANIFEST:
+                shutil.copy2(f, tmp / KEPT_MANIFEST)
+            elif f.is_file():
+                shutil.copy2(f, tmp / f.name)
+            elif f.is_dir():
+                shutil.copytree(f, tmp / f.name)
+        write_text_atomic(tmp / CARD, card)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = Export(folder=out_dir, card=card, lineage=lineage)
+    if push_to_hub:
+        result.uploaded_to = upload(out_dir, push_to_hub, private=private)
+    return result
+
+
+def upload(folder: Path, repo_id: str, *, private: bool) -> str:
+    """Create (if needed) the hub repository and upload the folder; the token comes from HF_TOKEN or the
+    huggingface-cli login. Needs network: not exercised by the offline tests."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message="Upload from sllm export")
+    except Exception as exc:  # network, auth or permission: one clear line
+        raise SubmissionError(f"upload to {repo_id} failed: {exc}") from exc
+    return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")

@@ -1,0 +1,96 @@
+"""The medical QA QLoRA pipeline end to end through the `sllm` CLI on the tiny causal LM: causal_sft (4-bit +
+LoRA, chat template with a system prompt) -> merge (registered) -> eval, then `sllm lineage` and `sllm export`
+to a hub-ready folder with a model card. Runs once per module; every test reads its outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+SPEC = REPO / "jobs" / "medqa_tiny.yaml"
+STAGES = ["qa_qlora", "merge", "eval"]
+
+
+def _sllm(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def medqa(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("medqa")
+    proc = _sllm(["submit", str(SPEC)], cwd=work)
+    assert proc.returncode == 0, f"medqa failed:\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
+    (state_file,) = list((work / "runs" / "medqa-tiny").glob("*/state.json"))
+    return {"work": work, "stdout": proc.stdout, "state": json.loads(state_file.read_text()),
+            "run_dir": state_file.parent}
+
+
+def test_stages_complete_and_the_loss_falls(medqa: dict) -> None:
+    stages = medqa["state"]["stages"]
+    assert list(stages) == STAGES and all(s["status"] == "COMPLETED" for s in stages.values())
+    result = stages["qa_qlora"]["result"]
+    assert result["steps"] == 30
+    assert result["loss_last"] < result["loss_first"] - 0.5, result
+    assert "val_loss" in result["metrics"]
+
+
+def test_training_used_a_4bit_base_and_the_system_prompt(medqa: dict) -> None:
+    stage = medqa["run_dir"] / "stages"
+    manifest = json.loads((stage / "qa_qlora" / "output" / "manifest.json").read_text())
+    assert manifest["quant"]["bits"] == 4 and manifest["written"] == {"adapter": "adapter"}
+    assert manifest["system_prompt"].startswith("당신은 환자의 질문에")
+    merged = json.loads((stage / "merge" / "output" / "manifest.json").read_text())
+    assert merged["system_prompt"] == manifest["system_prompt"]  # carried to the merged model for evaluation
+    preds = [json.loads(line) for line in (stage / "eval" / "output" / "predictions.jsonl").read_text().splitlines()]
+    assert preds and all(p["kind"] == "text_qa" and isinstance(p["prediction"], str) for p in preds)
+
+
+def test_lineage_shows_the_causal_sft_stage_and_its_data(medqa: dict) -> None:
+    out = medqa["stdout"]
+    assert "lineage of medqa-tiny@candidate" in out
+    assert "qa_qlora (causal_sft)" in out and "text_qa_train [train]" in out
+    proc = _sllm(["lineage", "medqa-tiny@candidate"], cwd=medqa["work"])
+    assert proc.returncode == 0 and "qa_qlora (causal_sft)" in proc.stdout
+
+
+def test_export_writes_a_loadable_folder_with_a_lineage_model_card(medqa: dict) -> None:
+    work = medqa["work"]
+    proc = _sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny"], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = work / "exported" / "medqa-tiny"
+    names = {p.name for p in folder.iterdir()}
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "sllm_manifest.json"} <= names
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation")
+    assert "Registered as `medqa-tiny` version 1 (`@candidate`)" in card
+    run_ids = {s["run_id"] for s in medqa["state"]["stages"].values()}
+    assert "| qa_qlora | causal_sft |" in card and any(rid in card for rid in run_ids)
+    assert "text_qa_train (train, sha " in card and "당신은 환자의 질문에" in card
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    ids = tok.apply_chat_template([{"role": "user", "content": "두통이 심해요"}], add_generation_prompt=True,
+                                  tokenize=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4 or int(out[0, -1]) == tok.eos_token_id
+
+    again = _sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny"], cwd=work)
+    assert again.returncode == 2 and "exists and is not empty" in (again.stdout + again.stderr)
+    assert (folder / "README.md").read_text() == card  # untouched
+    forced = _sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny", "--overwrite"], cwd=work)
+    assert forced.returncode == 0, forced.stderr[-2000:]
