@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from sllm_lib.data.encode import SpeechCollator, encode_record
-from sllm_lib.data.records import read_records
+from sllm_lib.data.records import classification_as_text_qa, read_records
 from sllm_lib.metrics.registry import compute_metrics
 from sllm_lib.models.adapters import apply_chain
 from sllm_lib.models.builders import chat_for, load_base_model, load_tokenizer_and_features, resolve_model_path
@@ -20,7 +19,8 @@ from sllm_lib.training.context import StageContext, StageResult, new_output_tmp,
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS = {"asr": ["cer", "wer"], "speech_qa": ["rougeL", "distinct_1", "distinct_2"],
-                   "text_qa": ["rougeL", "distinct_1", "distinct_2"]}
+                   "text_qa": ["rougeL", "distinct_1", "distinct_2"],
+                   "classification": ["accuracy", "macro_f1", "unparseable_rate"]}
 
 
 def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
@@ -54,9 +54,12 @@ def generate(model: Any, batch_examples: list[Any], *, chat: Any, gen: Any) -> l
 def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, features: Any, chat: Any,
                      gen: Any) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """Predictions and metrics for one dataset."""
-    data = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
+    data = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
+    kind = ref.kind
+    if kind == "classification":  # asked as in training; the generated text is parsed back to a label
+        data, kind = classification_as_text_qa(data, ref.instruction, ref.task_name), "text_qa"
     records = data.records[: ref.max_records] if ref.max_records else data.records
-    examples = [encode_record(r, ref.kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
+    examples = [encode_record(r, kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
                               max_seq_len=10**9, with_target=False) for r in records]
     hyps: list[str] = []
     for i in range(0, len(examples), gen.batch_size):
@@ -65,8 +68,8 @@ def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, feature
             hyps.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     refs = [e.target for e in examples]
     names = ref.metrics or DEFAULT_METRICS[ref.kind]
-    results = compute_metrics(names, refs, hyps)
-    preds = [{"dataset": Path(ref.path).stem, "kind": ref.kind, "reference": r, "prediction": h,
+    results = compute_metrics(names, refs, hyps, labels=ref.labels)
+    preds = [{"dataset": ref.task_name, "kind": ref.kind, "reference": r, "prediction": h,
               **{n: res.per_sample[i] for n, res in results.items() if len(res.per_sample) == len(refs)}}
              for i, (r, h) in enumerate(zip(refs, hyps))]
     return {n: res.score for n, res in results.items()}, preds, data
@@ -88,7 +91,7 @@ def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
     for ref in stage.datasets:
         scores, preds, data = evaluate_dataset(ref, model=model, tokenizer=tokenizer, features=features, chat=chat,
                                                gen=stage.generation)
-        name = Path(ref.path).stem
+        name = ref.task_name
         metrics.update({f"{name}/{k}": v for k, v in scores.items()})
         predictions += preds
         lineage.append(DatasetRecord(name=name, digest=data.digest(), source=str(data.path),

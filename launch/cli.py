@@ -701,15 +701,18 @@ def _run_tracking_uri(journal: Path) -> str:
     raise SllmError(f"{journal}: no state.json with a tracking_uri above it; pass --tracking-uri")
 
 
-KindOpt = typer.Option(..., "--kind", help="text_qa | asr | speech_qa")
+KindOpt = typer.Option(..., "--kind", help="text_qa | asr | speech_qa | classification")
 
 
 @data_app.command("validate")
-def data_validate(path: Path, kind: str = KindOpt) -> None:
+def data_validate(path: Path, kind: str = KindOpt,
+                  labels: Optional[str] = typer.Option(None, help="classification: the label set, comma-separated.")
+                  ) -> None:
     """Check every record of a JSONL file; list bad lines (exit 2 if any)."""
     from sllm_lib.data.records import validate_dataset
 
-    res = validate_dataset(path, kind)  # type: ignore[arg-type]
+    label_set = [x.strip() for x in labels.split(",")] if labels else None
+    res = validate_dataset(path, kind, labels=label_set)  # type: ignore[arg-type]
     console.print(f"{path}: {len(res.records)} good records, {len(res.skipped)} bad, "
                   f"{res.duplicates_removed} duplicates removed, digest {res.digest()[:12]}")
     if res.skipped:

@@ -120,11 +120,12 @@ def preflight(spec: JobSpec) -> None:
         if s.kind == "eval":
             problems += _eval_metric_problems(s)
         for ref in refs:
-            if (ref.path, ref.kind) in seen:
+            key = (ref.path, ref.kind, tuple(ref.labels or ()))
+            if key in seen:
                 continue
-            seen.add((ref.path, ref.kind))
+            seen.add(key)
             try:
-                read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
+                read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
             except SllmError as exc:
                 problems.append(f"stage {s.name!r}: {exc}")
     base = spec.model.base if spec.model else ""

@@ -23,7 +23,7 @@ from sllm_lib.errors import JobSpecError
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["text_qa", "asr", "speech_qa"]
+RecordKind = Literal["text_qa", "asr", "speech_qa", "classification"]
 TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
 
 
@@ -35,13 +35,49 @@ class _Strict(BaseModel):
 
 
 class DatasetRef(_Strict):
-    kind: RecordKind = Field(description="Record type of the JSONL file: text_qa, asr or speech_qa.")
+    kind: RecordKind = Field(description="Record type of the JSONL file: text_qa, asr, speech_qa or classification.")
     path: str = Field(description="JSONL file; relative paths are resolved against the spec file's folder.")
     weight: float = Field(default=1.0, gt=0, description="Sampling weight in a multitask mixture.")
     on_bad_record: Literal["fail", "skip"] = Field(
         default="fail", description="fail: stop on the first bad file; skip: drop bad records, count and log them."
     )
     max_records: int | None = Field(default=None, gt=0, description="Use only the first N records.")
+    task: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                             description="classification: the task's name (metric prefix); default the file's stem.")
+    labels: list[str] | None = Field(default=None, description="classification: the label set; a record with "
+                                                                "another label is a bad line.")
+    prompt: str | None = Field(default=None, description="classification: the instruction, with {text} (the record's "
+                                                          "text) and optionally {labels} (the label set, comma-separated).")
+
+    @model_validator(mode="after")
+    def _classification_fields(self) -> DatasetRef:
+        if self.kind != "classification":
+            extra = [n for n in ("task", "labels", "prompt") if getattr(self, n) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for kind classification (this dataset is {self.kind})")
+            return self
+        if not self.labels or len(self.labels) < 2:
+            raise ValueError("classification needs labels: the label set (at least 2)")
+        if len(set(self.labels)) != len(self.labels) or any(not str(x).strip() for x in self.labels):
+            raise ValueError(f"labels must be distinct non-empty strings (got {self.labels})")
+        if not self.prompt or "{text}" not in self.prompt:
+            raise ValueError("classification needs prompt: an instruction containing {text}")
+        try:
+            self.prompt.format(text="x", labels="a, b")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt: only {{text}} and {{labels}} may appear in braces (double other braces: "
+                             f"{{{{ }}}}); got {exc!r}") from None
+        return self
+
+    @property
+    def task_name(self) -> str:
+        """The name results are reported under: the task, else the file's stem."""
+        return self.task or Path(self.path).stem
+
+    def instruction(self, record: dict[str, Any]) -> str:
+        """A classification record's prompt (its text and the label set filled into the template)."""
+        assert self.prompt is not None and self.labels is not None
+        return self.prompt.format(text=record["text"], labels=", ".join(self.labels))
 
 
 class DataSpec(_Strict):
@@ -166,7 +202,7 @@ class _StageBase(_Strict):
 
 
 class _TrainStageBase(_StageBase):
-    _data_kind: ClassVar[str | None] = None  # the one record kind a single-task stage accepts
+    _data_kind: ClassVar[str | tuple[str, ...] | None] = None  # the record kind(s) a single-task stage accepts
     data: DataSpec
     train: TrainSpec
     lora: LoraSpec | None = Field(default=None, description="New LoRA adapter on the LLM; None trains no LoRA.")
@@ -199,10 +235,11 @@ class _TrainStageBase(_StageBase):
     @classmethod
     def _one_record_kind(cls, v: DataSpec) -> DataSpec:
         want = cls._data_kind
+        allowed = (want,) if isinstance(want, str) else want
         for ref in [*v.train, *v.val]:
-            if want is not None and ref.kind != want:
+            if allowed is not None and ref.kind not in allowed:
                 kind = cls.model_fields["kind"].annotation.__args__[0]
-                raise ValueError(f"{kind} takes {want} datasets only (got {ref.kind!r} for {ref.path})")
+                raise ValueError(f"{kind} takes {' or '.join(allowed)} datasets only (got {ref.kind!r} for {ref.path})")
         return v
 
 
@@ -221,6 +258,7 @@ class AsrAdapterStage(_TrainStageBase):
 class MultitaskStage(_TrainStageBase):
     kind: Literal["multitask"]
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector", "lora"])
+    _data_kind: ClassVar[tuple[str, ...]] = ("text_qa", "asr", "speech_qa")
 
 
 class CausalSftStage(_TrainStageBase):
@@ -232,7 +270,7 @@ class CausalSftStage(_TrainStageBase):
     system_prompt: str | None = Field(
         default=None, description="System turn put before every question (the chat template's system role); "
                                   "evaluation of this model's merge uses the same one.")
-    _data_kind: ClassVar[str] = "text_qa"
+    _data_kind: ClassVar[tuple[str, ...]] = ("text_qa", "classification")
 
     @model_validator(mode="after")
     def _text_groups_only(self) -> CausalSftStage:

@@ -1,10 +1,11 @@
 """Reading and validating the JSONL record files that feed every training stage.
 
-Three record kinds exist:
+Four record kinds exist:
 
 * ``text_qa``: ``{instruction, input (optional, default ""), output}``
 * ``asr``: ``{audio_path, transcript, language (optional, default "ko")}``
 * ``speech_qa``: ``{instruction, input (optional, default ""), audio_path, output}``
+* ``classification``: ``{text, label}``; the label must be one of the dataset's label set (given by the spec)
 
 Every problem is reported as ``path:LINE: field 'x': what was expected (got ...)``
 so a user can jump straight to the offending line. This module must not import torch.
@@ -20,7 +21,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Sequence, get_args
 
 import soundfile
 
@@ -28,7 +29,7 @@ from sllm_lib.errors import DataError
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["text_qa", "asr", "speech_qa"]
+RecordKind = Literal["text_qa", "asr", "speech_qa", "classification"]
 OnBadRecord = Literal["fail", "skip"]
 
 RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
@@ -37,6 +38,7 @@ REQUIRED_FIELDS: dict[RecordKind, tuple[str, ...]] = {
     "text_qa": ("instruction", "output"),
     "asr": ("audio_path", "transcript"),
     "speech_qa": ("instruction", "audio_path", "output"),
+    "classification": ("text", "label"),
 }
 """Fields that must be present (and be strings) in each record kind."""
 
@@ -44,13 +46,14 @@ OPTIONAL_FIELDS: dict[RecordKind, dict[str, str]] = {
     "text_qa": {"input": ""},
     "asr": {"language": "ko"},
     "speech_qa": {"input": ""},
+    "classification": {},
 }
 """Optional string fields and the default used when the key is missing or null."""
 
-TEXT_FIELDS: frozenset[str] = frozenset({"instruction", "input", "output", "transcript"})
+TEXT_FIELDS: frozenset[str] = frozenset({"instruction", "input", "output", "transcript", "text"})
 """Fields whose value is normalised with :func:`normalize_text`."""
 
-NON_EMPTY_FIELDS: frozenset[str] = frozenset({"instruction", "output", "transcript", "language"})
+NON_EMPTY_FIELDS: frozenset[str] = frozenset({"instruction", "output", "transcript", "language", "text", "label"})
 """Fields that must not be empty after normalisation (``input`` may be empty)."""
 
 AUDIO_FIELD = "audio_path"
@@ -123,6 +126,14 @@ class ReadResult:
         return {**record, AUDIO_FIELD: rel}
 
 
+def classification_as_text_qa(res: ReadResult, instruction: Any, task: str) -> ReadResult:
+    """Classification records as instruction -> label text_qa records (what instruction tuning trains on):
+    `instruction(record)` renders the prompt; the task name is kept on each record."""
+    rows = [{"instruction": instruction(r), "input": "", "output": r["label"], "task": task} for r in res.records]
+    return ReadResult(path=res.path, kind="text_qa", records=rows, skipped=res.skipped,
+                      duplicates_removed=res.duplicates_removed)
+
+
 def normalize_text(text: str) -> str:
     """Normalise text for training and comparison.
 
@@ -145,6 +156,7 @@ def read_records(
     on_bad_record: OnBadRecord = "fail",
     dedup: bool = True,
     check_audio: bool = True,
+    labels: Sequence[str] | None = None,
 ) -> ReadResult:
     """Read, validate and normalise a JSONL record file.
 
@@ -160,6 +172,7 @@ def read_records(
             logs a warning and lists them in ``ReadResult.skipped``.
         dedup: Drop exact duplicate records (after normalisation), keeping the first.
         check_audio: Check that each audio file exists and is readable by soundfile.
+        labels: ``classification``: the allowed labels; a record with another label is a bad line.
 
     Returns:
         The kept records and what was skipped or deduplicated.
@@ -172,7 +185,9 @@ def read_records(
     if on_bad_record not in ("fail", "skip"):
         raise DataError(f"on_bad_record must be 'fail' or 'skip' (got {on_bad_record!r})")
     file = _existing_file(path)
-    validator = _RecordValidator(file, kind, check_audio=check_audio)
+    if kind == "classification" and not labels:
+        raise DataError(f"{file}: classification records need the dataset's label set (labels: in the spec)")
+    validator = _RecordValidator(file, kind, check_audio=check_audio, labels=labels)
     records: list[dict[str, Any]] = []
     bad: list[BadRecord] = []
     n_lines = 0
@@ -200,7 +215,7 @@ def read_records(
     return ReadResult(file, kind, records, bad, duplicates)
 
 
-def validate_dataset(path: str | Path, kind: RecordKind) -> ReadResult:
+def validate_dataset(path: str | Path, kind: RecordKind, labels: Sequence[str] | None = None) -> ReadResult:
     """Read a record file collecting every problem instead of stopping at the first.
 
     Args:
@@ -213,7 +228,7 @@ def validate_dataset(path: str | Path, kind: RecordKind) -> ReadResult:
     Raises:
         DataError: The file is missing or has no valid record at all.
     """
-    return read_records(path, kind, on_bad_record="skip")
+    return read_records(path, kind, on_bad_record="skip", labels=labels)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -264,7 +279,9 @@ def _preview(value: Any) -> str:
 class _RecordValidator:
     """Validates and normalises single lines of one record file."""
 
-    def __init__(self, file: Path, kind: RecordKind, *, check_audio: bool) -> None:
+    def __init__(self, file: Path, kind: RecordKind, *, check_audio: bool,
+                 labels: Sequence[str] | None = None) -> None:
+        self.labels = list(labels) if labels else None
         self.base_dir = file.parent
         self.kind = kind
         self.required = REQUIRED_FIELDS[kind]
@@ -291,6 +308,8 @@ class _RecordValidator:
                 record[name] = default
             else:
                 reasons.extend(self._check_field(record, name, required=False))
+        if self.labels is not None and not reasons and record["label"] not in self.labels:
+            reasons.append(f"field 'label': expected one of {self.labels} (got {_preview(record['label'])})")
         return (None, reasons) if reasons else (record, [])
 
     def _check_field(self, record: dict[str, Any], name: str, *, required: bool) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sllm_lib.data.encode import Example, ExampleDataset, SpeechCollator, encode_record, mixture_indices
-from sllm_lib.data.records import ReadResult, read_records
+from sllm_lib.data.records import ReadResult, classification_as_text_qa, read_records
 from sllm_lib.models.adapters import apply_chain, prepare_trainable, save_stage_weights
 from sllm_lib.models.builders import (
     chat_for,
@@ -125,7 +125,9 @@ def load_datasets(refs: list[DatasetRef]) -> list[ReadResult]:
     """Read and validate each dataset of a stage."""
     out = []
     for ref in refs:
-        res = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record)
+        res = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
+        if ref.kind == "classification":  # instruction tuning: the prompt asks, the label is the answer
+            res = classification_as_text_qa(res, ref.instruction, ref.task_name)
         if ref.max_records:
             res.records = res.records[: ref.max_records]
         out.append(res)

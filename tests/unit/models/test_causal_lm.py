@@ -107,7 +107,7 @@ def test_causal_sft_spec_defaults_and_rules(tmp_path: Path) -> None:
     job = load_job_spec(_spec(tmp_path, {"system_prompt": "의사입니다"}))
     s = job.stage("s1")
     assert s.kind == "causal_sft" and s.trainable == ["lora"] and s.system_prompt == "의사입니다"
-    with pytest.raises(JobSpecError, match=r"stages\[0\].*causal_sft takes text_qa datasets only"):
+    with pytest.raises(JobSpecError, match=r"stages\[0\].*causal_sft takes text_qa or classification datasets only"):
         load_job_spec(_spec(tmp_path, {"data": {"train": [{"kind": "asr", "path": str(SAMPLE / "asr_train.jsonl")}]}}))
     with pytest.raises(JobSpecError, match="a text-only causal LM has no audio parts"):
         load_job_spec(_spec(tmp_path, {"trainable": ["lora", "projector"]}))
