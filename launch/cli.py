@@ -512,15 +512,23 @@ def export(model: str = typer.Argument(..., help="Merged model folder, models:/N
                                                                 "token from HF_TOKEN or the hub login."),
            public: bool = typer.Option(False, "--public", help="Create the hub repository public (default private)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+           variants: Optional[str] = typer.Option(None, help="Also write device variants into OUTPUT/<variant>/: "
+                                                             "comma-separated bf16, fp16, fp32, bnb4, bnb8."),
+           cpu_report: bool = typer.Option(False, "--cpu-report", help="Measure size on disk, peak memory and ms "
+                                                                       "per generated token of each folder on the CPU."),
            tracking_uri: Optional[str] = typer.Option(None, help="Default: sqlite file under --output-dir."),
            output_dir: Path = typer.Option(Path("runs"), help="Where the embedded default store lives.")) -> None:
     """Write a merged model as a hub-ready folder with a model card built from its lineage (optionally upload)."""
-    from launch.export import export_model
+    from launch.export import REPORT, export_model, report_markdown
     from sllm_lib.tracking.tracker import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri(output_dir)
+    chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     result = export_model(model, out, tracking_uri=uri, push_to_hub=push_to_hub, private=not public,
-                          overwrite=overwrite)
+                          overwrite=overwrite, variants=chosen, cpu_report=cpu_report)
+    if cpu_report:
+        console.print(report_markdown(json.loads((result.folder / REPORT).read_text(encoding="utf-8"))),
+                      markup=False, highlight=False)
     files = sorted(p.name for p in result.folder.iterdir())
     console.print(f"exported {model} -> {result.folder} ({len(files)} files: {', '.join(files)})", highlight=False)
     if result.uploaded_to:

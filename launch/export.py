@@ -22,6 +22,8 @@ from sllm_lib.training.context import MANIFEST, write_text_atomic
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
+VARIANTS = ("bf16", "fp16", "fp32", "bnb4", "bnb8")
+REPORT = "cpu_report.json"
 KEPT_MANIFEST = "sllm_manifest.json"  # sllm's own manifest, kept beside the weights for provenance
 
 
@@ -117,8 +119,17 @@ def model_card(folder: Path, manifest: dict[str, Any], lineage: Any, metrics: di
 
 
 def export_model(ref: str, out_dir: Path, *, tracking_uri: str, push_to_hub: str | None = None,
-                 private: bool = True, overwrite: bool = False) -> Export:
-    """Copy the model's files to `out_dir` with a model card; upload to `push_to_hub` when given."""
+                 private: bool = True, overwrite: bool = False, variants: list[str] | None = None,
+                 cpu_report: bool = False, report_tokens: int = 32) -> Export:
+    """Copy the model's files to `out_dir` with a model card; upload to `push_to_hub` when given.
+
+    With `variants`, `out_dir/<variant>/` holds each device variant (16-bit, bitsandbytes 4-bit nf4 / 8-bit) with
+    its own card; `cpu_report` measures every folder on this machine's CPU (size on disk, peak memory, ms per
+    generated token) into `out_dir/cpu_report.json` and the cards.
+    """
+    bad = [v for v in variants or [] if v not in VARIANTS]
+    if bad:
+        raise SllmError(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
     from eval.runner import resolve_model
     from sllm_lib.tracking.lineage import walk_lineage
 
@@ -136,14 +147,22 @@ def export_model(ref: str, out_dir: Path, *, tracking_uri: str, push_to_hub: str
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        for f in model.path.iterdir():
-            if f.name == MANIFEST:
-                shutil.copy2(f, tmp / KEPT_MANIFEST)
-            elif f.is_file():
-                shutil.copy2(f, tmp / f.name)
-            elif f.is_dir():
-                shutil.copytree(f, tmp / f.name)
+        _copy_model(model.path, tmp)
         write_text_atomic(tmp / CARD, card)
+        for v in variants or []:
+            log.info("export: writing variant %s", v)
+            write_variant(model.path, tmp / v, v)
+            write_text_atomic(tmp / v / CARD, card.replace("\n## Lineage", f"\nDevice variant: **{v}** "
+                                                          f"({VARIANT_TEXT[v]}).\n\n## Lineage", 1))
+        if cpu_report:
+            folders = {"as merged": tmp, **{v: tmp / v for v in variants or []}}
+            report = {name: measure_cpu(folder, tokens=report_tokens) for name, folder in folders.items()}
+            write_text_atomic(tmp / REPORT, json.dumps(report, indent=2))
+            table = report_markdown(report)
+            log.info("export: CPU report\n%s", table)
+            for folder in folders.values():
+                write_text_atomic(folder / CARD, (folder / CARD).read_text(encoding="utf-8")
+                                  + "\n## CPU measurements (export machine)\n\n" + table + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -154,6 +173,113 @@ def export_model(ref: str, out_dir: Path, *, tracking_uri: str, push_to_hub: str
     if push_to_hub:
         result.uploaded_to = upload(out_dir, push_to_hub, private=private)
     return result
+
+
+VARIANT_TEXT = {"bf16": "bfloat16 weights", "fp16": "float16 weights", "fp32": "float32 weights",
+                "bnb4": "bitsandbytes 4-bit NF4 with double quantization, bfloat16 compute; GPU serving",
+                "bnb8": "bitsandbytes 8-bit (LLM.int8()); GPU serving"}
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name == MANIFEST:
+            shutil.copy2(f, dst / KEPT_MANIFEST)
+        elif f.is_file():
+            shutil.copy2(f, dst / f.name)
+        elif f.is_dir():
+            shutil.copytree(f, dst / f.name)
+
+
+def write_variant(src: Path, dst: Path, variant: str) -> None:
+    """Load the merged model as `variant` and save it (weights, tokenizer files, sllm manifest) into `dst`."""
+    import torch
+
+    from sllm_lib.models.builders import load_base_model
+    from sllm_lib.spec import ModelSpec, QuantSpec
+
+    spec = ModelSpec(base=str(src))
+    if variant in ("bf16", "fp16", "fp32"):
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[variant]
+        model = load_base_model(str(src), model=spec, dtype=dtype)
+    else:
+        quant = QuantSpec(bits=4, quant_type="nf4", double_quant=True, compute_dtype="bfloat16") if variant == "bnb4" \
+            else QuantSpec(bits=8)
+        model = load_base_model(str(src), model=spec, quant=quant, dtype="bfloat16")
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(dst), safe_serialization=True)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    for f in src.iterdir():  # tokenizer, feature extractor, chat template, manifest: everything but the weights
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name not in ("config.json",
+                                                                                             "generation_config.json"):
+            shutil.copy2(f, dst / (KEPT_MANIFEST if f.name == MANIFEST else f.name))
+
+
+_MEASURE = r"""
+import json, resource, sys, time
+from pathlib import Path
+folder, tokens = Path(sys.argv[1]), int(sys.argv[2])
+import torch
+torch.manual_seed(0)
+from sllm_lib.models.builders import chat_for, load_base_model, load_tokenizer_and_features
+from sllm_lib.spec import ModelSpec
+base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # interpreter + torch + transformers
+model = load_base_model(str(folder), model=ModelSpec(base=str(folder)))
+model.eval()
+tok, _ = load_tokenizer_and_features(str(folder))
+chat = chat_for(tok, model.config)
+text = "요즘 잠을 잘 못 자고 머리가 아파요. 어떻게 해야 하나요?"
+ids = chat.prompt_ids(tok, text) if hasattr(chat, "prompt_ids") else tok.encode(text)
+x = torch.tensor([ids])
+kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=chat.pad)
+with torch.no_grad():
+    model.generate(x, max_new_tokens=2, do_sample=False, pad_token_id=chat.pad)  # warm-up
+    t0 = time.perf_counter()
+    out = model.generate(x, **kw)
+    dt = time.perf_counter() - t0
+n = out.shape[1] - x.shape[1]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"ms_per_token": 1000 * dt / max(1, n), "new_tokens": int(n), "peak_rss_mb": peak,
+                  "model_mem_mb": peak - base_rss}))
+"""
+
+
+def measure_cpu(folder: Path, *, tokens: int = 32) -> dict[str, Any]:
+    """Size on disk, peak memory (RSS of a fresh process that loads the folder and generates; model memory = that
+    peak minus the process's RSS before loading) and ms per generated token on this machine's CPU (greedy, after
+    a warm-up). A variant that cannot run on the CPU is reported with the reason."""
+    import subprocess
+    import sys
+
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name.endswith(".safetensors"))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(folder), str(tokens)], capture_output=True,
+                          text=True, env=env, timeout=1800)
+    row: dict[str, Any] = {"size_mb": size / 2**20}
+    if proc.returncode != 0:
+        row["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+        return row
+    row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return row
+
+
+def report_markdown(report: dict[str, dict[str, Any]]) -> str:
+    """The CPU report as a markdown table (size and memory also relative to the merged model)."""
+    base = report.get("as merged", {})
+    lines = ["| variant | size MB | vs merged | peak RSS MB | model memory MB | vs merged | ms / token |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in report.items():
+        if "error" in r:
+            lines.append(f"| {name} | {r['size_mb']:.1f} | - | - | - | - | failed: {r['error']} |")
+            continue
+        rel = (lambda k: f"{r[k] / base[k]:.2f}x" if base.get(k) else "-")
+        lines.append(f"| {name} | {r['size_mb']:.1f} | {rel('size_mb')} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['model_mem_mb']:.0f} | {rel('model_mem_mb')} | {r['ms_per_token']:.1f} |")
+    return "\n".join(lines)
 
 
 def upload(folder: Path, repo_id: str, *, private: bool) -> str:

@@ -54,3 +54,28 @@ def test_every_task_is_scored_with_accuracy_macro_f1_and_parse_failures(run: dic
         assert bad == pytest.approx(metrics[f"{task}/unparseable_rate"])
     # the binary tasks share the labels 있음/없음: after 40 steps the model answers them in the label set
     assert metrics["stress/unparseable_rate"] < 1.0 and metrics["suicidal_ideation/unparseable_rate"] < 1.0
+
+
+def test_device_export_writes_16bit_4bit_8bit_folders_and_a_cpu_report(run: dict, tmp_path) -> None:
+    out = tmp_path / "device"
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "export", "mental-health-tiny@candidate", "-o", str(out),
+                           "--variants", "bf16,bnb4,bnb8", "--cpu-report"], cwd=run["run_dir"].parent.parent.parent,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "bf16" / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    for variant, marker in (("bnb4", "quant_state.bitsandbytes__nf4"), ("bnb8", ".SCB")):
+        with safe_open(str(out / variant / "model.safetensors"), "pt") as f:
+            assert any(marker in k for k in f.keys()), variant  # really quantized, not a copy
+        cfg = json.loads((out / variant / "config.json").read_text())
+        assert cfg["quantization_config"]["quant_method"] == "bitsandbytes"
+        assert "Device variant: **" + variant in (out / variant / "README.md").read_text()
+    report = json.loads((out / "cpu_report.json").read_text())
+    assert set(report) == {"as merged", "bf16", "bnb4", "bnb8"}
+    for name, row in report.items():
+        assert "error" not in row, (name, row)
+        assert row["size_mb"] > 0 and row["peak_rss_mb"] > 0 and row["ms_per_token"] > 0 and row["new_tokens"] == 32
+    assert report["bf16"]["size_mb"] < 0.6 * report["as merged"]["size_mb"]  # fp32 merged -> bf16 halves it
+    assert "| bnb4 |" in (out / "README.md").read_text() and "| bnb4 |" in proc.stdout
