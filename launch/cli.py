@@ -759,7 +759,9 @@ def data_convert_aihub(root: Path = typer.Argument(..., help="An AI-Hub TL folde
 @data_app.command("stats")
 def data_stats(path: Path, kind: str = KindOpt,
                model: str = typer.Option("tiny:voxtral", help="Whose tokenizer counts tokens."),
-               batch_size: int = typer.Option(8, help="Batch size for the padding-share estimate.")) -> None:
+               batch_size: int = typer.Option(8, help="Batch size for the padding-share estimate."),
+               labels: Optional[str] = typer.Option(None, help="classification: the label set, comma-separated.")
+               ) -> None:
     """Token-length percentiles (prompt, target, total) and the padding share with/without length grouping."""
     from sllm_lib.data.records import read_records
     from sllm_lib.data.sampler import length_grouped_batches, padding_share, random_batches
@@ -767,7 +769,8 @@ def data_stats(path: Path, kind: str = KindOpt,
     from sllm_lib.models.builders import load_tokenizer_and_features, resolve_model_path
     from sllm_lib.spec import ModelSpec
 
-    res = read_records(path, kind, on_bad_record="skip")  # type: ignore[arg-type]
+    label_set = [x.strip() for x in labels.split(",")] if labels else None
+    res = read_records(path, kind, on_bad_record="skip", labels=label_set)  # type: ignore[arg-type]
     tok, _ = load_tokenizer_and_features(resolve_model_path(ModelSpec(base=model)))
     stats = dataset_length_stats(res, lambda t: len(tok.encode(t, add_special_tokens=False)))
     table = Table(title=f"{path} ({len(res.records)} records, tokens by {model})")

@@ -72,6 +72,8 @@ def record_text(record: dict, kind: RecordKind) -> tuple[str, str]:
     Raises:
         DataError: ``kind`` is unknown.
     """
+    if kind == "classification":  # the text (the prompt template adds a fixed part) and the label
+        return record["text"], record["label"]
     if kind == "asr":
         return "", str(record.get("transcript", ""))
     if kind in ("text_qa", "speech_qa"):

@@ -249,6 +249,17 @@ def test_data_validate_good_file() -> None:
     assert "16 good records, 0 bad" in res.stdout
 
 
+def test_data_validate_classification_checks_the_label_set(tmp_path: Path) -> None:
+    data = tmp_path / "stress.jsonl"
+    rows = [{"text": "일이 많아요", "label": "있음"}, {"text": "편해요", "label": "없음"}, {"text": "글쎄요", "label": "모름"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    res = sllm("data", "validate", str(data), "--kind", "classification", "--labels", "있음,없음")
+    assert res.returncode == 2 and "2 good records, 1 bad" in res.stdout
+    assert f"{data}:3: field 'label': expected one of ['있음', '없음'] (got '모름')" in res.stderr
+    res = sllm("data", "validate", str(data), "--kind", "classification")
+    assert res.returncode == 2 and "need the dataset's label set" in res.stderr
+
+
 def test_data_validate_broken_line_exits_2_naming_file_and_line(tmp_path: Path) -> None:
     data = tmp_path / "qa.jsonl"
     good = json.dumps({"instruction": "q", "input": "", "output": "a"})
