@@ -136,16 +136,16 @@ def resolve_model(ref: str, tracking_uri: str) -> ResolvedModel:
 
 def load_model(path: Path) -> tuple[Any, Any, Any]:
     """Model (eval mode), tokenizer and feature extractor from a merged model folder."""
-    from sllm_lib.models.builders import load_base_model, load_tokenizer_and_features
-    from sllm_lib.spec import ModelSpec
+    from sllm_lib.models.builders import folder_model_spec, load_base_model, load_tokenizer_and_features
 
     from sllm_lib.models.adapters import chain_system_prompt
 
-    model = load_base_model(str(path), model=ModelSpec(base=str(path)))
+    spec = folder_model_spec(path)
+    model = load_base_model(str(path), model=spec)
     model.eval()
     # a causal LM is prompted with the system prompt it was trained with (kept in the merge's manifest)
     model.sllm_system_prompt = chain_system_prompt([path])
-    tokenizer, features = load_tokenizer_and_features(str(path))
+    tokenizer, features = load_tokenizer_and_features(str(path), trust_remote_code=spec.trust_remote_code)
     return model, tokenizer, features
 
 

@@ -11,8 +11,14 @@ from sllm_lib.data.encode import SpeechCollator, encode_record
 from sllm_lib.data.records import classification_as_text_qa, read_records
 from sllm_lib.metrics.registry import compute_metrics
 from sllm_lib.models.adapters import apply_chain
-from sllm_lib.models.builders import chat_for, load_base_model, load_tokenizer_and_features, resolve_model_path
-from sllm_lib.spec import EvalDatasetRef, EvalStage, ModelSpec
+from sllm_lib.models.builders import (
+    chat_for,
+    folder_model_spec,
+    load_base_model,
+    load_tokenizer_and_features,
+    resolve_model_path,
+)
+from sllm_lib.spec import EvalDatasetRef, EvalStage
 from sllm_lib.tracking.tracker import DatasetRecord
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
 
@@ -27,11 +33,13 @@ def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
     """Model, tokenizer and feature extractor: a merged folder as is, or base + adapter chain."""
     if ctx.upstream_kind == "merge" and ctx.upstream_output is not None:
         path = str(ctx.upstream_output)
-        spec = ModelSpec(base=path)
-        return load_base_model(path, model=spec), *load_tokenizer_and_features(path)
+        spec = folder_model_spec(path)
+        return load_base_model(path, model=spec), *load_tokenizer_and_features(
+            path, trust_remote_code=spec.trust_remote_code)
     path = resolve_model_path(ctx.job.model)
     model = apply_chain(load_base_model(path, model=ctx.job.model), ctx.chain)
-    return model, *load_tokenizer_and_features(path, revision=ctx.job.model.revision)
+    return model, *load_tokenizer_and_features(path, revision=ctx.job.model.revision,
+                                               trust_remote_code=ctx.job.model.trust_remote_code)
 
 
 def generate(model: Any, batch_examples: list[Any], *, chat: Any, gen: Any) -> list[str]:

@@ -195,10 +195,10 @@ def write_variant(src: Path, dst: Path, variant: str) -> None:
     """Load the merged model as `variant` and save it (weights, tokenizer files, sllm manifest) into `dst`."""
     import torch
 
-    from sllm_lib.models.builders import load_base_model
-    from sllm_lib.spec import ModelSpec, QuantSpec
+    from sllm_lib.models.builders import folder_model_spec, load_base_model
+    from sllm_lib.spec import QuantSpec
 
-    spec = ModelSpec(base=str(src))
+    spec = folder_model_spec(src)
     if variant in ("bf16", "fp16", "fp32"):
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[variant]
         model = load_base_model(str(src), model=spec, dtype=dtype)
@@ -223,12 +223,12 @@ from pathlib import Path
 folder, tokens = Path(sys.argv[1]), int(sys.argv[2])
 import torch
 torch.manual_seed(0)
-from sllm_lib.models.builders import chat_for, load_base_model, load_tokenizer_and_features
-from sllm_lib.spec import ModelSpec
+from sllm_lib.models.builders import chat_for, folder_model_spec, load_base_model, load_tokenizer_and_features
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # interpreter + torch + transformers
-model = load_base_model(str(folder), model=ModelSpec(base=str(folder)))
+spec = folder_model_spec(folder)
+model = load_base_model(str(folder), model=spec)
 model.eval()
-tok, _ = load_tokenizer_and_features(str(folder))
+tok, _ = load_tokenizer_and_features(str(folder), trust_remote_code=spec.trust_remote_code)
 chat = chat_for(tok, model.config)
 text = "요즘 잠을 잘 못 자고 머리가 아파요. 어떻게 해야 하나요?"
 ids = chat.prompt_ids(tok, text) if hasattr(chat, "prompt_ids") else tok.encode(text)

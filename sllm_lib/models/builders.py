@@ -282,17 +282,27 @@ def load_model_config(path: str, model: ModelSpec) -> Any:
     return config
 
 
-def load_tokenizer_and_features(path: str, *, revision: str | None = None) -> tuple[Any, Any]:
+def folder_model_spec(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a merged model folder: remote-code models (the merge records it) load as they trained."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    return ModelSpec(base=str(path), trust_remote_code=bool(manifest.get("trust_remote_code", False)))
+
+
+def load_tokenizer_and_features(path: str, *, revision: str | None = None,
+                                trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Tokenizer and Whisper feature extractor from a model folder or hub id (processor first); a text-only
     causal LM has no feature extractor (None)."""
     from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(path, revision=revision)
-    except (OSError, ValueError):  # remote code or unreachable: the loaders below say why if they fail too
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):  # unreachable or unknown: the loaders below say why if they fail too
         config = None
     if config is not None and not is_speech_model(config):
-        return AutoTokenizer.from_pretrained(path, revision=revision), None
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code), None
     try:
         processor = AutoProcessor.from_pretrained(path, revision=revision)
         tokenizer = getattr(processor, "tokenizer", None)

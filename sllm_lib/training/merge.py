@@ -21,7 +21,8 @@ def run_merge(stage: MergeStage, ctx: StageContext) -> StageResult:
     quantized weights would round the LoRA delta away.
     """
     path = resolve_model_path(ctx.job.model)
-    tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
+    tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision,
+                                                     trust_remote_code=ctx.job.model.trust_remote_code)
     model = load_base_model(path, model=ctx.job.model, quant=None, dtype=stage.dtype)
     model = apply_chain(model, ctx.chain)
     n_params = sum(p.numel() for p in model.parameters())
@@ -39,6 +40,7 @@ def run_merge(stage: MergeStage, ctx: StageContext) -> StageResult:
             "stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash, "base_model": ctx.job.model.base,
             "chain": [str(p) for p in ctx.chain], "dtype": stage.dtype, "num_parameters": n_params,
             "system_prompt": chain_system_prompt(ctx.chain),
+            "trust_remote_code": ctx.job.model.trust_remote_code,  # loading this folder needs the same
         }
         final = publish_output(tmp, ctx, manifest)
     except BaseException:

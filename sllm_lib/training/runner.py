@@ -315,7 +315,8 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     path = resolve_model_path(ctx.job.model)
     config = load_model_config(path, ctx.job.model)
     check_architecture(stage, config, ctx.job.model.base)
-    tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision)
+    tokenizer, features = load_tokenizer_and_features(path, revision=ctx.job.model.revision,
+                                                      trust_remote_code=ctx.job.model.trust_remote_code)
     train_sets, val_sets = load_datasets(stage.data.train), load_datasets(stage.data.val)
     if ctx.is_main:
         ctx.tracker.log_datasets(dataset_records(train_sets, "train") + dataset_records(val_sets, "validation"))

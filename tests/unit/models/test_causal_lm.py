@@ -121,3 +121,12 @@ def test_shipped_medqa_specs_validate() -> None:
     assert real.stage("qa_qlora").quant.bits == 4
     tiny = load_job_spec(repo / "jobs" / "medqa_tiny.yaml")
     assert tiny.model.base == "tiny:llama" and tiny.stage("merge").register_as.name == "medqa-tiny"
+
+
+def test_a_merged_folder_loads_with_the_trust_its_merge_recorded(tmp_path: Path) -> None:
+    from sllm_lib.models.builders import folder_model_spec
+
+    assert folder_model_spec(tmp_path).trust_remote_code is False  # no manifest: never trusted implicitly
+    (tmp_path / "manifest.json").write_text('{"trust_remote_code": true}', encoding="utf-8")
+    spec = folder_model_spec(tmp_path)
+    assert spec.base == str(tmp_path) and spec.trust_remote_code is True
