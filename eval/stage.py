@@ -18,7 +18,7 @@ from sllm_lib.models.builders import (
     load_tokenizer_and_features,
     resolve_model_path,
 )
-from sllm_lib.spec import EvalDatasetRef, EvalStage
+from sllm_lib.spec import MODEL_FOLDER_KINDS, EvalDatasetRef, EvalStage
 from sllm_lib.tracking.tracker import DatasetRecord
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
 
@@ -31,7 +31,7 @@ DEFAULT_METRICS = {"asr": ["cer", "wer"], "speech_qa": ["rougeL", "distinct_1", 
 
 def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
     """Model, tokenizer and feature extractor: a merged folder as is, or base + adapter chain."""
-    if ctx.upstream_kind == "merge" and ctx.upstream_output is not None:
+    if ctx.upstream_kind in MODEL_FOLDER_KINDS and ctx.upstream_output is not None:
         path = str(ctx.upstream_output)
         spec = folder_model_spec(path)
         return load_base_model(path, model=spec), *load_tokenizer_and_features(
@@ -91,7 +91,7 @@ def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
     from sllm_lib.models.adapters import chain_system_prompt
 
     # prompt as the model was trained: a causal LM's system prompt travels in its stage/merge manifests
-    trained_on = [ctx.upstream_output] if ctx.upstream_kind == "merge" and ctx.upstream_output else ctx.chain
+    trained_on = [ctx.upstream_output] if ctx.upstream_kind in MODEL_FOLDER_KINDS and ctx.upstream_output else ctx.chain
     chat = chat_for(tokenizer, model.config, system_prompt=chain_system_prompt(list(trained_on)))
     metrics: dict[str, float] = {}
     predictions: list[dict[str, Any]] = []

@@ -92,7 +92,7 @@ def _starts_from(stage: Any, ps: Any) -> str:
         return f"registry {stage.registered_model}@{stage.candidate_alias} vs @{stage.champion_alias}"
     if stage.kind == "suite_eval":
         return stage.model or ps.upstream[0]
-    if stage.kind == "eval":
+    if stage.kind in ("eval", "prune"):
         return ps.upstream[0] if ps.upstream else "-"
     return " + ".join(["base", *ps.chain])
 
@@ -116,7 +116,7 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
     """Validate, check inputs and print the stage plan without running or writing anything."""
     from launch.executor import LaunchRequest, get_executor
     from launch.pipeline import preflight
-    from sllm_lib.spec import dump_resolved_yaml
+    from sllm_lib.spec import TRAIN_KINDS, dump_resolved_yaml
 
     p = _load(spec_path, set_, cluster)
     preflight(p.spec)
@@ -130,7 +130,7 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
     for i, s in enumerate(p.stages, 1):
         req = LaunchRequest(job_name=p.spec.name, stage=s.name, spec_path="spec.resolved.yaml", spec_hash=p.spec_hash,
                             run_dir=str(p.run_dir), stage_dir=str(p.stage_dir(s.name)), tracking_uri="",
-                            tracking_strict=False, run_id=None, single_process=s.kind in ("merge", "eval"),
+                            tracking_strict=False, run_id=None, single_process=s.kind not in TRAIN_KINDS,
                             after=[f"<job of {u}>" for u in s.upstream] if executor.supports_dependencies else [])
         table.add_row(str(i), s.name, s.kind, ", ".join(s.upstream) or "-",
                       _starts_from(p.spec.stage(s.name), s),

@@ -297,6 +297,50 @@ class MergeStage(_StageBase):
         return self
 
 
+DEFAULT_PRUNE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class PruneStage(_StageBase):
+    """Magnitude pruning of a merged model's Linear weights (unstructured or N:M), made permanent and verified."""
+
+    kind: Literal["prune"]
+    pattern: str = Field(default="unstructured", pattern=r"^(unstructured|[1-9][0-9]*:[1-9][0-9]*)$",
+                         description="unstructured, or N:M (keep N of every M consecutive weights, e.g. 2:4).")
+    sparsity: float | None = Field(default=None, gt=0, lt=1,
+                                   description="Unstructured: share of each matrix zeroed (default 0.25); N:M sets it.")
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_PRUNE_TARGETS), min_length=1,
+                               description="Linear layer names (inside the LLM) that are pruned.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="bfloat16", description="Saved weight dtype.")
+    register_as: RegisterSpec | None = Field(default=None, description="Register the pruned model (None: log only).")
+
+    @model_validator(mode="after")
+    def _pattern_and_input(self) -> PruneStage:
+        if not self.from_stage:
+            raise ValueError("prune needs from_stage (a merge or prune stage)")
+        nm = self.n_m()
+        if nm is not None:
+            n, m = nm
+            if n >= m:
+                raise ValueError(f"pattern {self.pattern}: N must be smaller than M")
+            if self.sparsity is not None and abs(self.sparsity - (m - n) / m) > 1e-9:
+                raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern} "
+                                 f"(which zeroes {(m - n) / m:g}); leave sparsity unset")
+        return self
+
+    def n_m(self) -> tuple[int, int] | None:
+        if self.pattern == "unstructured":
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
+
+    @property
+    def target_sparsity(self) -> float:
+        nm = self.n_m()
+        if nm is not None:
+            return (nm[1] - nm[0]) / nm[1]
+        return self.sparsity if self.sparsity is not None else 0.25
+
+
 class EvalDatasetRef(DatasetRef):
     metrics: list[str] | None = Field(
         default=None, description="Metric names; default: cer+wer for asr, rougeL+distinct_1+distinct_2 otherwise."
@@ -386,12 +430,13 @@ class NightlyEvalStage(_StageBase):
 
 
 StageSpec = Annotated[
-    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, MergeStage, EvalStage, SuiteEvalStage,
-          NightlyEvalStage],
+    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, MergeStage, PruneStage, EvalStage,
+          SuiteEvalStage, NightlyEvalStage],
     Field(discriminator="kind"),
 ]
 TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft")
 MODEL_KINDS = (*TRAIN_KINDS, "merge", "eval")  # stages that need the job's base model
+MODEL_FOLDER_KINDS = ("merge", "prune")  # stages whose output is a whole model folder
 
 
 # --------------------------------------------------------------------------------------------- job
@@ -648,7 +693,7 @@ def _profile_adapter() -> Any:
 _PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
 _TAG_MODELS: dict[str, type[BaseModel]] = {
     "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
-    "causal_sft": CausalSftStage, "merge": MergeStage, "eval": EvalStage,
+    "causal_sft": CausalSftStage, "merge": MergeStage, "prune": PruneStage, "eval": EvalStage,
     "suite_eval": SuiteEvalStage, "nightly_eval": NightlyEvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
 }
 
@@ -1154,10 +1199,16 @@ def graph_problems(spec: JobSpec) -> list[str]:
             up = spec.stages[index[s.from_stage]]
             if up.kind in ("eval", "suite_eval", "nightly_eval"):
                 problems.append(f"stages[{i}].from_stage: {s.from_stage!r} is an {up.kind} stage and produces no model")
-            if s.kind == "suite_eval" and not s.model and up.kind != "merge":
+            if s.kind == "suite_eval" and not s.model and up.kind not in MODEL_FOLDER_KINDS:
                 problems.append(f"stages[{i}].from_stage: suite_eval scores a merged model; {s.from_stage!r} is "
                                 f"{up.kind} (point from_stage at a merge stage, or set model)")
-            if s.kind in TRAIN_KINDS and up.kind == "merge":
+            if s.kind == "prune" and up.kind not in MODEL_FOLDER_KINDS:
+                problems.append(f"stages[{i}].from_stage: prune works on a model folder; {s.from_stage!r} is "
+                                f"{up.kind} (point from_stage at a merge or prune stage)")
+            if s.kind == "merge" and up.kind in MODEL_FOLDER_KINDS:
+                problems.append(f"stages[{i}].from_stage: merge combines training stages; {s.from_stage!r} is "
+                                f"already a model folder ({up.kind})")
+            if s.kind in TRAIN_KINDS and up.kind in MODEL_FOLDER_KINDS:
                 problems.append(
                     f"stages[{i}].from_stage: training from a merged model is not supported; "
                     f"start from the training stage that {s.from_stage!r} merges"

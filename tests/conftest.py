@@ -11,6 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 
 
+def run_sllm(args: list[str], cwd: Path, timeout: float = 900):
+    """`python -m launch.cli ARGS` in a fresh process (the e2e tests' way in), output captured."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sllm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny presets are built once per session into a fresh folder (never the user's cache)."""

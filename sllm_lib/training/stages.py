@@ -45,6 +45,13 @@ def run_merge(stage: Any, ctx: StageContext) -> StageResult:
     return merge(stage, ctx)
 
 
+def run_prune(stage: Any, ctx: StageContext) -> StageResult:
+    """Magnitude-prune the upstream model folder; publish (and register) the pruned model."""
+    from sllm_lib.training.prune import run_prune as prune
+
+    return prune(stage, ctx)
+
+
 def run_eval(stage: Any, ctx: StageContext) -> StageResult:
     """Generate on held-out sets and score them."""
     from eval.stage import run_eval as evaluate
@@ -72,6 +79,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Any, StageContext], StageResult]] = {
     "multitask": run_multitask,
     "causal_sft": run_causal_sft,
     "merge": run_merge,
+    "prune": run_prune,
     "eval": run_eval,
     "suite_eval": run_suite_eval,
     "nightly_eval": run_nightly_eval,

@@ -6,14 +6,10 @@ Runs once per module (about a minute on 2 cores) and every test reads its outcom
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_sllm
 
 pytestmark = pytest.mark.e2e
 
@@ -21,16 +17,10 @@ DEMO = REPO / "jobs" / "demo_sllm_tiny.yaml"
 STAGES = ["text_lora", "asr_projector", "multitask", "merge", "eval"]
 
 
-def _sllm(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "launch.cli", *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("demo")
-    proc = _sllm(["submit", str(DEMO)], cwd=work)
+    proc = run_sllm(["submit", str(DEMO)], cwd=work)
     assert proc.returncode == 0, f"demo failed:\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
     (state_file,) = list((work / "runs" / "demo-sllm-tiny").glob("*/state.json"))
     return {"work": work, "stdout": proc.stdout, "state": json.loads(state_file.read_text()),
@@ -79,7 +69,7 @@ def test_lineage_walks_back_to_every_training_dataset(demo: dict) -> None:
     names = {d["name"] for d in text.datasets}
     assert names == {"text_qa_train", "text_qa_val"}
     assert all(len(d["digest"]) >= 12 for d in text.datasets)
-    proc = _sllm(["lineage", "sllm-demo-tiny@candidate", "--tracking-uri", demo["uri"]], cwd=demo["work"])
+    proc = run_sllm(["lineage", "sllm-demo-tiny@candidate", "--tracking-uri", demo["uri"]], cwd=demo["work"])
     assert proc.returncode == 0, proc.stderr
     assert "text_lora" in proc.stdout and "asr_train" in proc.stdout
 
@@ -106,11 +96,11 @@ def test_merged_model_reloads_and_generates(demo: dict) -> None:
 
 
 def test_rerun_reuses_completed_stages(demo: dict) -> None:
-    proc = _sllm(["submit", str(DEMO)], cwd=demo["work"])
+    proc = run_sllm(["submit", str(DEMO)], cwd=demo["work"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("(reused)") == len(STAGES)
     (state_file,) = list((demo["work"] / "runs" / "demo-sllm-tiny").glob("*/state.json"))
     state = json.loads(state_file.read_text())
     assert state["parent_run_id"] == demo["state"]["parent_run_id"]
-    proc = _sllm(["status", str(demo["work"] / "runs")], cwd=demo["work"])
+    proc = run_sllm(["status", str(demo["work"] / "runs")], cwd=demo["work"])
     assert proc.returncode == 0 and "COMPLETED" in proc.stdout

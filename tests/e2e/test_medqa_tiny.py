@@ -5,14 +5,10 @@ to a hub-ready folder with a model card. Runs once per module; every test reads 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_sllm
 
 pytestmark = pytest.mark.e2e
 
@@ -20,16 +16,10 @@ SPEC = REPO / "jobs" / "medqa_tiny.yaml"
 STAGES = ["qa_qlora", "merge", "eval"]
 
 
-def _sllm(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def medqa(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("medqa")
-    proc = _sllm(["submit", str(SPEC)], cwd=work)
+    proc = run_sllm(["submit", str(SPEC)], cwd=work)
     assert proc.returncode == 0, f"medqa failed:\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
     (state_file,) = list((work / "runs" / "medqa-tiny").glob("*/state.json"))
     return {"work": work, "stdout": proc.stdout, "state": json.loads(state_file.read_text()),
@@ -60,13 +50,13 @@ def test_lineage_shows_the_causal_sft_stage_and_its_data(medqa: dict) -> None:
     out = medqa["stdout"]
     assert "lineage of medqa-tiny@candidate" in out
     assert "qa_qlora (causal_sft)" in out and "text_qa_train [train]" in out
-    proc = _sllm(["lineage", "medqa-tiny@candidate"], cwd=medqa["work"])
+    proc = run_sllm(["lineage", "medqa-tiny@candidate"], cwd=medqa["work"])
     assert proc.returncode == 0 and "qa_qlora (causal_sft)" in proc.stdout
 
 
 def test_export_writes_a_loadable_folder_with_a_lineage_model_card(medqa: dict) -> None:
     work = medqa["work"]
-    proc = _sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny"], cwd=work)
+    proc = run_sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny"], cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = work / "exported" / "medqa-tiny"
     names = {p.name for p in folder.iterdir()}
@@ -89,8 +79,8 @@ def test_export_writes_a_loadable_folder_with_a_lineage_model_card(medqa: dict) 
         out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4 or int(out[0, -1]) == tok.eos_token_id
 
-    again = _sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny"], cwd=work)
+    again = run_sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny"], cwd=work)
     assert again.returncode == 2 and "exists and is not empty" in (again.stdout + again.stderr)
     assert (folder / "README.md").read_text() == card  # untouched
-    forced = _sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny", "--overwrite"], cwd=work)
+    forced = run_sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny", "--overwrite"], cwd=work)
     assert forced.returncode == 0, forced.stderr[-2000:]

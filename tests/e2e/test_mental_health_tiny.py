@@ -5,13 +5,10 @@ parse failures."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_sllm
 
 pytestmark = pytest.mark.e2e
 
@@ -22,8 +19,7 @@ TASKS = ["emotion", "stress", "depression", "severity", "suicidal_ideation"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("mental_health")
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "submit", str(SPEC)], cwd=work,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=900)
+    proc = run_sllm(["submit", str(SPEC)], cwd=work)
     assert proc.returncode == 0, f"failed:\nSTDOUT\n{proc.stdout[-4000:]}\nSTDERR\n{proc.stderr[-4000:]}"
     (state_file,) = list((work / "runs" / "mental-health-tiny").glob("*/state.json"))
     return {"stdout": proc.stdout, "state": json.loads(state_file.read_text()), "run_dir": state_file.parent}
@@ -58,9 +54,8 @@ def test_every_task_is_scored_with_accuracy_macro_f1_and_parse_failures(run: dic
 
 def test_device_export_writes_16bit_4bit_8bit_folders_and_a_cpu_report(run: dict, tmp_path) -> None:
     out = tmp_path / "device"
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "export", "mental-health-tiny@candidate", "-o", str(out),
-                           "--variants", "bf16,bnb4,bnb8", "--cpu-report"], cwd=run["run_dir"].parent.parent.parent,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=900)
+    proc = run_sllm(["export", "mental-health-tiny@candidate", "-o", str(out), "--variants", "bf16,bnb4,bnb8",
+                     "--cpu-report"], cwd=run["run_dir"].parent.parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from safetensors import safe_open
 
