@@ -253,7 +253,8 @@ def measure_cpu(folder: Path, *, tokens: int = 32) -> dict[str, Any]:
     import subprocess
     import sys
 
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name.endswith(".safetensors"))
+    size = sum(f.stat().st_size for f in folder.iterdir()
+               if f.is_file() and f.name.endswith((".safetensors", ".bin", ".pt")))  # the weights
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                       env.get("PYTHONPATH", "")]))

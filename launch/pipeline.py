@@ -64,7 +64,7 @@ def model_chain(spec: JobSpec, name: str | None) -> list[str]:
 def _stage_inputs(stage: Any) -> list[str]:
     if stage.kind in TRAIN_KINDS:
         return [f"{r.kind}:{r.path}" for r in [*stage.data.train, *stage.data.val]]
-    if stage.kind == "eval":
+    if stage.kind in ("eval", "quantize"):
         return [f"{r.kind}:{r.path}" for r in stage.datasets]
     if stage.kind in SUITE_KINDS:
         from eval.suites import load_suite
@@ -117,7 +117,7 @@ def preflight(spec: JobSpec) -> None:
             problems += _suite_problems(s)
             continue
         refs = [*s.data.train, *s.data.val] if s.kind in TRAIN_KINDS else list(getattr(s, "datasets", []))
-        if s.kind == "eval":
+        if s.kind in ("eval", "quantize"):
             problems += _eval_metric_problems(s)
         for ref in refs:
             key = (ref.path, ref.kind, tuple(ref.labels or ()))
@@ -140,11 +140,12 @@ def _eval_metric_problems(stage: Any) -> list[str]:
 
     out = []
     for i, ref in enumerate(stage.datasets):
+        ok = ("text", "labels") if ref.kind == "classification" else ("text",)
         for m in ref.metrics or []:
-            if m not in METRIC_SPECS or METRIC_SPECS[m].needs != "text":
-                valid = sorted(k for k, v in METRIC_SPECS.items() if v.needs == "text")
-                out.append(f"stage {stage.name!r}: datasets[{i}].metrics: {m!r} is not a text metric here "
-                           f"(valid: {', '.join(valid)}; classification and BERTScore run in suites)")
+            if m not in METRIC_SPECS or METRIC_SPECS[m].needs not in ok:
+                valid = sorted(k for k, v in METRIC_SPECS.items() if v.needs in ok)
+                out.append(f"stage {stage.name!r}: datasets[{i}].metrics: {m!r} is not a metric for {ref.kind} "
+                           f"data here (valid: {', '.join(valid)}; BERTScore runs in suites)")
     return out
 
 

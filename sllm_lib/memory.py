@@ -132,8 +132,8 @@ def _tiny_config(preset: str) -> Any:
         raise JobSpecError(f"model.base: unknown tiny preset {preset!r}; available: "
                            + ", ".join(f"tiny:{p}" for p in TINY_PRESETS))
     vocab = korean_char_vocab()  # what materialize_tiny's tokenizer holds, without building it
-    if preset == "llama":
-        return tiny_llama_config(vocab_size=len(vocab))
+    if preset.startswith("llama"):
+        return tiny_llama_config(vocab_size=len(vocab), n_layer=1 if preset == "llama-half" else 2)
     return tiny_voxtral_config(vocab_size=len(vocab), audio_token_id=vocab.index("[AUDIO]"))
 
 

@@ -280,6 +280,22 @@ class CausalSftStage(_TrainStageBase):
         return self
 
 
+class DistillStage(CausalSftStage):
+    """Knowledge distillation into the job's model (the student) from a teacher causal LM: KL divergence between
+    temperature-softened teacher and student distributions on the answer tokens, plus the usual cross-entropy."""
+
+    kind: Literal["distill"]  # type: ignore[assignment]
+    teacher: str = Field(description="The teacher: a model folder, models:/NAME@ALIAS (or NAME@ALIAS, "
+                                     "models:/NAME/VERSION), a merge run id, tiny:<preset> or a hub id.")
+    teacher_trust_remote_code: bool = False
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the distillation (KL) term; 1 - alpha "
+                                                              "weights the cross-entropy on the labels.")
+    temperature: float = Field(default=2.0, gt=0, le=100, description="Softening of both distributions (KL is "
+                                                                      "scaled by T^2).")
+    trainable: list[TrainableGroup] = Field(default_factory=lambda: ["llm"],
+                                            description="llm: the whole student (default); lora: adapters only.")
+
+
 class RegisterSpec(_Strict):
     name: str = Field(min_length=1, description="Registered model name in the MLflow model registry.")
     alias: str = Field(default="candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -359,6 +375,38 @@ class EvalStage(_StageBase):
         return self
 
 
+class CompressionTargets(_Strict):
+    """The bar a compressed model is held to against its uncompressed baseline (the seed project's targets)."""
+
+    size_reduction: float = Field(default=0.5, ge=0, lt=1, description="Smaller on disk by at least this share.")
+    speedup: float = Field(default=2.0, gt=0, description="At least this many times faster per generated token.")
+    memory_reduction: float = Field(default=0.7, ge=0, lt=1, description="Model memory smaller by this share.")
+
+
+class QuantizeStage(_StageBase):
+    """Quantize a model folder for serving (dynamic int8 for CPUs, bitsandbytes 8/4-bit for GPUs) and report it
+    against an uncompressed baseline: size on disk, memory, CPU ms per token and task quality."""
+
+    kind: Literal["quantize"]
+    method: Literal["dynamic_int8", "bnb8", "bnb4"] = Field(
+        default="dynamic_int8", description="dynamic_int8: torch dynamic int8 Linear layers (CPU serving); "
+                                            "bnb8 / bnb4: bitsandbytes LLM.int8() / NF4 (GPU serving).")
+    baseline: str | None = Field(default=None, description="The uncompressed model to compare with (folder, "
+                                                           "models:/NAME@ALIAS, run id, tiny:<preset> or hub id); "
+                                                           "default: this stage's input.")
+    datasets: list[EvalDatasetRef] = Field(default_factory=list, description="Task quality, scored for both.")
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
+    report_tokens: int = Field(default=32, gt=0, le=1024, description="Tokens generated per latency measurement.")
+    targets: CompressionTargets = Field(default_factory=CompressionTargets)
+    register_as: RegisterSpec | None = Field(default=None, description="Register the quantized model.")
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> QuantizeStage:
+        if not self.from_stage:
+            raise ValueError("quantize needs from_stage (a merge or prune stage)")
+        return self
+
+
 class SuiteEvalStage(_StageBase):
     """Score one model on an evaluation suite (eval/suites/*.yaml); `sllm eval` runs exactly this stage."""
 
@@ -430,13 +478,13 @@ class NightlyEvalStage(_StageBase):
 
 
 StageSpec = Annotated[
-    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, MergeStage, PruneStage, EvalStage,
-          SuiteEvalStage, NightlyEvalStage],
+    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, DistillStage, MergeStage, PruneStage,
+          QuantizeStage, EvalStage, SuiteEvalStage, NightlyEvalStage],
     Field(discriminator="kind"),
 ]
-TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft")
+TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft", "distill")
 MODEL_KINDS = (*TRAIN_KINDS, "merge", "eval")  # stages that need the job's base model
-MODEL_FOLDER_KINDS = ("merge", "prune")  # stages whose output is a whole model folder
+MODEL_FOLDER_KINDS = ("merge", "prune", "quantize")  # stages whose output is a whole model folder
 
 
 # --------------------------------------------------------------------------------------------- job
@@ -693,7 +741,8 @@ def _profile_adapter() -> Any:
 _PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
 _TAG_MODELS: dict[str, type[BaseModel]] = {
     "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
-    "causal_sft": CausalSftStage, "merge": MergeStage, "prune": PruneStage, "eval": EvalStage,
+    "causal_sft": CausalSftStage, "distill": DistillStage, "merge": MergeStage, "prune": PruneStage,
+    "quantize": QuantizeStage, "eval": EvalStage,
     "suite_eval": SuiteEvalStage, "nightly_eval": NightlyEvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
 }
 
@@ -1202,8 +1251,8 @@ def graph_problems(spec: JobSpec) -> list[str]:
             if s.kind == "suite_eval" and not s.model and up.kind not in MODEL_FOLDER_KINDS:
                 problems.append(f"stages[{i}].from_stage: suite_eval scores a merged model; {s.from_stage!r} is "
                                 f"{up.kind} (point from_stage at a merge stage, or set model)")
-            if s.kind == "prune" and up.kind not in MODEL_FOLDER_KINDS:
-                problems.append(f"stages[{i}].from_stage: prune works on a model folder; {s.from_stage!r} is "
+            if s.kind in ("prune", "quantize") and up.kind not in ("merge", "prune"):
+                problems.append(f"stages[{i}].from_stage: {s.kind} works on a model folder; {s.from_stage!r} is "
                                 f"{up.kind} (point from_stage at a merge or prune stage)")
             if s.kind == "merge" and up.kind in MODEL_FOLDER_KINDS:
                 problems.append(f"stages[{i}].from_stage: merge combines training stages; {s.from_stage!r} is "

@@ -75,7 +75,7 @@ TINY_CHAT_TEMPLATE = (
     "{% elif m['role'] == 'user' %}[INST]{{ m['content'] }}[/INST]"
     "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
-TINY_PRESETS = ("voxtral", "llama")
+TINY_PRESETS = ("voxtral", "llama", "llama-half")  # llama-half: one layer, a distillation student of tiny:llama
 
 
 def korean_char_vocab() -> list[str]:
@@ -158,7 +158,8 @@ def _build_tiny(preset: str, seed: int, target: Path) -> None:
                 )
                 model = VoxtralForConditionalGeneration(config)
             else:
-                model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer)))
+                layers = 1 if preset == "llama-half" else 2
+                model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), n_layer=layers))
                 tokenizer.chat_template = TINY_CHAT_TEMPLATE
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -348,6 +349,10 @@ def load_base_model(path: str, *, model: ModelSpec, quant: QuantSpec | None = No
 
     qcfg = quantization_config(quant) if quant is not None else None
     config = config if config is not None else load_model_config(path, model)
+    from sllm_lib.training.compress import DYNAMIC_MARKER, load_dynamic_int8
+
+    if (Path(path) / DYNAMIC_MARKER).is_file():  # a quantize stage's CPU (dynamic int8) model
+        return load_dynamic_int8(Path(path), config, trust_remote_code=model.trust_remote_code)
     kwargs: dict[str, Any] = {"config": config, "revision": model.revision, "dtype": getattr(torch, dtype)}
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg

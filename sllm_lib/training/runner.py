@@ -73,6 +73,19 @@ def _trainer_class() -> type:
         """Trainer that checkpoints only trainable tensors, marks complete checkpoints, and groups by length."""
 
         group_lengths: list[int] | None = None
+        teacher: Any = None  # a distill stage's teacher (eval mode, no gradients)
+        alpha: float = 0.5
+        temperature: float = 2.0
+        vocab: int = 0  # logits compared over the shared tokenizer's ids
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if self.teacher is None:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            loss, outputs = distillation_loss(model, self.teacher, inputs, alpha=self.alpha,
+                                              temperature=self.temperature, vocab=self.vocab)
+            return (loss, outputs) if return_outputs else loss
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             out = Path(output_dir or self.args.output_dir)
@@ -116,6 +129,66 @@ def _trainer_class() -> type:
             return LengthGroupedSampler(self.group_lengths, self.args.per_device_train_batch_size, seed=self.args.seed)
 
     return StageTrainer
+
+
+def distillation_loss(student: Any, teacher: Any, inputs: dict, *, alpha: float, temperature: float,
+                      vocab: int) -> tuple[Any, Any]:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE, over the answer tokens only (labels != -100).
+
+    Both distributions are softened by T and compared on the first `vocab` logits (a shared tokenizer; models may
+    pad their embedding matrices differently).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    outputs = student(**inputs)
+    labels = inputs["labels"][:, 1:]
+    mask = labels != -100
+    with torch.no_grad():
+        t_logits = teacher(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
+    s = outputs.logits[:, :-1, :vocab][mask].float() / temperature
+    t = t_logits[:, :-1, :vocab][mask].float() / temperature
+    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
+    loss = alpha * kl * temperature**2 + (1 - alpha) * outputs.loss
+    return loss, outputs
+
+
+def load_teacher(stage: Any, ctx: StageContext, student_tokenizer: Any, dtype: str) -> tuple[Any, int]:
+    """The distill stage's teacher (eval mode, frozen) and the vocabulary size both share; a teacher whose
+    tokenizer differs from the student's is refused before any training (logits must index the same tokens)."""
+    from sllm_lib.errors import JobSpecError
+    from sllm_lib.models.builders import TINY_PREFIX, folder_model_spec
+    from sllm_lib.spec import ModelSpec
+
+    ref = stage.teacher
+    if ref.startswith(TINY_PREFIX) or (not Path(ref).expanduser().is_dir() and "@" not in ref
+                                       and not ref.startswith("models:/") and not re.fullmatch(r"[0-9a-f]{32}", ref)):
+        spec = ModelSpec(base=ref, trust_remote_code=stage.teacher_trust_remote_code)  # preset or hub id
+        path = resolve_model_path(spec)
+    else:
+        from eval.runner import resolve_model
+
+        path = str(resolve_model(ref, ctx.tracking_uri or "").path)
+        spec = folder_model_spec(path)
+        spec = spec.model_copy(update={"trust_remote_code": spec.trust_remote_code or stage.teacher_trust_remote_code})
+    config = load_model_config(path, spec)
+    if is_speech_model(config):
+        raise JobSpecError(f"stage {stage.name!r}: teacher {ref!r} is a speech LLM; distill needs a text-only causal LM")
+    teacher_tok, _ = load_tokenizer_and_features(path, trust_remote_code=spec.trust_remote_code)
+    a, b = teacher_tok.get_vocab(), student_tokenizer.get_vocab()
+    if a != b:
+        diff = next((t for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)), None)
+        raise JobSpecError(
+            f"stage {stage.name!r}: teacher {ref!r} and the student ({ctx.job.model.base}) use different "
+            f"tokenizers ({len(a)} vs {len(b)} tokens; e.g. {diff!r} is id {a.get(diff)} vs {b.get(diff)}): "
+            f"distillation compares logits token by token, so both need the same vocabulary")
+    teacher = load_base_model(path, model=spec, dtype=dtype, config=config)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log.info("stage=%s teacher %s: %d parameters (student vocabulary %d)", stage.name, ref,
+             sum(p.numel() for p in teacher.parameters()), len(b))
+    return teacher, len(b)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -293,15 +366,19 @@ def _log_padding(stage: Any, ctx: StageContext, lengths: list[int]) -> None:
         ctx.tracker.log_metrics({"data/padding_share": used, "data/padding_share_shuffled": plain}, step=0)
 
 
+TEXT_ONLY_KINDS = ("causal_sft", "distill")
+
+
 def check_architecture(stage: Any, config: Any, base: str) -> None:
     """causal_sft needs a text-only causal LM; the speech stages need the speech LLM (before any weight loads)."""
     from sllm_lib.errors import JobSpecError
 
     speech = is_speech_model(config)
-    if stage.kind == "causal_sft" and speech:
-        raise JobSpecError(f"stage {stage.name!r} (causal_sft): model.base {base!r} is a speech LLM "
+    text_only = stage.kind in TEXT_ONLY_KINDS
+    if text_only and speech:
+        raise JobSpecError(f"stage {stage.name!r} ({stage.kind}): model.base {base!r} is a speech LLM "
                            f"({config.model_type}); use text_sft for its text stage, or a text-only causal LM")
-    if stage.kind != "causal_sft" and not speech:
+    if not text_only and not speech:
         raise JobSpecError(f"stage {stage.name!r} ({stage.kind}): model.base {base!r} is a text-only "
                            f"{config.model_type} model; {stage.kind} needs the speech LLM (use causal_sft)")
 
@@ -322,6 +399,7 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         ctx.tracker.log_datasets(dataset_records(train_sets, "train") + dataset_records(val_sets, "validation"))
     dtype = "float32" if not torch.cuda.is_available() or stage.train.precision == "fp32" else (
         "bfloat16" if stage.train.precision == "bf16" else "float16")
+    teacher, vocab = load_teacher(stage, ctx, tokenizer, dtype) if stage.kind == "distill" else (None, 0)
     model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype, config=config)
     chat = chat_for(tokenizer, model.config, system_prompt=getattr(stage, "system_prompt", None))
     model = apply_chain(model, ctx.chain)
@@ -343,6 +421,10 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         callbacks=[_status_callback(stage.name, ctx, history), stop_callback(ctx.world_size), *fault_callbacks(ctx),
                    *ctx.trainer_callbacks],
     )
+    if stage.kind == "distill":
+        trainer.teacher = teacher.to(trainer.args.device)
+        trainer.alpha, trainer.temperature, trainer.vocab = stage.alpha, stage.temperature, vocab
+        trainer.model_accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer averages accumulation
     if ctx.prepare_trainer is not None:
         trainer = ctx.prepare_trainer(trainer)
     from transformers import PrinterCallback
@@ -419,6 +501,7 @@ def _write_training_output(
             "chain": [str(p) for p in ctx.chain], "trainable": list(stage.trainable), "written": written,
             "lora": stage.lora.model_dump() if stage.lora else None, "steps": steps, "metrics": metrics,
             "system_prompt": getattr(stage, "system_prompt", None),
+            "teacher": getattr(stage, "teacher", None),
             "quant": stage.quant.model_dump(), "deepspeed": stage.deepspeed.model_dump() if stage.deepspeed else None,
             "world_size": ctx.world_size, "trainable_sha256_by_rank": rank_digests, "datasets": {str(r.path): r.digest() for r in train_sets},
         }

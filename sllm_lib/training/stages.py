@@ -38,6 +38,13 @@ def run_causal_sft(stage: Any, ctx: StageContext) -> StageResult:
     return run_training_stage(stage, ctx)
 
 
+def run_distill(stage: Any, ctx: StageContext) -> StageResult:
+    """Distill a teacher causal LM into the job's model (KL on softened logits + CE)."""
+    from sllm_lib.training.runner import run_training_stage
+
+    return run_training_stage(stage, ctx)
+
+
 def run_merge(stage: Any, ctx: StageContext) -> StageResult:
     """Merge the adapter chain into the base; log and register the model."""
     from sllm_lib.training.merge import run_merge as merge
@@ -50,6 +57,13 @@ def run_prune(stage: Any, ctx: StageContext) -> StageResult:
     from sllm_lib.training.prune import run_prune as prune
 
     return prune(stage, ctx)
+
+
+def run_quantize(stage: Any, ctx: StageContext) -> StageResult:
+    """Quantize the upstream model folder (dynamic int8 / bitsandbytes) and report it against a baseline."""
+    from sllm_lib.training.compress import run_quantize as quantize
+
+    return quantize(stage, ctx)
 
 
 def run_eval(stage: Any, ctx: StageContext) -> StageResult:
@@ -78,8 +92,10 @@ STAGE_FUNCTIONS: dict[str, Callable[[Any, StageContext], StageResult]] = {
     "asr_adapter": run_asr_adapter,
     "multitask": run_multitask,
     "causal_sft": run_causal_sft,
+    "distill": run_distill,
     "merge": run_merge,
     "prune": run_prune,
+    "quantize": run_quantize,
     "eval": run_eval,
     "suite_eval": run_suite_eval,
     "nightly_eval": run_nightly_eval,

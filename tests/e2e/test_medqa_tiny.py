@@ -84,3 +84,32 @@ def test_export_writes_a_loadable_folder_with_a_lineage_model_card(medqa: dict) 
     assert (folder / "README.md").read_text() == card  # untouched
     forced = run_sllm(["export", "medqa-tiny@candidate", "-o", "exported/medqa-tiny", "--overwrite"], cwd=work)
     assert forced.returncode == 0, forced.stderr[-2000:]
+
+
+def test_compression_pipeline_distils_prunes_quantizes_and_reports(medqa: dict) -> None:
+    """jobs/compress_medqa_tiny.yaml against the registered medqa-tiny teacher in the same store."""
+    work = medqa["work"]
+    proc = run_sllm(["submit", str(REPO / "jobs" / "compress_medqa_tiny.yaml")], cwd=work)
+    assert proc.returncode == 0, f"STDOUT\n{proc.stdout[-3000:]}\nSTDERR\n{proc.stderr[-3000:]}"
+    (state_file,) = list((work / "runs" / "compress-medqa-tiny").glob("*/state.json"))
+    state = json.loads(state_file.read_text())
+    assert list(state["stages"]) == ["distill", "merge", "prune", "quantize"]
+    assert all(s["status"] == "COMPLETED" for s in state["stages"].values())
+    stages = state_file.parent / "stages"
+    distill = json.loads((stages / "distill" / "output" / "manifest.json").read_text())
+    assert distill["teacher"] == "medqa-tiny@candidate" and distill["written"]["modules"]["groups"] == ["llm"]
+    out = stages / "quantize" / "output"
+    report = json.loads((out / "compression_report.json").read_text())
+    assert report["baseline_ref"] == "medqa-tiny@candidate" and report["method"] == "dynamic_int8"
+    for side in ("baseline", "compressed"):
+        assert report[side]["size_mb"] > 0 and report[side]["ms_per_token"] > 0
+        assert set(report[side]["quality"]) == {"text_qa_val/rougeL", "text_qa_val/distinct_1"}
+    targets = report["comparison"]["targets"]
+    assert set(targets) == {"size_reduction", "speedup", "memory_reduction"}
+    assert targets["size_reduction"]["target"] == 0.5 and targets["speedup"]["target"] == 2.0
+    assert isinstance(targets["size_reduction"]["met"], bool) and isinstance(targets["speedup"]["met"], bool)
+    text = (out / "compression_report.md").read_text()
+    assert "| size on disk (MB) |" in text and "| ms per token (CPU) |" in text
+    assert (out / "dynamic_int8.pt").is_file() and (out / "sllm_dynamic_int8.json").is_file()
+    assert "lineage of medqa-tiny-compressed@candidate" in proc.stdout
+    assert "quantize (quantize)" in proc.stdout and "distill (distill)" in proc.stdout
