@@ -134,6 +134,24 @@ def resolve_model(ref: str, tracking_uri: str) -> ResolvedModel:
                                 f"and not a run id")
 
 
+def model_ref_path(ref: str, tracking_uri: str) -> Path:
+    """Any model reference as a local folder: a tiny preset (built once), a folder, a registry reference or a merge
+    run id (`resolve_model`), else a hub id (downloaded into the hub cache; needs network the first time)."""
+    from sllm_lib.models.builders import TINY_PREFIX, materialize_tiny
+
+    if ref.startswith(TINY_PREFIX):
+        return materialize_tiny(ref[len(TINY_PREFIX):])
+    if Path(ref).expanduser().is_dir() or ref.startswith("models:/") or "@" in ref or _RUN_ID_RE.match(ref):
+        return resolve_model(ref, tracking_uri).path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref))
+    except Exception as exc:  # offline, gated or unknown: one line naming what was tried
+        raise ArtifactNotFoundError(f"model {ref!r}: not a folder, registry reference, run id or tiny preset, and "
+                                    f"the hub download failed ({exc})") from exc
+
+
 def load_model(path: Path) -> tuple[Any, Any, Any]:
     """Model (eval mode), tokenizer and feature extractor from a merged model folder."""
     from sllm_lib.models.builders import folder_model_spec, load_base_model, load_tokenizer_and_features

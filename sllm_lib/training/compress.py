@@ -66,21 +66,6 @@ def load_dynamic_int8(folder: Path, config: Any, *, trust_remote_code: bool = Fa
     return model.eval()
 
 
-def _model_ref_path(ref: str, ctx: StageContext) -> Path:
-    """A model reference (folder, registry, run id, tiny preset, hub id) as a local folder."""
-    import re
-
-    from sllm_lib.models.builders import TINY_PREFIX, resolve_model_path
-    from sllm_lib.spec import ModelSpec
-
-    if ref.startswith(TINY_PREFIX) or (not Path(ref).expanduser().is_dir() and "@" not in ref
-                                       and not ref.startswith("models:/") and not re.fullmatch(r"[0-9a-f]{32}", ref)):
-        return Path(resolve_model_path(ModelSpec(base=ref)))
-    from eval.runner import resolve_model
-
-    return resolve_model(ref, ctx.tracking_uri or "").path
-
-
 def _quality(folder: Path, stage: Any) -> dict[str, float]:
     """The stage's datasets scored with the model in `folder` (as an eval stage would)."""
     import gc
@@ -173,7 +158,9 @@ def run_quantize(stage: Any, ctx: StageContext) -> StageResult:
     result = StageResult(stage=stage.name, kind=stage.kind, output_dir=str(ctx.output_dir))
     if not ctx.is_main:
         return result
-    baseline = _model_ref_path(stage.baseline, ctx) if stage.baseline else src
+    from eval.runner import model_ref_path
+
+    baseline = model_ref_path(stage.baseline, ctx.tracking_uri or "") if stage.baseline else src
     upstream = read_manifest(src) or {}
     tmp = new_output_tmp(ctx)
     try:

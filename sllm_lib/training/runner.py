@@ -156,21 +156,14 @@ def distillation_loss(student: Any, teacher: Any, inputs: dict, *, alpha: float,
 def load_teacher(stage: Any, ctx: StageContext, student_tokenizer: Any, dtype: str) -> tuple[Any, int]:
     """The distill stage's teacher (eval mode, frozen) and the vocabulary size both share; a teacher whose
     tokenizer differs from the student's is refused before any training (logits must index the same tokens)."""
+    from eval.runner import model_ref_path
     from sllm_lib.errors import JobSpecError
-    from sllm_lib.models.builders import TINY_PREFIX, folder_model_spec
-    from sllm_lib.spec import ModelSpec
+    from sllm_lib.models.builders import folder_model_spec
 
     ref = stage.teacher
-    if ref.startswith(TINY_PREFIX) or (not Path(ref).expanduser().is_dir() and "@" not in ref
-                                       and not ref.startswith("models:/") and not re.fullmatch(r"[0-9a-f]{32}", ref)):
-        spec = ModelSpec(base=ref, trust_remote_code=stage.teacher_trust_remote_code)  # preset or hub id
-        path = resolve_model_path(spec)
-    else:
-        from eval.runner import resolve_model
-
-        path = str(resolve_model(ref, ctx.tracking_uri or "").path)
-        spec = folder_model_spec(path)
-        spec = spec.model_copy(update={"trust_remote_code": spec.trust_remote_code or stage.teacher_trust_remote_code})
+    path = str(model_ref_path(ref, ctx.tracking_uri or ""))
+    spec = folder_model_spec(path)
+    spec = spec.model_copy(update={"trust_remote_code": spec.trust_remote_code or stage.teacher_trust_remote_code})
     config = load_model_config(path, spec)
     if is_speech_model(config):
         raise JobSpecError(f"stage {stage.name!r}: teacher {ref!r} is a speech LLM; distill needs a text-only causal LM")
