@@ -224,9 +224,10 @@ folder, tokens = Path(sys.argv[1]), int(sys.argv[2])
 import torch
 torch.manual_seed(0)
 from sllm_lib.models.builders import chat_for, folder_model_spec, load_base_model, load_tokenizer_and_features
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # interpreter + torch + transformers
 spec = folder_model_spec(folder)
-model = load_base_model(str(folder), model=spec)
+cfg = json.loads((folder / "config.json").read_text())
+dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", "")
+model = load_base_model(str(folder), model=spec, dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32")
 model.eval()
 tok, _ = load_tokenizer_and_features(str(folder), trust_remote_code=spec.trust_remote_code)
 chat = chat_for(tok, model.config)
@@ -240,16 +241,26 @@ with torch.no_grad():
     out = model.generate(x, **kw)
     dt = time.perf_counter() - t0
 n = out.shape[1] - x.shape[1]
+seen = set()
+def nbytes(v):  # tensors (tied ones once), and the (weight, bias) tuples of dynamic int8 Linears' packed params
+    if isinstance(v, torch.Tensor):
+        key = (v.data_ptr(), v.numel(), str(v.dtype)) if not v.is_quantized else id(v)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return v.element_size() * v.numel()
+    return sum(nbytes(x) for x in v) if isinstance(v, (tuple, list)) else 0
+weights = sum(nbytes(v) for v in model.state_dict().values()) / 2**20
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"ms_per_token": 1000 * dt / max(1, n), "new_tokens": int(n), "peak_rss_mb": peak,
-                  "model_mem_mb": peak - base_rss}))
+                  "model_mem_mb": weights}))
 """
 
 
 def measure_cpu(folder: Path, *, tokens: int = 32) -> dict[str, Any]:
-    """Size on disk, peak memory (RSS of a fresh process that loads the folder and generates; model memory = that
-    peak minus the process's RSS before loading) and ms per generated token on this machine's CPU (greedy, after
-    a warm-up). A variant that cannot run on the CPU is reported with the reason."""
+    """Size on disk, memory (model memory: the bytes of every tensor the loaded model holds, quantization
+    constants included; peak RSS of the fresh process that loads it and generates) and ms per generated token on
+    this machine's CPU (greedy, after a warm-up). A variant that cannot run on the CPU is reported with the reason."""
     import subprocess
     import sys
 
