@@ -92,8 +92,10 @@ def _starts_from(stage: Any, ps: Any) -> str:
         return f"registry {stage.registered_model}@{stage.candidate_alias} vs @{stage.champion_alias}"
     if stage.kind == "suite_eval":
         return stage.model or ps.upstream[0]
-    if stage.kind in ("eval", "prune"):
+    if stage.kind in ("eval", "prune", "quantize"):
         return ps.upstream[0] if ps.upstream else "-"
+    if stage.kind == "distill":
+        return " + ".join(["base", *ps.chain[:-1]]) + f" (teacher {stage.teacher})"
     return " + ".join(["base", *ps.chain])
 
 

@@ -503,6 +503,11 @@ def stage_memory(stage: Any, index: int, account: ModelAccount, profile: Any, *,
     rows += _training_state_rows(rules, ds, world, n_train, grad_bytes, cpu)
     rows += _activation_rows(stage, account, rules, notes)
     rows += _bucket_rows(stage, account.text["h"], rules)
+    if stage.kind == "distill":
+        # the teacher (a registry model, folder or hub id) is only resolvable at run time: its frozen weights and
+        # its fp32 logits come on top; left out rather than guessed
+        notes.append(f"distill: teacher {stage.teacher!r} not counted (its weights in the training dtype plus "
+                     f"micro-batch x seq x vocab x 4 B of logits)")
     rows.append(_margin(rows, device))
     return StageMemory(stage=stage.name, index=index, kind=stage.kind, rows=tuple(rows), cpu_rows=tuple(cpu),
                        world_size=world, device=device,
