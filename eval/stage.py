@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METRICS = {"asr": ["cer", "wer"], "speech_qa": ["rougeL", "distinct_1", "distinct_2"],
                    "text_qa": ["rougeL", "distinct_1", "distinct_2"],
-                   "classification": ["accuracy", "macro_f1", "unparseable_rate"]}
+                   "classification": ["accuracy", "macro_f1", "unparseable_rate"],
+                   "vision": ["bleu", "rouge1", "rouge2", "rougeL"]}
 
 
 def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
@@ -42,6 +43,17 @@ def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
                                                trust_remote_code=ctx.job.model.trust_remote_code)
 
 
+def vision_renderer(trained_on: list[Any]) -> Any:
+    """The prompt renderer a VLM was trained with (from the manifests; the default template otherwise)."""
+    import functools
+
+    from sllm_lib.models.adapters import chain_value
+    from sllm_lib.spec import render_vision_prompt
+
+    saved = chain_value(trained_on, "vision_prompt") or {}
+    return functools.partial(render_vision_prompt, **{k: v for k, v in saved.items() if v})
+
+
 def generate(model: Any, batch_examples: list[Any], *, chat: Any, gen: Any) -> list[str]:
     """Left-padded batched generation; returns the decoded new text of each example."""
     import torch
@@ -52,8 +64,9 @@ def generate(model: Any, batch_examples: list[Any], *, chat: Any, gen: Any) -> l
                                   eos_token_id=chat.eos, use_cache=True)
     if gen.do_sample:
         kwargs["temperature"] = gen.temperature
-    if "input_features" in batch:
-        kwargs["input_features"] = batch["input_features"]
+    for key, value in batch.items():  # audio features, or a VLM's pixel_values (+ image sizes/grids)
+        if key not in ("input_ids", "attention_mask", "labels"):
+            kwargs[key] = value
     with torch.no_grad():
         out = model.generate(**kwargs)
     return [row[batch["input_ids"].shape[1]:].tolist() for row in out]
@@ -76,7 +89,7 @@ def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, feature
             hyps.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     refs = [e.target for e in examples]
     names = ref.metrics or DEFAULT_METRICS[ref.kind]
-    results = compute_metrics(names, refs, hyps, labels=ref.labels)
+    results = compute_metrics(names, refs, hyps, labels=ref.labels, options=ref.metric_options)
     preds = [{"dataset": ref.task_name, "kind": ref.kind, "reference": r, "prediction": h,
               **{n: res.per_sample[i] for n, res in results.items() if len(res.per_sample) == len(refs)}}
              for i, (r, h) in enumerate(zip(refs, hyps))]
@@ -90,9 +103,10 @@ def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
     model.eval()
     from sllm_lib.models.adapters import chain_system_prompt
 
-    # prompt as the model was trained: a causal LM's system prompt travels in its stage/merge manifests
+    # prompt as the model was trained: a causal LM's system prompt, a VLM's prompt template travel in the manifests
     trained_on = [ctx.upstream_output] if ctx.upstream_kind in MODEL_FOLDER_KINDS and ctx.upstream_output else ctx.chain
-    chat = chat_for(tokenizer, model.config, system_prompt=chain_system_prompt(list(trained_on)))
+    chat = chat_for(tokenizer, model.config, system_prompt=chain_system_prompt(list(trained_on)), processor=features,
+                    render=vision_renderer(list(trained_on)))
     metrics: dict[str, float] = {}
     predictions: list[dict[str, Any]] = []
     lineage: list[DatasetRecord] = []

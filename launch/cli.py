@@ -202,7 +202,7 @@ def _print_memory(p: Any) -> None:
     memories = plan_memory(p.spec, p.profile)
     console.rule("memory per training process (predicted from the model config; no weights loaded)")
     if not memories:
-        console.print("no training stages")
+        console.print("nothing predicted: no training stages, or only vision-language ones (not modelled yet)")
         return
     if getattr(p.profile, "gpu_memory_gb", None) is None:
         console.print(f"cluster {p.profile.name!r} sets no gpu_memory_gb: nothing to compare with", highlight=False)

@@ -140,12 +140,17 @@ def _eval_metric_problems(stage: Any) -> list[str]:
 
     out = []
     for i, ref in enumerate(stage.datasets):
-        ok = ("text", "labels") if ref.kind == "classification" else ("text",)
+        ok = ("text", "labels", "model") if ref.kind == "classification" else ("text", "model")
         for m in ref.metrics or []:
             if m not in METRIC_SPECS or METRIC_SPECS[m].needs not in ok:
                 valid = sorted(k for k, v in METRIC_SPECS.items() if v.needs in ok)
                 out.append(f"stage {stage.name!r}: datasets[{i}].metrics: {m!r} is not a metric for {ref.kind} "
-                           f"data here (valid: {', '.join(valid)}; BERTScore runs in suites)")
+                           f"data here (valid: {', '.join(valid)})")
+            elif METRIC_SPECS[m].needs == "model":  # a local model folder, checked before anything runs
+                path = (ref.metric_options.get(m) or {}).get("model_path")
+                if not path or not Path(str(path)).expanduser().is_dir():
+                    out.append(f"stage {stage.name!r}: datasets[{i}].metric_options.{m}.model_path: expected a local "
+                               f"model folder (got {path!r})")
     return out
 
 

@@ -457,6 +457,10 @@ def plan_memory(job: JobSpec, profile: Any, *, device: Device | None = None) -> 
     """
     if job.model is None:
         return []
+    if all(s.kind == "vision_sft" for s in job.stages if s.kind in TRAIN_KINDS):
+        # vision-language models (vision tower, image tokens) are not modelled yet: no prediction, no refusal
+        log.info("memory planner: vision-language stages are not modelled; nothing predicted for %s", job.name)
+        return []
     dev: Device = device or ("gpu" if _uses_gpu(profile) else "cpu")
     account = account_model(job.model)
     out = []

@@ -23,7 +23,7 @@ from sllm_lib.errors import JobSpecError
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["text_qa", "asr", "speech_qa", "classification"]
+RecordKind = Literal["text_qa", "asr", "speech_qa", "classification", "vision"]
 TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
 
 
@@ -296,6 +296,45 @@ class DistillStage(CausalSftStage):
                                             description="llm: the whole student (default); lora: adapters only.")
 
 
+VISION_PROMPT = ("[사용자] {persona}\n[상황] {context}\n{instruction}")
+VISION_INSTRUCTION = "그림 카드가 전하려는 뜻을 사용자의 입장에서 한 문장으로 해석하세요."
+
+
+class VisionSftStage(_TrainStageBase):
+    """LoRA on a vision-language model (AAC card interpretation): images, a persona and context rendered into the
+    prompt, loss on the target interpretation only."""
+
+    kind: Literal["vision_sft"]
+    trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
+    prompt: str = Field(default=VISION_PROMPT, description="Prompt after the images: {persona} (key: value, ...), "
+                                                          "{context} and {instruction} are filled from each record.")
+    default_instruction: str = Field(default=VISION_INSTRUCTION, description="For records without instruction.")
+    _data_kind: ClassVar[tuple[str, ...]] = ("vision",)
+
+    @model_validator(mode="after")
+    def _prompt_and_groups(self) -> VisionSftStage:
+        try:
+            self.prompt.format(persona="p", context="c", instruction="i")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt: only {{persona}}, {{context}} and {{instruction}} may appear in braces "
+                             f"(got {exc!r})") from None
+        if "audio_encoder" in self.trainable:
+            raise ValueError("trainable 'audio_encoder': a vision-language model has no audio encoder")
+        return self
+
+    def render(self, record: dict[str, Any]) -> str:
+        """The text after the image placeholders for one record."""
+        return render_vision_prompt(record, prompt=self.prompt, default_instruction=self.default_instruction)
+
+
+def render_vision_prompt(record: dict[str, Any], *, prompt: str = VISION_PROMPT,
+                         default_instruction: str = VISION_INSTRUCTION) -> str:
+    """A vision record's persona (key: value, ...), context and instruction filled into the prompt template."""
+    persona = ", ".join(f"{k}: {v}" for k, v in (record.get("persona") or {}).items()) or "-"
+    return prompt.format(persona=persona, context=record.get("context") or "-",
+                         instruction=record.get("instruction") or default_instruction)
+
+
 class RegisterSpec(_Strict):
     name: str = Field(min_length=1, description="Registered model name in the MLflow model registry.")
     alias: str = Field(default="candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -359,8 +398,11 @@ class PruneStage(_StageBase):
 
 class EvalDatasetRef(DatasetRef):
     metrics: list[str] | None = Field(
-        default=None, description="Metric names; default: cer+wer for asr, rougeL+distinct_1+distinct_2 otherwise."
+        default=None, description="Metric names; default: cer+wer for asr, accuracy+macro_f1+unparseable_rate for "
+                                  "classification, bleu+rouge1/2/L for vision, rougeL+distinct_1+distinct_2 otherwise."
     )
+    metric_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per metric options, e.g. {embedding_similarity: {model_path: /models/e5}}.")
 
 
 class EvalStage(_StageBase):
@@ -478,11 +520,11 @@ class NightlyEvalStage(_StageBase):
 
 
 StageSpec = Annotated[
-    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, DistillStage, MergeStage, PruneStage,
-          QuantizeStage, EvalStage, SuiteEvalStage, NightlyEvalStage],
+    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, DistillStage, VisionSftStage, MergeStage,
+          PruneStage, QuantizeStage, EvalStage, SuiteEvalStage, NightlyEvalStage],
     Field(discriminator="kind"),
 ]
-TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft", "distill")
+TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft", "distill", "vision_sft")
 MODEL_KINDS = (*TRAIN_KINDS, "merge", "eval")  # stages that need the job's base model
 MODEL_FOLDER_KINDS = ("merge", "prune", "quantize")  # stages whose output is a whole model folder
 
@@ -742,7 +784,7 @@ _PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
 _TAG_MODELS: dict[str, type[BaseModel]] = {
     "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
     "causal_sft": CausalSftStage, "distill": DistillStage, "merge": MergeStage, "prune": PruneStage,
-    "quantize": QuantizeStage, "eval": EvalStage,
+    "quantize": QuantizeStage, "vision_sft": VisionSftStage, "eval": EvalStage,
     "suite_eval": SuiteEvalStage, "nightly_eval": NightlyEvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
 }
 
@@ -1137,6 +1179,10 @@ def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> list[str]:
         for where, ref in refs:
             if isinstance(ref, dict) and isinstance(ref.get("path"), str) and ref["path"]:
                 resolve(ref, "path", f"{where}.path")
+            opts = ref.get("metric_options") if isinstance(ref, dict) else None
+            for metric, o in (opts.items() if isinstance(opts, dict) else []):
+                if isinstance(o, dict) and isinstance(o.get("model_path"), str) and o["model_path"]:
+                    resolve(o, "model_path", f"{where}.metric_options.{metric}.model_path")
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str) and model["base"].startswith((".", "/", "~")):
         resolve(model, "base", "model.base")

@@ -26,7 +26,7 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
-    features: np.ndarray | None  # (n_chunks, n_mels, 3000) or None for text-only
+    features: np.ndarray | dict[str, np.ndarray] | None  # audio (n_chunks, n_mels, 3000); images by input name
     target: str
     kind: str
 
@@ -75,6 +75,8 @@ def encode_record(
 
     `chat` is the speech LLM's ChatTokens, or a text-only causal LM's TemplateChat (its chat template, text only).
     """
+    if kind == "vision":
+        return _encode_vision(record, tokenizer=tokenizer, chat=chat, max_seq_len=max_seq_len, with_target=with_target)
     templated = getattr(chat, "prompt_ids", None)
     if templated is not None and kind != "text_qa":
         raise ValueError(f"{kind} records need the speech LLM; a text-only causal LM takes text_qa records only")
@@ -93,6 +95,21 @@ def encode_record(
         return None
     answer = answer[:room]  # truncate the answer tail, never the audio placeholders
     return Example(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, feats, target, kind)
+
+
+def _encode_vision(record: dict, *, tokenizer: Any, chat: Any, max_seq_len: int, with_target: bool) -> Example | None:
+    """Images + rendered prompt (through the processor) then the target; loss on the target (+eos) only."""
+    if not hasattr(chat, "processor"):
+        raise ValueError("vision records need a vision-language model")
+    prompt, tensors = chat.prompt(record)
+    target = record["output"]
+    if not with_target:
+        return Example(prompt, [IGNORE_INDEX] * len(prompt), tensors, target, "vision")
+    room = max_seq_len - len(prompt)
+    if room < 2:
+        return None
+    answer = (_encode(tokenizer, target) + [chat.eos])[:room]
+    return Example(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, tensors, target, "vision")
 
 
 def mixture_indices(sizes: Sequence[int], weights: Sequence[float], *, seed: int) -> list[tuple[int, int]]:
@@ -146,6 +163,9 @@ class SpeechCollator:
             mask[i, sl] = 1
         out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         feats = [e.features for e in batch if e.features is not None]
-        if feats:
+        if feats and isinstance(feats[0], dict):  # a VLM processor's image inputs, rows concatenated in order
+            for key in feats[0]:
+                out[key] = torch.from_numpy(np.concatenate([f[key] for f in feats], axis=0))
+        elif feats:
             out["input_features"] = torch.from_numpy(np.concatenate(feats, axis=0))
         return out

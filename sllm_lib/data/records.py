@@ -6,6 +6,7 @@ Four record kinds exist:
 * ``asr``: ``{audio_path, transcript, language (optional, default "ko")}``
 * ``speech_qa``: ``{instruction, input (optional, default ""), audio_path, output}``
 * ``classification``: ``{text, label}``; the label must be one of the dataset's label set (given by the spec)
+* ``vision``: ``{images: [paths], output, persona (optional object), context (optional), instruction (optional)}``
 
 Every problem is reported as ``path:LINE: field 'x': what was expected (got ...)``
 so a user can jump straight to the offending line. This module must not import torch.
@@ -29,7 +30,7 @@ from sllm_lib.errors import DataError
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["text_qa", "asr", "speech_qa", "classification"]
+RecordKind = Literal["text_qa", "asr", "speech_qa", "classification", "vision"]
 OnBadRecord = Literal["fail", "skip"]
 
 RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
@@ -39,6 +40,7 @@ REQUIRED_FIELDS: dict[RecordKind, tuple[str, ...]] = {
     "asr": ("audio_path", "transcript"),
     "speech_qa": ("instruction", "audio_path", "output"),
     "classification": ("text", "label"),
+    "vision": ("output",),
 }
 """Fields that must be present (and be strings) in each record kind."""
 
@@ -47,6 +49,7 @@ OPTIONAL_FIELDS: dict[RecordKind, dict[str, str]] = {
     "asr": {"language": "ko"},
     "speech_qa": {"input": ""},
     "classification": {},
+    "vision": {"context": "", "instruction": ""},
 }
 """Optional string fields and the default used when the key is missing or null."""
 
@@ -119,6 +122,10 @@ class ReadResult:
         return hasher.hexdigest()
 
     def _portable(self, record: dict[str, Any]) -> dict[str, Any]:
+        images = record.get("images")
+        if isinstance(images, list):
+            record = {**record, "images": [os.path.relpath(x, self.path.parent).replace(os.sep, "/")
+                                           for x in images if isinstance(x, str)]}
         audio = record.get(AUDIO_FIELD)
         if not isinstance(audio, str) or not os.path.isabs(audio):
             return record
@@ -308,6 +315,8 @@ class _RecordValidator:
                 record[name] = default
             else:
                 reasons.extend(self._check_field(record, name, required=False))
+        if self.kind == "vision":
+            reasons.extend(self._check_vision(record))
         if self.labels is not None and not reasons and record["label"] not in self.labels:
             reasons.append(f"field 'label': expected one of {self.labels} (got {_preview(record['label'])})")
         return (None, reasons) if reasons else (record, [])
@@ -325,6 +334,33 @@ class _RecordValidator:
             return [f"field '{name}': expected non-empty text (got {_preview(value)})"]
         record[name] = normalised
         return []
+
+    def _check_vision(self, record: dict[str, Any]) -> list[str]:
+        """images: a non-empty list of readable image files (made absolute); persona: an object of short texts."""
+        images = record.get("images")
+        if not isinstance(images, list) or not images or not all(isinstance(x, str) and x.strip() for x in images):
+            return [f"field 'images': expected a non-empty list of image paths (got {_preview(images)})"]
+        out, reasons = [], []
+        for value in images:
+            resolved = Path(value).expanduser()
+            absolute = os.path.normpath(resolved if resolved.is_absolute() else self.base_dir / resolved)
+            out.append(absolute)
+            if self.check_audio:  # the same switch: check media files exist and decode
+                if absolute not in self._audio_cache:
+                    self._audio_cache[absolute] = _probe_image(absolute)
+                if self._audio_cache[absolute] is not None:
+                    reasons.append(f"field 'images': expected a readable image (got {value!r}: "
+                                   f"{self._audio_cache[absolute]})")
+        record["images"] = out
+        persona = record.get("persona")
+        if persona is None:
+            record["persona"] = {}
+        elif not isinstance(persona, dict) or not all(isinstance(v, (str, int, float)) for v in persona.values()):
+            reasons.append(f"field 'persona': expected an object of short texts, e.g. {{\"age\": \"7\"}} "
+                           f"(got {_preview(persona)})")
+        else:
+            record["persona"] = {str(k): str(v).strip() for k, v in persona.items()}
+        return reasons
 
     def _check_audio(self, record: dict[str, Any], value: str) -> list[str]:
         if not value.strip():
@@ -359,6 +395,20 @@ def _probe_audio(path: str) -> str | None:
         return f"not readable as audio: {exc}"
     if info.frames <= 0:
         return "audio file has no samples"
+    return None
+
+
+def _probe_image(path: str) -> str | None:
+    """Return why ``path`` is not a readable image, or None when it is (decoded, not just sniffed)."""
+    if not os.path.isfile(path):
+        return "file not found" if not os.path.exists(path) else "not a regular file"
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.load()
+    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
+        return f"not readable as an image: {type(exc).__name__}"
     return None
 
 

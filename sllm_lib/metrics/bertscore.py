@@ -198,3 +198,37 @@ def bertscore(
         "bertscore_r": result("bertscore_r", rs),
         "bertscore_f1": result("bertscore_f1", fs),
     }
+
+
+def embedding_similarity(
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    *,
+    model_path: str | Path,
+    batch_size: int = 16,
+    device: str | None = None,
+) -> MetricResult:
+    """Cosine similarity of sentence embeddings (mean of the encoder's last-layer token vectors, non-special
+    tokens) from a local sentence-embedding model folder; one value per pair, the corpus score is their mean."""
+    path = _check_model_path(model_path)
+    if not references:
+        return MetricResult("embedding_similarity", 0.0, [])
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev).eval()
+    refs = [unicodedata.normalize("NFC", t) for t in references]
+    hyps = [unicodedata.normalize("NFC", t) for t in hypotheses]
+    unique = list(dict.fromkeys(refs + hyps))
+    embedded = _embed(unique, tokenizer=tokenizer, model=model, layer=None, batch_size=batch_size, device=dev)
+    sentence = {}
+    for text, (tokens, _) in zip(unique, embedded):
+        sentence[text] = torch.nn.functional.normalize(tokens.mean(0), dim=0) if len(tokens) else None
+    values = []
+    for r, h in zip(refs, hyps):
+        a, b = sentence[r], sentence[h]
+        values.append(float(a @ b) if a is not None and b is not None else float(a is None and b is None))
+    return MetricResult("embedding_similarity", sum(values) / len(values), values)

@@ -141,6 +141,12 @@ def _bertscore_f1(refs: list[str], hyps: list[str], *, labels: Any = None, **opt
     return bertscore(refs, hyps, **opts)["bertscore_f1"]
 
 
+def _embedding_similarity(refs: list[str], hyps: list[str], *, labels: Any = None, **opts: Any) -> MetricResult:
+    from sllm_lib.metrics.bertscore import embedding_similarity
+
+    return embedding_similarity(refs, hyps, **opts)
+
+
 _TOKENIZER_OPT = ("tokenizer",)
 _LABEL_OPTS = ("aliases",)
 _BERT_OPTS = ("model_path", "layer", "batch_size", "idf", "device")
@@ -162,6 +168,8 @@ METRIC_SPECS: dict[str, MetricSpec] = {
         MetricSpec("macro_f1", True, "labels", _classification("macro_f1"), _LABEL_OPTS),
         MetricSpec("unparseable_rate", False, "labels", _classification("unparseable_rate"), _LABEL_OPTS),
         MetricSpec("bertscore_f1", True, "model", _bertscore_f1, _BERT_OPTS, required_options=("model_path",)),
+        MetricSpec("embedding_similarity", True, "model", _embedding_similarity, ("model_path", "batch_size", "device"),
+                   required_options=("model_path",)),
     ]
 }
 """Every named metric: ``name -> MetricSpec``."""

@@ -26,11 +26,16 @@ GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
 CAUSAL_GROUP_PATTERNS: dict[str, tuple[str, ...]] = {"llm": ("",)}
 
 
+def is_multimodal(config: Any) -> bool:
+    """Speech or vision LLMs: an encoder + projector + language model (LoRA and 'llm' mean the language model)."""
+    from sllm_lib.models.builders import is_speech_model, is_vision_model
+
+    return is_speech_model(config) or is_vision_model(config)
+
+
 def group_patterns(model: Any) -> dict[str, tuple[str, ...]]:
     """The trainable groups of this model's architecture."""
-    from sllm_lib.models.builders import is_speech_model
-
-    return GROUP_PATTERNS if is_speech_model(base_of(model).config) else CAUSAL_GROUP_PATTERNS
+    return GROUP_PATTERNS if is_multimodal(base_of(model).config) else CAUSAL_GROUP_PATTERNS
 
 
 def apply_chain(model: Any, chain: list[Path]) -> Any:
@@ -53,17 +58,22 @@ def apply_chain(model: Any, chain: list[Path]) -> Any:
     return model
 
 
-def chain_system_prompt(outputs: list[Path]) -> str | None:
-    """The system prompt a chain of stage outputs was trained with (the latest stage that set one), from their
+def chain_value(outputs: list[Path], key: str) -> Any:
+    """A prompt setting a chain of stage outputs was trained with (the latest stage that set one), from their
     manifests; a merged model's manifest carries it on, so evaluation prompts as training did."""
     from sllm_lib.training.context import read_manifest
 
-    prompt = None
+    value = None
     for out in outputs:
         manifest = read_manifest(Path(out)) or {}
-        if manifest.get("system_prompt"):
-            prompt = manifest["system_prompt"]
-    return prompt
+        if manifest.get(key):
+            value = manifest[key]
+    return value
+
+
+def chain_system_prompt(outputs: list[Path]) -> str | None:
+    """The system prompt a causal LM was trained with (see chain_value)."""
+    return chain_value(outputs, "system_prompt")
 
 
 def lora_target_regex(targets: list[str], *, speech: bool = True) -> str:
@@ -77,13 +87,13 @@ def prepare_trainable(model: Any, *, lora: Any, trainable: list[str], gradient_c
     """Add this stage's LoRA (if any) and set requires_grad on exactly the chosen groups."""
     from peft import LoraConfig, get_peft_model
 
-    from sllm_lib.models.builders import is_speech_model
-
-    speech = is_speech_model(model.config)
+    speech = is_multimodal(model.config)
     patterns = group_patterns(model)
     unknown = [g for g in trainable if g != "lora" and g not in patterns]
     if unknown:
         raise ValueError(f"trainable {unknown} do not exist in a text-only causal LM (it has: lora, llm)")
+    if "audio_encoder" in trainable and not any("audio_tower." in n for n, _ in model.named_parameters()):
+        raise ValueError("trainable 'audio_encoder': this model has no audio encoder")
     for p in model.parameters():
         p.requires_grad_(False)
     quantized = getattr(model, "is_quantized", False) or getattr(model, "is_loaded_in_4bit", False)

@@ -75,7 +75,25 @@ TINY_CHAT_TEMPLATE = (
     "{% elif m['role'] == 'user' %}[INST]{{ m['content'] }}[/INST]"
     "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
-TINY_PRESETS = ("voxtral", "llama", "llama-half")  # llama-half: one layer, a distillation student of tiny:llama
+TINY_PRESETS = ("voxtral", "llama", "llama-half", "llava")  # llama-half: one layer, a distillation student of tiny:llama
+
+
+def _tiny_llava(tokenizer: Any) -> tuple[Any, Any]:
+    """A Llava model (1-layer CLIP vision tower on 32x32 images, 16 tokens per image; the tiny Llama LLM) and its
+    processor, from configs; adds the <image> token to `tokenizer`."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, \
+        LlavaProcessor
+
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    config = LlavaConfig(vision_config=vision.to_dict(), text_config=tiny_llama_config(vocab_size=len(tokenizer)).to_dict(),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=16,
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, image_token="<image>",
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return LlavaForConditionalGeneration(config), processor
 
 
 def korean_char_vocab() -> list[str]:
@@ -157,12 +175,16 @@ def _build_tiny(preset: str, seed: int, target: Path) -> None:
                     vocab_size=len(tokenizer), audio_token_id=tokenizer.convert_tokens_to_ids("[AUDIO]")
                 )
                 model = VoxtralForConditionalGeneration(config)
+            elif preset == "llava":
+                model, processor = _tiny_llava(tokenizer)
             else:
                 layers = 1 if preset == "llama-half" else 2
                 model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), n_layer=layers))
                 tokenizer.chat_template = TINY_CHAT_TEMPLATE
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if preset == "llava":
+            processor.save_pretrained(tmp)
         if preset == "voxtral":
             WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp)
         if not (tmp / "config.json").is_file():
@@ -247,6 +269,45 @@ class TemplateChat:
 
 
 VOXTRAL_TYPES = ("voxtral",)
+VISION_TYPES = ("llava", "llava_next", "llava_onevision", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl", "phi3_v",
+                "mllama", "gemma3", "paligemma")
+
+
+def is_vision_model(config: Any) -> bool:
+    """True for a vision-language model (vision tower + projector + LLM)."""
+    return getattr(config, "model_type", None) in VISION_TYPES or (
+        hasattr(config, "vision_config") and not is_speech_model(config))
+
+
+@dataclass(frozen=True)
+class VisionChat:
+    """Prompts of a vision-language model: the images through its processor, then the rendered text."""
+
+    eos: int
+    pad: int
+    processor: Any
+    render: Any  # record -> the text after the images
+
+    def prompt(self, record: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        """(prompt token ids with the image tokens expanded, the image tensors as numpy arrays by input name)."""
+        from PIL import Image
+
+        images = []
+        for path in record["images"]:
+            with Image.open(path) as img:
+                images.append(img.convert("RGB"))
+        text = self.render(record)
+        template = getattr(self.processor, "chat_template", None)
+        if template:
+            content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+            text = self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False)
+        else:
+            text = getattr(self.processor, "image_token", "<image>") * len(images) + "\n" + text + "\n"
+        enc = self.processor(text=text, images=images, return_tensors="np")
+        ids = [int(i) for i in enc["input_ids"][0]]
+        tensors = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        return ids, tensors
 
 
 def is_speech_model(config: Any) -> bool:
@@ -254,10 +315,18 @@ def is_speech_model(config: Any) -> bool:
     return getattr(config, "model_type", None) in VOXTRAL_TYPES
 
 
-def chat_for(tokenizer: Any, config: Any, *, system_prompt: str | None = None) -> Any:
-    """ChatTokens for the speech LLM; a TemplateChat (the tokenizer's chat template) for a causal LM."""
+def chat_for(tokenizer: Any, config: Any, *, system_prompt: str | None = None, processor: Any = None,
+             render: Any = None) -> Any:
+    """ChatTokens for the speech LLM; VisionChat for a vision-language model (its processor and the stage's prompt
+    `render`); a TemplateChat (the tokenizer's chat template) for a causal LM."""
     if is_speech_model(config):
         return chat_tokens(tokenizer, config)
+    if is_vision_model(config):
+        if processor is None or render is None:
+            raise JobSpecError("a vision-language model needs its processor and a prompt renderer")
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        return VisionChat(eos=int(eos), pad=int(pad), processor=processor, render=render)
     if not getattr(tokenizer, "chat_template", None):
         raise JobSpecError(f"model.base: the tokenizer of {getattr(config, '_name_or_path', '') or 'the model'} has "
                            f"no chat template; use an instruct model (its tokenizer_config.json holds one)")
@@ -302,6 +371,9 @@ def load_tokenizer_and_features(path: str, *, revision: str | None = None,
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):  # unreachable or unknown: the loaders below say why if they fail too
         config = None
+    if config is not None and is_vision_model(config):  # the processor is the "features" of a VLM
+        processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        return processor.tokenizer, processor
     if config is not None and not is_speech_model(config):
         return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code), None
     try:
@@ -360,4 +432,12 @@ def load_base_model(path: str, *, model: ModelSpec, quant: QuantSpec | None = No
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     if is_speech_model(config):
         return VoxtralForConditionalGeneration.from_pretrained(path, **kwargs)
+    if is_vision_model(config):
+        from transformers import AutoModelForImageTextToText
+
+        try:
+            return AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=model.trust_remote_code,
+                                                               **kwargs)
+        except ValueError:  # remote-code VLMs (Phi-3.5-vision) register as causal LMs
+            return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model.trust_remote_code, **kwargs)
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model.trust_remote_code, **kwargs)

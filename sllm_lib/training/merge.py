@@ -7,7 +7,7 @@ import shutil
 from typing import Any
 
 from sllm_lib.models.builders import load_base_model, load_tokenizer_and_features, resolve_model_path
-from sllm_lib.models.adapters import apply_chain, chain_system_prompt
+from sllm_lib.models.adapters import apply_chain, chain_system_prompt, chain_value
 from sllm_lib.spec import MergeStage
 from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
 
@@ -39,7 +39,7 @@ def run_merge(stage: MergeStage, ctx: StageContext) -> StageResult:
         manifest: dict[str, Any] = {
             "stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash, "base_model": ctx.job.model.base,
             "chain": [str(p) for p in ctx.chain], "dtype": stage.dtype, "num_parameters": n_params,
-            "system_prompt": chain_system_prompt(ctx.chain),
+            "system_prompt": chain_system_prompt(ctx.chain), "vision_prompt": chain_value(ctx.chain, "vision_prompt"),
             "trust_remote_code": ctx.job.model.trust_remote_code,  # loading this folder needs the same
         }
         final = publish_output(tmp, ctx, manifest)

@@ -363,9 +363,19 @@ TEXT_ONLY_KINDS = ("causal_sft", "distill")
 
 
 def check_architecture(stage: Any, config: Any, base: str) -> None:
-    """causal_sft needs a text-only causal LM; the speech stages need the speech LLM (before any weight loads)."""
+    """causal_sft needs a text-only causal LM; vision_sft a vision-language model; the speech stages the speech
+    LLM (checked from the config, before any weight loads)."""
     from sllm_lib.errors import JobSpecError
+    from sllm_lib.models.builders import is_vision_model
 
+    vision = is_vision_model(config)
+    if (stage.kind == "vision_sft") != vision:
+        want = "a vision-language model (e.g. Llava, Qwen2-VL, Phi-3.5-vision)" if vision is False else \
+            "the stage kind vision_sft"
+        raise JobSpecError(f"stage {stage.name!r} ({stage.kind}): model.base {base!r} is {config.model_type}; "
+                           f"this needs {want}")
+    if vision:
+        return
     speech = is_speech_model(config)
     text_only = stage.kind in TEXT_ONLY_KINDS
     if text_only and speech:
@@ -394,7 +404,8 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         "bfloat16" if stage.train.precision == "bf16" else "float16")
     teacher, vocab = load_teacher(stage, ctx, tokenizer, dtype) if stage.kind == "distill" else (None, 0)
     model = load_base_model(path, model=ctx.job.model, quant=stage.quant, dtype=dtype, config=config)
-    chat = chat_for(tokenizer, model.config, system_prompt=getattr(stage, "system_prompt", None))
+    chat = chat_for(tokenizer, model.config, system_prompt=getattr(stage, "system_prompt", None), processor=features,
+                    render=getattr(stage, "render", None))
     model = apply_chain(model, ctx.chain)
     set_seed(stage.train.seed)  # right before the LoRA init: the Trainer seeds only after the model exists
     model = prepare_trainable(model, lora=stage.lora, trainable=list(stage.trainable),
@@ -495,6 +506,8 @@ def _write_training_output(
             "lora": stage.lora.model_dump() if stage.lora else None, "steps": steps, "metrics": metrics,
             "system_prompt": getattr(stage, "system_prompt", None),
             "teacher": getattr(stage, "teacher", None),
+            "vision_prompt": {"prompt": stage.prompt, "default_instruction": stage.default_instruction}
+            if stage.kind == "vision_sft" else None,
             "quant": stage.quant.model_dump(), "deepspeed": stage.deepspeed.model_dump() if stage.deepspeed else None,
             "world_size": ctx.world_size, "trainable_sha256_by_rank": rank_digests, "datasets": {str(r.path): r.digest() for r in train_sets},
         }

@@ -45,6 +45,13 @@ def run_distill(stage: Any, ctx: StageContext) -> StageResult:
     return run_training_stage(stage, ctx)
 
 
+def run_vision_sft(stage: Any, ctx: StageContext) -> StageResult:
+    """LoRA (and projector) on a vision-language model: images + persona + context -> interpretation."""
+    from sllm_lib.training.runner import run_training_stage
+
+    return run_training_stage(stage, ctx)
+
+
 def run_merge(stage: Any, ctx: StageContext) -> StageResult:
     """Merge the adapter chain into the base; log and register the model."""
     from sllm_lib.training.merge import run_merge as merge
@@ -93,6 +100,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Any, StageContext], StageResult]] = {
     "multitask": run_multitask,
     "causal_sft": run_causal_sft,
     "distill": run_distill,
+    "vision_sft": run_vision_sft,
     "merge": run_merge,
     "prune": run_prune,
     "quantize": run_quantize,
