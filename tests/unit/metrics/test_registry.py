@@ -19,7 +19,7 @@ from sllm_lib.metrics.registry import MetricSpec
 
 ALL_NAMES = [
     "cer", "wer", "rougeL", "rouge1", "rouge2", "bleu", "distinct_1", "distinct_2",
-    "exact_match", "keyword_match", "accuracy", "macro_f1", "unparseable_rate", "bertscore_f1",
+    "exact_match", "keyword_match", "accuracy", "macro_f1", "unparseable_rate", "bertscore_f1", "embedding_similarity",
 ]  # fmt: skip
 TEXT_NAMES = [n for n in ALL_NAMES if METRIC_SPECS[n].needs == "text"]
 LABELS = ["우울", "불안", "정상"]
@@ -144,7 +144,7 @@ def test_everything_is_validated_before_any_metric_runs(monkeypatch):
 
 
 def test_empty_inputs():
-    out = compute_metrics([n for n in ALL_NAMES if n != "bertscore_f1"], [], [], labels=LABELS)
+    out = compute_metrics([n for n in ALL_NAMES if METRIC_SPECS[n].needs != "model"], [], [], labels=LABELS)
     for res in out.values():
         assert res.score == 0.0
         assert res.per_sample == []
@@ -158,3 +158,26 @@ def test_import_is_cheap():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_embedding_similarity_from_a_local_model_folder(tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from sllm_lib.metrics.registry import compute_metrics
+    from sllm_lib.models.builders import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    refs = ["물을 마시고 싶어요", "밖에 나가고 싶어요"]
+    hyps = ["물을 마시고 싶어요", "배가 아파요"]
+    res = compute_metrics(["embedding_similarity"], refs, hyps,
+                          options={"embedding_similarity": {"model_path": str(tmp_path)}})["embedding_similarity"]
+    assert res.per_sample[0] == pytest.approx(1.0, abs=1e-5)  # identical sentences
+    assert res.per_sample[1] < res.per_sample[0]
+    assert res.score == pytest.approx(sum(res.per_sample) / 2)
+    with pytest.raises(ValueError, match="model_path"):
+        compute_metrics(["embedding_similarity"], refs, hyps)
