@@ -141,7 +141,8 @@ def test_crashing_stage_fails_clearly_and_cancels_downstream(slurm_cluster, tmp_
         submit_pipeline(plan)
     text = str(err.value)
     assert "stage 'a' (SLURM job" in text and ") failed: " in text and "last lines of its log" in text
-    assert "failed: OSError: It looks like the config file" in text  # the cause, not submitit's wrapper
+    # the cause, not submitit's wrapper: the config is read (and refused) before any weight loads
+    assert "failed: sllm_lib.errors.ArtifactNotFoundError: model.base: cannot load" in text
     assert "not a valid JSON file" in text.split("last lines of its log:")[1]  # and the stage's own log
     state = json.loads((plan.run_dir / "state.json").read_text())
     assert state["stages"]["a"]["status"] == "FAILED" and state["stages"]["b"]["status"] == "CANCELLED"
