@@ -84,6 +84,25 @@ def _embed(
     return [x for x in out if x is not None]
 
 
+def _load_encoder(path: Path, device: str | None) -> tuple[Any, Any, str]:
+    """Tokenizer, model (eval mode, on the device) and device of a local encoder folder."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev).eval()
+    return tokenizer, model, dev
+
+
+def _nfc_texts(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """NFC-normalised references, hypotheses and their unique texts (each embedded once)."""
+    refs = [unicodedata.normalize("NFC", t) for t in references]
+    hyps = [unicodedata.normalize("NFC", t) for t in hypotheses]
+    return refs, hyps, list(dict.fromkeys(refs + hyps))
+
+
 def _weights(ids: list[int], idf: dict[int, float] | None, default_idf: float) -> torch.Tensor:
     import torch
 
@@ -143,21 +162,13 @@ def bertscore(
     if not references:
         return {name: MetricResult(name, 0.0, []) for name in BERTSCORE_NAMES}
 
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    tokenizer, model, dev = _load_encoder(path, device)
     if layer is not None:
         n_states = int(model.config.num_hidden_layers) + 1
         if not isinstance(layer, int) or isinstance(layer, bool) or not -n_states <= layer < n_states:
             raise ValueError(f"layer must be an integer in [{-n_states}, {n_states - 1}] for this model, got {layer!r}")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(dev).eval()
 
-    refs = [unicodedata.normalize("NFC", t) for t in references]
-    hyps = [unicodedata.normalize("NFC", t) for t in hypotheses]
-    unique = list(dict.fromkeys(refs + hyps))
+    refs, hyps, unique = _nfc_texts(references, hypotheses)
     embedded = _embed(unique, tokenizer=tokenizer, model=model, layer=layer, batch_size=batch_size, device=dev)
     by_text = dict(zip(unique, embedded))
 
@@ -214,15 +225,9 @@ def embedding_similarity(
     if not references:
         return MetricResult("embedding_similarity", 0.0, [])
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(dev).eval()
-    refs = [unicodedata.normalize("NFC", t) for t in references]
-    hyps = [unicodedata.normalize("NFC", t) for t in hypotheses]
-    unique = list(dict.fromkeys(refs + hyps))
+    tokenizer, model, dev = _load_encoder(path, device)
+    refs, hyps, unique = _nfc_texts(references, hypotheses)
     embedded = _embed(unique, tokenizer=tokenizer, model=model, layer=None, batch_size=batch_size, device=dev)
     sentence = {}
     for text, (tokens, _) in zip(unique, embedded):
