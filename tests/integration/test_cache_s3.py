@@ -159,16 +159,17 @@ def test_sigkilled_builder_leaves_no_partial_object(s3_server):
 
 
 _CONCURRENT_BUILDER = r"""
-import os, sys, numpy as np
+import os, sys, time, numpy as np
 from transformers import WhisperFeatureExtractor
 from sllm_lib.cache import FeatureCache
 endpoint, uri, go, *wavs = sys.argv[1:]
 fe = WhisperFeatureExtractor(feature_size=128)
-cache = FeatureCache(uri, endpoint_url=endpoint, required=True,
+# a generous call bound: this test is about torn entries, not speed (2 busy builders + a reader on 2 cores)
+cache = FeatureCache(uri, endpoint_url=endpoint, required=True, timeout_s=60.0,
                      storage_options={"key": os.environ["T_KEY"], "secret": os.environ["T_SECRET"]})
 fp = cache.register(fe)
 while not os.path.exists(go):
-    pass
+    time.sleep(0.01)
 for _ in range(2):
     for w in wavs:
         cache.features(w, fe)
@@ -188,12 +189,13 @@ def test_concurrent_builders_same_keys(rclone_s3, fe, tmp_path):
     try:
         time.sleep(3.0)  # both have imported transformers and wait on the flag
         go.touch()
-        reader = _cache(server, uri)
+        reader = _cache(server, uri, timeout_s=60.0)
         fp = fingerprint(fe)
         while any(p.poll() is None for p in procs):  # readers never see a torn entry while both write
             for k in range(4):
                 got = reader.get(f"{k:064x}", fp)
                 assert got is None or (got == k / 4).all()
+            time.sleep(0.05)  # read continuously without starving the two writers of the 2 cores
         for p in procs:
             out, err = p.communicate(timeout=60)
             assert p.returncode == 0, err[-2000:]
