@@ -18,6 +18,12 @@ also waits on the future with that deadline (+1 s): botocore's connect/read time
 server that accepts connections and then trickles or stalls (a SIGSTOPped server does exactly that: the
 kernel still completes the TCP handshake). After a failure the remote is marked down for `cooldown_s`,
 so the following calls fail at once instead of each paying the deadline.
+
+A read whose body ends early is not such a failure: it is one bad read of one key (`TornRead`), and the
+remote stays up. `rclone serve s3` on a local disk does that when a PUT replaces a key while a GET of it
+streams: the PUT removes the old file before renaming its temp file in, so the GET has sent its
+Content-Length and then finds no file (its log says "lstat ...: no such file or directory"; the client sees
+aiohttp's ClientPayloadError, "received 120 of 6144328 bytes"). The object is whole again a moment later.
 """
 
 from __future__ import annotations
@@ -205,6 +211,32 @@ class RemoteUnavailable(Exception):
     """The remote store failed, timed out, or is in its cool-down after a failure."""
 
 
+class TornRead(RemoteUnavailable):
+    """One object's body ended before its Content-Length (it was being replaced): retry it or treat it as a
+    miss. The endpoint answered, so this never marks the remote down; callers that do not handle it treat
+    it like any failed call."""
+
+
+def _torn_body_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a response body cut short, for the HTTP stacks s3fs may run on."""
+    import http.client
+
+    types: list[type[BaseException]] = [http.client.IncompleteRead]
+    try:
+        from aiohttp import ClientPayloadError  # aiobotocore's transport (s3fs)
+
+        types.append(ClientPayloadError)
+    except ImportError:
+        pass
+    try:
+        from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+
+        types += [IncompleteReadError, ResponseStreamingError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://"):].strip("/")
     bucket, _, prefix = rest.partition("/")
@@ -290,10 +322,11 @@ class RemoteStore:
         return time.monotonic() + self.deadline_s
 
     def _run(self, what: str, make: Callable[[Any], Any], *, missing_ok: bool = False,
-             until: float | None = None) -> Any:
+             until: float | None = None, torn_ok: bool = False) -> Any:
         """Run the coroutine `make(fs)` under the deadline (and before `until`, the calling cache call's
-        budget, when given). FileNotFoundError passes through when `missing_ok` (a plain miss); every other
-        failure marks the remote down and raises RemoteUnavailable."""
+        budget, when given). FileNotFoundError passes through when `missing_ok` (a plain miss); a body cut
+        short raises TornRead when `torn_ok` (reads); every other failure marks the remote down and raises
+        RemoteUnavailable."""
         now = time.monotonic()
         if now < self._down_until:
             raise RemoteUnavailable(f"{self.uri} is marked unreachable for another "
@@ -321,14 +354,18 @@ class RemoteStore:
             reason = f"{what}: no answer within {deadline:.1f} s"
         except Exception as exc:  # botocore/aiohttp/OS errors: all mean "the remote did not serve this"
             reason = f"{what}: {type(exc).__name__}: {exc}"
+            if torn_ok and isinstance(exc, _torn_body_errors()):
+                raise TornRead(reason) from None
         self.mark_down(reason)
         raise RemoteUnavailable(reason)
 
     # -- object operations
 
     def read(self, rel: str, *, until: float | None = None) -> bytes | None:
+        """The object's bytes, or None when it does not exist. TornRead when its body was cut short
+        (see the module docstring); RemoteUnavailable when the remote did not answer."""
         path = self._path(rel)
-        return self._run(f"get {rel}", lambda fs: fs._cat_file(path), missing_ok=True, until=until)
+        return self._run(f"get {rel}", lambda fs: fs._cat_file(path), missing_ok=True, until=until, torn_ok=True)
 
     def write(self, rel: str, data: bytes, *, until: float | None = None) -> None:
         path = self._path(rel)

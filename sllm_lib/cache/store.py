@@ -28,7 +28,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from sllm_lib.cache import codec
-from sllm_lib.cache.backends import LocalStore, RemoteStore, RemoteUnavailable
+from sllm_lib.cache.backends import LocalStore, RemoteStore, RemoteUnavailable, TornRead
 from sllm_lib.cache.keys import (
     FP_RE,
     HASH_RE,
@@ -48,6 +48,7 @@ SETTINGS_NAME = "settings.json"
 MANIFESTS = "manifests"
 FALLBACK_WARN_S = 30.0
 RECOMPUTE_ATOL = 2e-3  # verify(): float16 ulp is ~1e-3 for |x| in [1, 2); recomputation may flip the last bit
+TORN_RETRY_DELAYS_S = (0.05, 0.2, 0.5)  # a torn read (key being replaced) is retried after these pauses
 
 
 def _compute(path: str | Path, feature_extractor: Any) -> np.ndarray:
@@ -65,8 +66,9 @@ class CacheStats:
     hits = local_hits + remote_hits; misses: lookups that found no valid entry; writes: entries written
     to the cache's own store (S3, or the directory for a local uri); corrupt: invalid entries met (and
     dropped) on read; errors: failed store operations; fallbacks: `features()` calls that computed the
-    features because the cache could not be used; bytes_read/bytes_written: entry bytes moved from/to any
-    tier (the local tier's copies included).
+    features because the cache could not be used; torn_reads: S3 reads whose body was cut short or
+    changed under them because the key was being replaced (retried; a miss when every retry was torn too);
+    bytes_read/bytes_written: entry bytes moved from/to any tier (the local tier's copies included).
     """
 
     hits: int = 0
@@ -77,6 +79,7 @@ class CacheStats:
     corrupt: int = 0
     errors: int = 0
     fallbacks: int = 0
+    torn_reads: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
 
@@ -177,7 +180,7 @@ class FeatureCache:
             return None
         rel = f"{fp}/{SETTINGS_NAME}"
         try:
-            data = self.remote.read(rel, until=until) if self.remote is not None else self.local.read(rel)
+            data = self._remote_read(rel, until) if self.remote is not None else self.local.read(rel)
         except RemoteUnavailable:
             return None
         if data is None:
@@ -217,6 +220,20 @@ class FeatureCache:
         log.warning("feature cache %s: dropping corrupt entry %s/%s in %s (%s); it will be recomputed",
                     self.uri, fp, audio_hash, where, exc)
 
+    def _remote_read(self, rel: str, until: float | None = None) -> bytes | None:
+        """`remote.read`, retrying a torn read (the key was being replaced by another writer) after short
+        pauses within the call's budget. TornRead when every try was torn; RemoteUnavailable as read()."""
+        for delay in (*TORN_RETRY_DELAYS_S, None):
+            try:
+                return self.remote.read(rel, until=until)
+            except TornRead as exc:
+                self._count(torn_reads=1)
+                if delay is None or (until is not None and time.monotonic() + delay >= until):
+                    raise
+                log.debug("feature cache %s: %s; retrying in %.2f s", self.uri, exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def _budget(self) -> float | None:
         """The deadline shared by every S3 operation of one public call (None without S3)."""
         return self.remote.budget() if self.remote is not None else None
@@ -244,25 +261,58 @@ class FeatureCache:
         if self.remote is None:
             self._count(misses=1)
             return None
-        data = self.remote.read(rel, until=until)  # RemoteUnavailable propagates
+        try:
+            data = self._remote_read(rel, until)  # RemoteUnavailable (an outage) propagates
+        except TornRead as exc:  # one key in flux, the remote is fine: a miss
+            log.info("feature cache %s: %s (read torn %d times); a miss", self.uri, exc, len(TORN_RETRY_DELAYS_S) + 1)
+            self._count(misses=1)
+            return None
         if data is None:
             self._count(misses=1)
             return None
         try:
             arr = self._decode(data, audio_hash, fp, until)
         except codec.CorruptEntry as exc:
-            self._corrupt(f"s3://{self.remote.bucket}/{self.remote.key(rel)}", audio_hash, fp, exc)
-            if self.mode == "readwrite":
-                try:
-                    self.remote.delete(rel, until=until)
-                except RemoteUnavailable:
-                    self._count(errors=1)
-            self._count(misses=1)
-            return None
+            rechecked = self._recheck_remote(rel, data, audio_hash, fp, exc, until)
+            if rechecked is None:
+                self._count(misses=1)
+                return None
+            arr, data = rechecked
         self._count(hits=1, remote_hits=1, bytes_read=len(data))
         if self._tier is not None:
             self._tier_write(rel, data)
         return arr
+
+    def _recheck_remote(self, rel: str, data: bytes, audio_hash: str, fp: str, exc: codec.CorruptEntry,
+                        until: float | None) -> tuple[np.ndarray, bytes] | None:
+        """An S3 object failed its check: read it once more before calling it corrupt. A store whose
+        overwrite is not atomic for readers can serve a key mid-replacement; then the second read is whole
+        (a hit: the array and its bytes) or differs from the first (in flux: a miss, nothing deleted). Only
+        an object that reads back byte-identical and still bad is corrupt, and dropped (readwrite)."""
+        where = f"s3://{self.remote.bucket}/{self.remote.key(rel)}"
+        time.sleep(TORN_RETRY_DELAYS_S[0])
+        try:
+            again = self._remote_read(rel, until)
+        except RemoteUnavailable:
+            again = None
+        if again is not None and again != data:
+            try:
+                arr = self._decode(again, audio_hash, fp, until)
+            except codec.CorruptEntry:
+                arr = None
+            self._count(torn_reads=1)
+            log.info("feature cache %s: %s changed while it was read (%s); %s", self.uri, where, exc,
+                     "the second read is whole" if arr is not None else "a miss")
+            return None if arr is None else (arr, again)
+        if again is None:  # gone (or S3 stopped answering): nothing stable to judge, a miss
+            return None
+        self._corrupt(where, audio_hash, fp, exc)
+        if self.mode == "readwrite":
+            try:
+                self.remote.delete(rel, until=until)
+            except RemoteUnavailable:
+                self._count(errors=1)
+        return None
 
     def _tier_write(self, rel: str, data: bytes) -> None:
         try:
@@ -436,7 +486,7 @@ class FeatureCache:
         if self.mode == "off":
             return None
         try:
-            data = self.remote.read(rel) if self.remote is not None else self.local.read(rel)
+            data = self._remote_read(rel) if self.remote is not None else self.local.read(rel)
         except RemoteUnavailable as exc:
             self._count(errors=1)
             if self.required:
@@ -517,7 +567,7 @@ class FeatureCache:
             hashes = random.Random(seed).sample(hashes, sample)
         for h in hashes:
             rel = self._rel(h, fp)
-            read = (lambda: self.remote.read(rel)) if self.remote is not None else (lambda: self.local.read(rel))
+            read = (lambda: self._remote_read(rel)) if self.remote is not None else (lambda: self.local.read(rel))
             data = self._admin(f"reading {rel}", read)
             if data is None:  # removed since the listing
                 continue

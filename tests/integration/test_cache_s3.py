@@ -1,7 +1,8 @@
 """The shared feature cache against real local S3 servers (`rclone serve s3` on disk, `moto_server` in memory).
 
-Covers: round trip equal to computed features on both servers, killed and concurrent builders, a server that
-is down or hung (every call bounded), corrupt objects, the node-local tier, verify() and gc().
+Covers: round trip equal to computed features on both servers, killed and concurrent builders, a response body
+cut short (one key, not an outage), a server that is down or hung (every call bounded), corrupt objects, the
+node-local tier, verify() and gc().
 """
 
 from __future__ import annotations
@@ -210,6 +211,134 @@ def test_concurrent_builders_same_keys(rclone_s3, fe, tmp_path):
     index = {audio_hash(w): w for w in wavs}
     res = check.verify(fp, audio_index=index, feature_extractor=fe)
     assert res == {"checked": 12, "ok": 12, "corrupt": 0, "mismatched": 0, "removed": 0}
+
+
+class _CuttingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a real S3 server that cuts the body of the next `cut(n)` large
+    responses after 120 bytes and closes the connection: what a client sees when `rclone serve s3` loses the
+    file of a GET under a concurrent PUT of the same key ("received 120 of N bytes"). Responses are framed by
+    Content-Length (all this server sends); everything else is relayed byte for byte."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.to_cut = 0
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def cut(self, n: int) -> None:
+        with self._lock:
+            self.to_cut = n
+
+    def close(self) -> None:
+        self._sock.close()
+        self._thread.join(5)
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.to_cut > 0:
+                self.to_cut -= 1
+                self.cuts += 1
+                return True
+            return False
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._responses, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def _responses(self, upstream, client) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                if length > 100_000 and self._take_cut():
+                    while len(buf) < 120:
+                        buf += upstream.recv(65536)
+                    client.sendall(head + b"\r\n\r\n" + buf[:120])
+                    return  # the connection closes with the body cut short
+                client.sendall(head + b"\r\n\r\n")
+                while length > 0:
+                    if not buf:
+                        buf = upstream.recv(65536)
+                        if not buf:
+                            return
+                    chunk, buf = buf[:length], buf[length:]
+                    client.sendall(chunk)
+                    length -= len(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (upstream, client):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+                s.close()
+
+
+def test_truncated_body_is_retried_not_an_outage(rclone_s3, fe, caplog):
+    """A GET whose body ends early (the CI failure of a concurrent same-key build: "received 120 of 6144328
+    bytes") is a bad read of one key: retried, then a miss; never an outage of the endpoint, never corrupt."""
+    uri = rclone_s3.new_prefix("torn")
+    fp, h = fingerprint(fe), audio_hash(AUDIO[0])
+    want = _cache(rclone_s3, uri).features(AUDIO[0], fe)
+    proxy = _CuttingProxy(rclone_s3.port)
+    try:
+        reader = FeatureCache(uri, endpoint_url=proxy.url, storage_options=rclone_s3.storage_options)
+        proxy.cut(2)
+        with caplog.at_level(logging.WARNING, logger="sllm_lib.cache"):
+            np.testing.assert_array_equal(reader.get(h, fp), want)  # two cut bodies, the third read whole
+        assert proxy.cuts == 2 and reader.stats.torn_reads == 2 and reader.stats.remote_hits == 1
+        proxy.cut(100)
+        assert reader.get(h, fp) is None  # cut every time: a miss after 4 tries
+        assert proxy.cuts == 2 + 4 and reader.stats.misses == 1
+        proxy.cut(0)
+        np.testing.assert_array_equal(reader.features(AUDIO[0], fe), want)  # S3 still in use: a hit at once
+        assert reader.stats.remote_hits == 2 and reader.stats.fallbacks == 0
+        assert reader.stats.errors == 0 and reader.stats.corrupt == 0 and reader.remote.available()
+        assert "unreachable" not in caplog.text
+    finally:
+        proxy.close()
+    assert _assert_all_entries_valid(rclone_s3, uri) == 1  # nothing was deleted or rewritten
 
 
 def test_down_server_falls_back_within_bound(s3_server_factory, fe, caplog):

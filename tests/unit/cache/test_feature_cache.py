@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sllm_lib.cache import CacheStats, FeatureCache, audio_hash, codec, fingerprint
-from sllm_lib.cache.backends import RemoteStore, RemoteUnavailable
+from sllm_lib.cache.backends import RemoteStore, RemoteUnavailable, TornRead
 from sllm_lib.errors import DataError
 
 AUDIO = sorted((Path(__file__).resolve().parents[3] / "data" / "sample" / "audio").glob("*.wav"))
@@ -36,7 +36,7 @@ def test_stats_dict():
     s = CacheStats(hits=2, corrupt=1)
     d = s.as_dict()
     assert d == {"hits": 2, "misses": 0, "local_hits": 0, "remote_hits": 0, "writes": 0, "corrupt": 1,
-                 "errors": 0, "fallbacks": 0, "bytes_read": 0, "bytes_written": 0}
+                 "errors": 0, "fallbacks": 0, "torn_reads": 0, "bytes_read": 0, "bytes_written": 0}
 
 
 def test_local_cache_get_or_compute(tmp_path, fe):
@@ -364,3 +364,95 @@ def test_one_call_shares_one_budget(monkeypatch):
     with pytest.raises(RemoteUnavailable, match="budget"):
         store._run("put", never, until=time.monotonic() - 1)
     assert store.available()  # a spent budget is no outage
+
+
+# ------------------------------------------------------------------------------------------ a key in flux
+
+
+def test_torn_body_is_a_torn_read_not_an_outage(monkeypatch):
+    """A GET whose body ends before its Content-Length (rclone serving a key that a PUT is replacing) is one
+    bad read: TornRead, and the remote stays up. The same error on a put is an outage as before."""
+    import fsspec.asyn
+    from aiohttp import ClientPayloadError
+
+    store = RemoteStore("s3://bucket/p", timeout_s=2.0)
+
+    class _FS:
+        loop = fsspec.asyn.get_loop()
+
+        async def _cat_file(self, path):
+            raise ClientPayloadError("Response payload is not completed: received 120 of 6144328 bytes")
+
+        async def _pipe_file(self, path, data, chunksize=None):
+            raise ClientPayloadError("broken pipe")
+
+    monkeypatch.setattr(store, "_fs", lambda: _FS())
+    with pytest.raises(TornRead, match="received 120 of 6144328"):
+        store.read("fp/ab/abc.safetensors")
+    assert store.available() and isinstance(TornRead("x"), RemoteUnavailable)
+    with pytest.raises(RemoteUnavailable) as err:
+        store.write("fp/ab/abc.safetensors", b"x")
+    assert not isinstance(err.value, TornRead) and not store.available()
+
+
+class FluxRemote(FakeRemote):
+    """A FakeRemote whose next reads of a key are scripted: TornRead, or these bytes instead of the object."""
+
+    def __init__(self):
+        super().__init__()
+        self.script: dict[str, list] = {}
+
+    def read(self, rel, until=None):
+        self._check()
+        queue = self.script.get(rel)
+        if queue:
+            step = queue.pop(0)
+            if step is TornRead:
+                raise TornRead(f"get {rel}: ClientPayloadError: Response payload is not completed")
+            return step
+        return self.objects.get(rel)
+
+
+def _flux_cache(tmp_path, fe, **kw) -> tuple[FeatureCache, FluxRemote, str, str, np.ndarray]:
+    cache = FeatureCache("s3://bucket/pre", **kw)
+    cache.remote = fake = FluxRemote()
+    want = cache.features(AUDIO[0], fe)
+    h, fp = audio_hash(AUDIO[0]), fingerprint(fe)
+    cache.stats = CacheStats()
+    return cache, fake, h, fp, want
+
+
+def test_torn_reads_are_retried_then_a_miss(tmp_path, fe):
+    cache, fake, h, fp, want = _flux_cache(tmp_path, fe)
+    rel = f"{fp}/{h[:2]}/{h}.safetensors"
+    fake.script[rel] = [TornRead, TornRead]
+    np.testing.assert_array_equal(cache.get(h, fp), want)  # the third try is whole
+    assert cache.stats.torn_reads == 2 and cache.stats.remote_hits == 1 and cache.stats.errors == 0
+    fake.script[rel] = [TornRead] * 10
+    t = time.monotonic()
+    assert cache.get(h, fp) is None  # every try torn: a miss, bounded (3 pauses, < 1 s)
+    assert time.monotonic() - t < 1.5
+    assert cache.stats.torn_reads == 2 + 4 and cache.stats.misses == 1 and cache.stats.errors == 0
+    assert rel in fake.objects and len(fake.script[rel]) == 10 - 4  # nothing deleted; 4 tries
+    fake.script[rel] = []
+    np.testing.assert_array_equal(cache.get(h, fp), want)  # the remote was never marked down
+    required, fake2, h2, fp2, want2 = _flux_cache(tmp_path, fe, required=True)
+    fake2.script[rel] = [TornRead] * 10
+    assert required.get(h2, fp2) is None  # a key in flux is no outage, even for a required cache
+
+
+def test_entry_read_mid_replacement_is_not_dropped(tmp_path, fe, caplog):
+    """An object that fails its check but reads back whole (or different) a moment later was being replaced:
+    never counted corrupt, never deleted. Only bytes that read back identical and bad are corrupt."""
+    cache, fake, h, fp, want = _flux_cache(tmp_path, fe)
+    rel = f"{fp}/{h[:2]}/{h}.safetensors"
+    whole = fake.objects[rel]
+    fake.script[rel] = [whole[: len(whole) // 2]]  # first read: a prefix; second: whole
+    with caplog.at_level(logging.INFO, logger="sllm_lib.cache"):
+        np.testing.assert_array_equal(cache.get(h, fp), want)
+    assert "changed while it was read" in caplog.text
+    assert cache.stats.corrupt == 0 and cache.stats.torn_reads == 1 and cache.stats.remote_hits == 1
+    fake.script[rel] = [whole[:1000], whole[:2000]]  # two different prefixes: still in flux, a miss
+    assert cache.get(h, fp) is None and rel in fake.objects and cache.stats.corrupt == 0
+    fake.objects[rel] = whole[:1000]  # stable and bad: corrupt, dropped
+    assert cache.get(h, fp) is None and rel not in fake.objects and cache.stats.corrupt == 1
