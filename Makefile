@@ -28,7 +28,7 @@ test: $(STAMP)
 	bash scripts/browser_deps.sh
 	bash scripts/compiler_deps.sh
 	bash scripts/tracking_stack.sh install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 clean:
 	rm -rf runs .pytest_cache

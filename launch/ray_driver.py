@@ -216,6 +216,34 @@ def describe_failure(exc: BaseException, profile: RayProfile, scaling: dict[str,
     return why
 
 
+CLIENT_START_TRIES = 3
+
+
+def connect(ray: Any, address: str, runtime_env: dict[str, Any], *, tries: int = CLIENT_START_TRIES,
+            pause_s: float = 1.0) -> None:
+    """`ray.init` on the cluster. Through Ray Client (ray://), a refused per-client server is retried.
+
+    Ray Client's proxy starts one server process per client on the first port of a fixed range (23000-24000,
+    `ray/util/client/server/proxier.py`, `_get_unused_port`) that binds at that instant; a port taken between
+    that check and the server's own bind, or a server that dies while starting, refuses the connection with
+    "Starting Ray client server failed", and the next connection is given the next port. Any other error is
+    not retried.
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
+            return
+        except ConnectionAbortedError as exc:
+            if not address.startswith("ray://") or "Starting Ray client server failed" not in str(exc) \
+                    or attempt == tries:
+                raise
+            log.warning("Ray Client at %s refused the connection (its per-client server did not start, try %d/%d): "
+                        "%s; connecting again", address, attempt, tries, str(exc).strip().splitlines()[-1])
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(pause_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
@@ -232,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     scaling = RayExecutor.scaling_for(profile, req)
     try:
-        ray.init(address=address, runtime_env=job_runtime_env(profile, Path(__file__).resolve().parents[1], address),
-                 log_to_driver=True, logging_level=logging.WARNING)
+        connect(ray, address, job_runtime_env(profile, Path(__file__).resolve().parents[1], address))
         trainer = build_trainer(req, profile, job)
         log.info("stage=%s TorchTrainer with %d worker(s) at %s", req.stage, trainer.scaling_config.num_workers,
                  address)

@@ -102,6 +102,16 @@ class RayHead:
                                           f"after {timeout_s:.0f} s; see {self.log_file}") from None
                 time.sleep(0.25)
 
+    def session_logs(self, pattern: str = "*", chars: int = 2000) -> str:
+        """The tails of the head's session log files matching `pattern` (e.g. "ray_client_server*"), for error
+        messages about a failure inside the cluster; "" when there are none."""
+        logs = self.temp_dir / "session_latest" / "logs"
+        parts = []
+        for path in sorted(logs.glob(pattern)):
+            if path.is_file():
+                parts.append(f"--- {path.name}\n{_tail(path, 40)[-chars:]}")
+        return "\n".join(parts)
+
     def rss_bytes(self) -> int:
         """Resident memory of the head and every process under it (gcs, raylet, dashboard, workers)."""
         pids = [self.pid]

@@ -183,7 +183,7 @@ def test_plan_sent_through_the_jobs_api_then_status_logs_cancel(ray_head, tmp_pa
     assert cancel.returncode == 0 and "cancelled: Ray job" in cancel.stdout
     deadline = time.monotonic() + 60
     while "STOPPED" not in (out := _sllm(["status", str(long_dir)]).stdout):
-        assert time.monotonic() < deadline, out
+        assert time.monotonic() < deadline, f"the cancelled Ray job is not STOPPED after 60 s; sllm status says:\n{out}"
         time.sleep(1)
     # nothing of that job runs on unsupervised (launcher, stage driver), so its CPUs are free for the next
     deadline = time.monotonic() + 30
@@ -242,6 +242,9 @@ def test_checkpoints_reported_to_s3_storage(ray_head, rclone_s3, tmp_path: Path,
 
 def test_stage_through_ray_client_address(ray_head, tmp_path: Path) -> None:
     profile = _profile(tmp_path, ray_head.wait_client(), num_workers=2)
-    outcome = _run(_spec(tmp_path, "ray-client", max_steps=2, save_steps=100), profile)
+    try:
+        outcome = _run(_spec(tmp_path, "ray-client", max_steps=2, save_steps=100), profile)
+    except StageFailedError as exc:  # say what the head's Ray Client servers logged, not only "see ...err"
+        pytest.fail(f"{exc}\n\nthe head's Ray Client server logs:\n{ray_head.session_logs('ray_client_server*')}")
     assert outcome.results["text"].steps == 2
     assert (outcome.plan.stage_dir("text") / "losses.rank1.json").is_file()  # both workers ran

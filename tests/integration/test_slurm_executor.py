@@ -275,7 +275,7 @@ def test_detached_submission_is_reconciled_by_status(slurm_cluster, tmp_path: Pa
         if all(r.status == "COMPLETED" for r in rows.values()):
             break
         assert not any(r.status in ("FAILED", "CANCELLED") for r in rows.values()), rows
-        assert time.monotonic() < deadline, rows
+        assert time.monotonic() < deadline, f"stages not all COMPLETED within 240 s: {rows}"
         time.sleep(2)
     client = MlflowClient(outcome.tracking_uri)
     assert client.get_run(rows["a"].run_id).info.status == "FINISHED"

@@ -155,7 +155,10 @@ def test_outage_mid_stage_training_goes_on_and_sync_replays_once(tracking_stack,
         while run_dir is None:
             found = list((tmp_path / "runs").glob(f"team-outage-{fault}/*/stages/text/stage.log"))
             run_dir = found[0].parents[2] if found else None
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sllm.out").read_text()
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                f"no stages/text/stage.log of team-outage-{fault} within 120 s (sllm "
+                f"{'exited ' + str(proc.returncode) if proc.poll() is not None else 'still running'}); its output:\n"
+                + (tmp_path / "sllm.out").read_text())
             time.sleep(0.2)
         stage_log = run_dir / "stages" / "text" / "stage.log"
         _wait_for(stage_log, rf"step 5/{steps}", proc)

@@ -233,3 +233,47 @@ def test_loopback_settings_only_for_private_heads() -> None:
     assert "RAY_AUTH_MODE" not in remote and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in remote  # the user's own
     assert ray_env({}, loopback=True)["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     assert ray_env({"RAY_AUTH_MODE": "token"})["RAY_AUTH_MODE"] == "token"
+
+
+class _FakeRay:
+    """`ray.init` that refuses the first `refusals` connections with Ray Client's proxy error (or `error`)."""
+
+    REFUSED = ("Initialization failure from server:\nTraceback (most recent call last):\nRuntimeError: Starting Ray "
+               "client server failed. See ray_client_server_23000.err for detailed logs.")
+
+    def __init__(self, refusals: int, error: str = REFUSED) -> None:
+        self.refusals, self.error, self.inits, self.shutdowns, self._up = refusals, error, 0, 0, False
+
+    def init(self, **kw):
+        self.inits += 1
+        if self.inits <= self.refusals:
+            self._up = True  # a refused Ray Client connection can leave the client context half set
+            raise ConnectionAbortedError(self.error)
+        self._up = True
+
+    def is_initialized(self):
+        return self._up
+
+    def shutdown(self):
+        self.shutdowns += 1
+        self._up = False
+
+
+def test_ray_client_refusal_is_retried_then_reported(caplog) -> None:
+    from launch.ray_driver import connect
+
+    ray = _FakeRay(refusals=2)
+    with caplog.at_level("WARNING", logger="launch.ray_driver"):
+        connect(ray, "ray://127.0.0.1:10001", {}, pause_s=0)
+    assert ray.inits == 3 and ray.shutdowns == 2 and "try 2/3" in caplog.text
+    ray = _FakeRay(refusals=5)
+    with pytest.raises(ConnectionAbortedError, match="Starting Ray client server failed"):
+        connect(ray, "ray://127.0.0.1:10001", {}, pause_s=0)
+    assert ray.inits == 3
+    ray = _FakeRay(refusals=1)  # a GCS address never goes through Ray Client's proxy: no retry
+    with pytest.raises(ConnectionAbortedError):
+        connect(ray, "127.0.0.1:6379", {}, pause_s=0)
+    ray = _FakeRay(refusals=1, error="Initialization failure from server: version mismatch")
+    with pytest.raises(ConnectionAbortedError, match="version mismatch"):  # other refusals are final
+        connect(ray, "ray://127.0.0.1:10001", {}, pause_s=0)
+    assert ray.inits == 1
