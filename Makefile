@@ -28,6 +28,7 @@ test: $(STAMP)
 	bash scripts/browser_deps.sh
 	bash scripts/compiler_deps.sh
 	bash scripts/tracking_stack.sh install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests -q --durations=25
 
 clean:

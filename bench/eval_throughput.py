@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(model, tokenizer, features, suite, batch_size: int, max_new_tokens: int) -> tuple[int, float]:
-    from eval.runner import score_task
+    from eval.scoring import score_task
     from sllm_lib.models.builders import chat_tokens
 
     chat = chat_tokens(tokenizer, model.config)
@@ -44,7 +44,7 @@ def main() -> None:
 
     import torch
 
-    from eval.runner import load_model
+    from sllm_lib.models.refs import load_model
     from eval.suites import find_suite, load_suite
     from sllm_lib.models.builders import materialize_tiny
 

@@ -32,7 +32,7 @@ from eval.records import TAG_NIGHTLY_DATE, eval_tags, find_eval, load_eval, log_
 from eval.results import GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint, WorstSample
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError
-from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def champion_is_candidate(client: Any, stage: Any) -> bool:
 def evaluate_version(client: Any, ctx: StageContext, stage: Any, suite: Suite, digest: str, role: str, mv: Any,
                      *, date: str, experiment_id: str) -> ModelEval:
     """Reuse an earlier eval run of this version on this suite content, or score it now and log a run."""
-    from eval.runner import ResolvedModel, _download_model, load_model, score_suite, version_model_id
+    from eval.scoring import score_suite
+    from sllm_lib.models.refs import ResolvedModel, download_logged_model, load_model, version_model_id
     from eval.suite_stage import link_lineage
     from sllm_lib.tracking.tracker import TAG_PARENT, TAG_STAGE, TAG_STAGE_KIND
 
@@ -128,7 +129,7 @@ def evaluate_version(client: Any, ctx: StageContext, stage: Any, suite: Suite, d
                              aliases=aliases, source_run_id=mv.run_id)
     if not version_model_id(mv):
         raise ArtifactNotFoundError(f"{stage.registered_model} v{mv.version}: no logged model to load")
-    resolved = ResolvedModel(path=_download_model(version_model_id(mv), ctx.tracking_uri or ""),
+    resolved = ResolvedModel(path=download_logged_model(version_model_id(mv), ctx.tracking_uri or ""),
                              ref=f"models:/{stage.registered_model}/{mv.version}", name=stage.registered_model,
                              version=str(mv.version), model_id=version_model_id(mv), source_run_id=mv.run_id, aliases=aliases)
     log.info("nightly: scoring %s (%s) on %s", resolved.label, role, suite.name)

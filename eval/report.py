@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.results import GateResult, ModelEval, NightlyResult, TrendPoint
-from sllm_lib.training.context import write_text_atomic
+from sllm_lib.files import write_text_atomic
 
 __all__ = ["render_html", "render_markdown", "write_report", "STATUS_ORDER", "STATUS_LABELS"]
 

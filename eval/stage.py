@@ -7,9 +7,6 @@ import logging
 import time
 from typing import Any
 
-from sllm_lib.data.encode import SpeechCollator, encode_record
-from sllm_lib.data.records import classification_as_text_qa, read_records
-from sllm_lib.metrics.registry import compute_metrics
 from sllm_lib.models.adapters import apply_chain
 from sllm_lib.models.builders import (
     chat_for,
@@ -18,16 +15,12 @@ from sllm_lib.models.builders import (
     load_tokenizer_and_features,
     resolve_model_path,
 )
-from sllm_lib.spec import MODEL_FOLDER_KINDS, EvalDatasetRef, EvalStage
+from sllm_lib.scoring import evaluate_dataset
+from sllm_lib.spec import MODEL_FOLDER_KINDS, EvalStage
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
 from sllm_lib.tracking.tracker import DatasetRecord
-from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
-
-DEFAULT_METRICS = {"asr": ["cer", "wer"], "speech_qa": ["rougeL", "distinct_1", "distinct_2"],
-                   "text_qa": ["rougeL", "distinct_1", "distinct_2"],
-                   "classification": ["accuracy", "macro_f1", "unparseable_rate"],
-                   "vision": ["bleu", "rouge1", "rouge2", "rougeL"]}
 
 
 def load_eval_model(ctx: StageContext) -> tuple[Any, Any, Any]:
@@ -52,48 +45,6 @@ def vision_renderer(trained_on: list[Any]) -> Any:
 
     saved = chain_value(trained_on, "vision_prompt") or {}
     return functools.partial(render_vision_prompt, **{k: v for k, v in saved.items() if v})
-
-
-def generate(model: Any, batch_examples: list[Any], *, chat: Any, gen: Any) -> list[str]:
-    """Left-padded batched generation; returns the decoded new text of each example."""
-    import torch
-
-    batch = SpeechCollator(pad_id=chat.pad, padding_side="left")(batch_examples)
-    kwargs: dict[str, Any] = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, pad_token_id=chat.pad,
-                                  eos_token_id=chat.eos, use_cache=True)
-    if gen.do_sample:
-        kwargs["temperature"] = gen.temperature
-    for key, value in batch.items():  # audio features, or a VLM's pixel_values (+ image sizes/grids)
-        if key not in ("input_ids", "attention_mask", "labels"):
-            kwargs[key] = value
-    with torch.no_grad():
-        out = model.generate(**kwargs)
-    return [row[batch["input_ids"].shape[1]:].tolist() for row in out]
-
-
-def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, features: Any, chat: Any,
-                     gen: Any) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
-    """Predictions and metrics for one dataset."""
-    data = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
-    kind = ref.kind
-    if kind == "classification":  # asked as in training; the generated text is parsed back to a label
-        data, kind = classification_as_text_qa(data, ref.instruction, ref.task_name), "text_qa"
-    records = data.records[: ref.max_records] if ref.max_records else data.records
-    examples = [encode_record(r, kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
-                              max_seq_len=10**9, with_target=False) for r in records]
-    hyps: list[str] = []
-    for i in range(0, len(examples), gen.batch_size):
-        for ids in generate(model, examples[i:i + gen.batch_size], chat=chat, gen=gen):
-            ids = [t for t in ids if t not in (chat.pad, chat.eos)]
-            hyps.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    refs = [e.target for e in examples]
-    names = ref.metrics or DEFAULT_METRICS[ref.kind]
-    results = compute_metrics(names, refs, hyps, labels=ref.labels, options=ref.metric_options)
-    preds = [{"dataset": ref.task_name, "kind": ref.kind, "reference": r, "prediction": h,
-              **{n: res.per_sample[i] for n, res in results.items() if len(res.per_sample) == len(refs)}}
-             for i, (r, h) in enumerate(zip(refs, hyps))]
-    return {n: res.score for n, res in results.items()}, preds, data
 
 
 def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from eval.records import eval_tags, log_eval, write_samples
-from eval.runner import ResolvedModel, load_model, resolve_model, score_suite
+from eval.scoring import score_suite
+from sllm_lib.models.refs import ResolvedModel, load_model, resolve_model
 from eval.suites import load_suite
 from sllm_lib.errors import ArtifactNotFoundError
-from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from sllm_lib.errors import JobSpecError
+from sllm_lib.metrics.registry import DEFAULT_METRICS
 from sllm_lib.spec import GenerationSpec, _raise_problems, _Strict, _validation_problems, read_yaml
 
 TaskType = Literal["asr", "speech_qa", "text_qa", "classification"]
@@ -34,14 +35,6 @@ TaskType = Literal["asr", "speech_qa", "text_qa", "classification"]
 RECORD_KIND: dict[str, str] = {"asr": "asr", "speech_qa": "speech_qa", "text_qa": "text_qa",
                                "classification": "text_qa"}
 """Record kind each task type reads (classification: text_qa records whose output is the label)."""
-
-DEFAULT_METRICS: dict[str, list[str]] = {
-    "asr": ["cer", "wer"],
-    "speech_qa": ["rougeL", "distinct_1", "distinct_2"],
-    "text_qa": ["rougeL", "distinct_1", "distinct_2"],
-    "classification": ["accuracy", "macro_f1", "unparseable_rate"],
-}
-
 
 class GenerationOverride(_Strict):
     max_new_tokens: int | None = Field(default=None, gt=0, le=4096)

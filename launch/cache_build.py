@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sllm_lib.training.context import write_json_atomic
+from sllm_lib.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

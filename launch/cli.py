@@ -737,7 +737,7 @@ def data_convert_aihub(root: Path = typer.Argument(..., help="An AI-Hub TL folde
                        ) -> None:
     """AI-Hub question/answer trees -> {instruction, output} JSONL, with a report of what was skipped."""
     from sllm_lib.data.aihub import convert_aihub
-    from sllm_lib.training.context import write_json_atomic
+    from sllm_lib.files import write_json_atomic
 
     rep = convert_aihub(root, output, strict=strict)
     table = Table(title=f"{root} -> {output}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from sllm_lib.errors import JobSpecError
-from sllm_lib.training.context import StageResult
+from sllm_lib.stage import StageResult
 
 
 class JobState(str, Enum):

@@ -15,7 +15,7 @@ from launch.executor import JobState, LaunchRequest
 from sllm_lib.errors import StageFailedError
 from sllm_lib.ports import free_port
 from sllm_lib.spec import LocalProfile
-from sllm_lib.training.context import StageResult
+from sllm_lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 

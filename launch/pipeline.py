@@ -19,7 +19,8 @@ from typing import Any
 from launch.executor import LaunchRequest, get_executor
 from sllm_lib.errors import PlanError, SllmError
 from sllm_lib.spec import TRAIN_KINDS, JobSpec, dump_resolved_yaml, spec_hash, spec_to_dict, topo_order
-from sllm_lib.training.context import StageResult, read_manifest, write_json_atomic
+from sllm_lib.stage import StageResult
+from sllm_lib.files import read_manifest, write_json_atomic
 
 log = logging.getLogger(__name__)
 

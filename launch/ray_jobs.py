@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from sllm_lib.errors import StageFailedError, SubmissionError
 from sllm_lib.spec import RayProfile
-from sllm_lib.training.context import write_json_atomic
+from sllm_lib.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from launch.executor import JobState, LaunchRequest
 from sllm_lib.errors import JobSpecError, StageFailedError, SubmissionError
 from sllm_lib.spec import SlurmProfile
-from sllm_lib.training.context import StageResult
+from sllm_lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,8 @@ _SCHED_FAILED = {"FAILED": "FAILED", "TIMEOUT": "FAILED", "OUT_OF_MEMORY": "FAIL
 
 def refresh(state_file: Path) -> dict:
     """Reconcile a run submitted with --detach: stage states from result.json / sacct; close finished runs."""
-    from sllm_lib.training.context import StageResult, write_json_atomic
+    from sllm_lib.stage import StageResult
+    from sllm_lib.files import write_json_atomic
 
     data = json.loads(state_file.read_text(encoding="utf-8"))
     stages = data.get("stages", {})
@@ -169,7 +170,7 @@ def cancel_run(state_file: Path, stages: list[str] | None = None) -> list[str]:
             continue
         e["status"] = "CANCELLED"
         cancelled.append(f"{name} ({job_id})")
-    from sllm_lib.training.context import write_json_atomic
+    from sllm_lib.files import write_json_atomic
 
     write_json_atomic(state_file, data)
     return cancelled

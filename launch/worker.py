@@ -17,7 +17,8 @@ from typing import Any
 
 from launch.executor import LaunchRequest
 from sllm_lib.spec import load_job_spec, stage_with
-from sllm_lib.training.context import StageContext, StageResult, write_json_atomic
+from sllm_lib.stage import StageContext, StageResult
+from sllm_lib.files import write_json_atomic
 from sllm_lib.training.interrupt import StageInterrupted
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def run_request(req: LaunchRequest, *, trainer_callbacks: list[Any] | None = Non
 
 def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any] | None = None,
          prepare_trainer: Any = None) -> StageResult:
-    from sllm_lib.training.stages import STAGE_FUNCTIONS
+    from launch.stages import STAGE_FUNCTIONS
 
     stage = job.stage(req.stage)
     if req.overrides:  # one point of a sweep

@@ -782,7 +782,7 @@ def stage_variant(stage: Any, changes: dict[str, Any]) -> Any:
         variant = _stage_adapter().validate_python(raw)
     except ValidationError as exc:
         raise JobSpecError(f"stage {stage.name!r} with {changes}: {exc.errors()[0]['msg']}") from exc
-    from sllm_lib.training.deepspeed_config import stage_config_problems
+    from sllm_lib.deepspeed_config import stage_config_problems
 
     problems = stage_config_problems(variant)  # what load_job_spec checks too (a config_file's settings)
     if problems:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sllm_lib.deepspeed_config import stage_config_problems
 from sllm_lib.errors import JobSpecError
 
 log = logging.getLogger(__name__)
@@ -1202,8 +1203,6 @@ def parse_job_spec(raw: Any, *, source: str, base_dir: Path, overrides: list[str
     if path_problems:
         _raise_problems(source, path_problems)
     problems = graph_problems(spec)
-    from sllm_lib.training.deepspeed_config import stage_config_problems  # imports this module
-
     for i, stage in enumerate(spec.stages):
         problems += [f"stages[{i}].{p}" for p in stage_config_problems(stage)]
     if problems:

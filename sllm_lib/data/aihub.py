@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sllm_lib.errors import DataError
-from sllm_lib.training.context import write_text_atomic
+from sllm_lib.files import write_text_atomic
 
 ANSWER_PARTS = ("intro", "body", "conclusion")
 

@@ -12,7 +12,7 @@ def cache_kwargs(spec: Any) -> dict[str, Any]:
     uri = c.uri or c.dir or str(Path(spec.output_dir).resolve() / "cache")
     if not uri.startswith("s3://"):
         uri = str(Path(uri).expanduser().resolve())
-    from sllm_lib.models.builders import sllm_home
+    from sllm_lib.files import sllm_home
 
     local = c.local_dir or (str(sllm_home() / "feature-cache") if uri.startswith("s3://") else None)
     return {"uri": uri, "mode": c.mode, "local_dir": local, "local_cap_gb": c.local_cap_gb,

@@ -174,6 +174,15 @@ METRIC_SPECS: dict[str, MetricSpec] = {
 }
 """Every named metric: ``name -> MetricSpec``."""
 
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "asr": ["cer", "wer"],
+    "speech_qa": ["rougeL", "distinct_1", "distinct_2"],
+    "text_qa": ["rougeL", "distinct_1", "distinct_2"],
+    "classification": ["accuracy", "macro_f1", "unparseable_rate"],
+    "vision": ["bleu", "rouge1", "rouge2", "rougeL"],
+}
+"""The metrics a dataset (or suite task) of each kind is scored with when it names none."""
+
 # Result names that differ from registry names, plus BERTScore's P/R results.
 _ORIENTATION_ALIASES: dict[str, bool] = {
     **{spec.result_name: spec.higher_is_better for spec in METRIC_SPECS.values()},

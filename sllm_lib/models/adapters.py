@@ -61,7 +61,7 @@ def apply_chain(model: Any, chain: list[Path]) -> Any:
 def chain_value(outputs: list[Path], key: str) -> Any:
     """A prompt setting a chain of stage outputs was trained with (the latest stage that set one), from their
     manifests; a merged model's manifest carries it on, so evaluation prompts as training did."""
-    from sllm_lib.training.context import read_manifest
+    from sllm_lib.files import read_manifest
 
     value = None
     for out in outputs:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sllm_lib.errors import ArtifactNotFoundError, JobSpecError
+from sllm_lib.files import sllm_home
 from sllm_lib.spec import ModelSpec, QuantSpec
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,6 @@ def build_char_tokenizer() -> Any:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         additional_special_tokens=SPECIAL_TOKENS[4:],
     )
-
-
-def sllm_home() -> Path:
-    """sllm's own cache root: $SLLM_HOME, default ~/.cache/sllm (presets, downloaded models, feature tier)."""
-    return Path(os.environ.get("SLLM_HOME", Path.home() / ".cache" / "sllm"))
 
 
 def _preset_root() -> Path:
@@ -421,7 +416,7 @@ def load_base_model(path: str, *, model: ModelSpec, quant: QuantSpec | None = No
 
     qcfg = quantization_config(quant) if quant is not None else None
     config = config if config is not None else load_model_config(path, model)
-    from sllm_lib.training.compress import DYNAMIC_MARKER, load_dynamic_int8
+    from sllm_lib.models.variants import DYNAMIC_MARKER, load_dynamic_int8
 
     if (Path(path) / DYNAMIC_MARKER).is_file():  # a quantize stage's CPU (dynamic int8) model
         return load_dynamic_int8(Path(path), config, trust_remote_code=model.trust_remote_code)

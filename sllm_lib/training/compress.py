@@ -19,59 +19,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sllm_lib.training.context import (
-    StageContext,
-    StageResult,
-    new_output_tmp,
-    publish_output,
-    read_manifest,
-    write_text_atomic,
-)
+from sllm_lib.files import read_manifest, write_text_atomic
+from sllm_lib.models.variants import measure_cpu, save_dynamic_int8, write_variant
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_MARKER = "sllm_dynamic_int8.json"
-DYNAMIC_WEIGHTS = "dynamic_int8.pt"
 REPORT_JSON, REPORT_MD = "compression_report.json", "compression_report.md"
-
-
-def save_dynamic_int8(model: Any, folder: Path) -> None:
-    """Quantize every Linear to dynamic int8 and write config + quantized state + marker into `folder`."""
-    import torch
-    from torch import nn
-
-    # torch 2.13 marks torch.ao's eager quantization deprecated in favour of torchao (not a dependency here); it
-    # still works and is what the CPU serving path loads back
-    quantized = torch.ao.quantization.quantize_dynamic(model.float().eval(), {nn.Linear}, dtype=torch.qint8)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(str(folder))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(str(folder))
-    torch.save(quantized.state_dict(), folder / DYNAMIC_WEIGHTS)
-    (folder / DYNAMIC_MARKER).write_text(json.dumps({"format": "torch dynamic int8 (qint8 Linear)",
-                                                     "weights": DYNAMIC_WEIGHTS}), encoding="utf-8")
-
-
-def load_dynamic_int8(folder: Path, config: Any, *, trust_remote_code: bool = False) -> Any:
-    """Rebuild a dynamic-int8 model written by `save_dynamic_int8` (float skeleton -> quantize -> load state)."""
-    import torch
-    from torch import nn
-    from transformers import AutoModelForCausalLM
-
-    skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=torch.float32)
-    model = torch.ao.quantization.quantize_dynamic(skeleton.eval(), {nn.Linear}, dtype=torch.qint8)
-    # the file is this stage's own output; its packed int8 Linear params need full unpickling
-    state = torch.load(folder / DYNAMIC_WEIGHTS, map_location="cpu", weights_only=False)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def _quality(folder: Path, stage: Any) -> dict[str, float]:
     """The stage's datasets scored with the model in `folder` (as an eval stage would)."""
     import gc
 
-    from eval.runner import load_model
-    from eval.stage import evaluate_dataset
+    from sllm_lib.models.refs import load_model
+    from sllm_lib.scoring import evaluate_dataset
     from sllm_lib.models.adapters import chain_system_prompt
     from sllm_lib.models.builders import chat_for
 
@@ -147,7 +109,6 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def run_quantize(stage: Any, ctx: StageContext) -> StageResult:
     """Quantize the upstream model folder, publish it, and report it against the baseline."""
-    from launch.export import measure_cpu, write_variant
     from sllm_lib.errors import JobSpecError
     from sllm_lib.models.builders import folder_model_spec, load_base_model
 
@@ -158,7 +119,7 @@ def run_quantize(stage: Any, ctx: StageContext) -> StageResult:
     result = StageResult(stage=stage.name, kind=stage.kind, output_dir=str(ctx.output_dir))
     if not ctx.is_main:
         return result
-    from eval.runner import model_ref_path
+    from sllm_lib.models.refs import model_ref_path
 
     baseline = model_ref_path(stage.baseline, ctx.tracking_uri or "") if stage.baseline else src
     upstream = read_manifest(src) or {}

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def torch_extensions_dir() -> Path:
     """Where DeepSpeed's JIT-built ops (CPU Adam, fused Adam) are kept between runs: $TORCH_EXTENSIONS_DIR,
     default $SLLM_HOME/torch_extensions (the first build takes about a minute per op)."""
-    from sllm_lib.models.builders import sllm_home
+    from sllm_lib.files import sllm_home
 
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or sllm_home() / "torch_extensions")
 

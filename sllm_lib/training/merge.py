@@ -9,7 +9,7 @@ from typing import Any
 from sllm_lib.models.builders import load_base_model, load_tokenizer_and_features, resolve_model_path
 from sllm_lib.models.adapters import apply_chain, chain_system_prompt, chain_value
 from sllm_lib.spec import MergeStage
-from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
 

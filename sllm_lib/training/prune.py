@@ -13,7 +13,8 @@ import logging
 import shutil
 from typing import Any
 
-from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output, read_manifest
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.files import read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from sllm_lib.models.builders import (
 )
 from sllm_lib.spec import DatasetRef
 from sllm_lib.tracking.tracker import DatasetRecord
-from sllm_lib.training.context import StageContext, StageResult, new_output_tmp, publish_output, write_json_atomic
+from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.files import write_json_atomic
 from sllm_lib.training.faults import fault_callbacks
 from sllm_lib.training.interrupt import StageInterrupted, stop_callback, stop_requested
 
@@ -156,7 +157,7 @@ def distillation_loss(student: Any, teacher: Any, inputs: dict, *, alpha: float,
 def load_teacher(stage: Any, ctx: StageContext, student_tokenizer: Any, dtype: str) -> tuple[Any, int]:
     """The distill stage's teacher (eval mode, frozen) and the vocabulary size both share; a teacher whose
     tokenizer differs from the student's is refused before any training (logits must index the same tokens)."""
-    from eval.runner import model_ref_path
+    from sllm_lib.models.refs import model_ref_path
     from sllm_lib.errors import JobSpecError
     from sllm_lib.models.builders import folder_model_spec
 
@@ -298,7 +299,7 @@ def _deepspeed_args(stage: Any, ctx: StageContext, model: Any) -> dict[str, Any]
         return {}
     import torch
 
-    from sllm_lib.training.deepspeed_config import runtime_config
+    from sllm_lib.deepspeed_config import runtime_config
     from sllm_lib.training.deepspeed_env import prepare_deepspeed_process
 
     cuda = torch.cuda.is_available()

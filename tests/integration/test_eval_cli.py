@@ -63,7 +63,7 @@ def test_eval_folder_then_registry_alias(tmp_path: Path, capsys: pytest.CaptureF
     # same random weights, same greedy decoding: same scores as the folder
     assert runs[0].data.metrics["mental_health/accuracy"] == m["mental_health/accuracy"]
     # the scores are on the logged model too, and the lineage walk lists the evaluation
-    from eval.runner import version_model_id
+    from sllm_lib.models.refs import version_model_id
     from sllm_lib.tracking.lineage import walk_lineage
 
     logged = client.get_logged_model(version_model_id(client.get_model_version("it-eval", "1")))

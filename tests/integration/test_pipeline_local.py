@@ -74,7 +74,7 @@ def test_pipeline_registers_and_records_lineage(tmp_path: Path) -> None:
 def _run_text_stage(spec_path: Path, stage_dir: Path):
     from sllm_lib.spec import load_job_spec
     from sllm_lib.tracking.tracker import RecordingTracker
-    from sllm_lib.training.context import StageContext
+    from sllm_lib.stage import StageContext
     from sllm_lib.training.runner import run_training_stage
 
     job = load_job_spec(spec_path)
@@ -116,7 +116,7 @@ def test_4bit_lora_stage_trains_then_merges_into_an_unquantized_base(tmp_path: P
     from safetensors.torch import load_file
 
     from sllm_lib.spec import load_job_spec
-    from sllm_lib.training.context import StageContext
+    from sllm_lib.stage import StageContext
     from sllm_lib.training.merge import run_merge
     from sllm_lib.training.runner import run_training_stage
 

@@ -65,7 +65,7 @@ def _adapter(out_dir: Path) -> dict:
 
 def _uninterrupted_adapter(tmp: Path, stage: dict) -> dict:
     """The same stage run straight through in this process (same seed)."""
-    from sllm_lib.training.context import StageContext
+    from sllm_lib.stage import StageContext
     from sllm_lib.training.runner import run_training_stage
 
     ref = tmp / "reference"

@@ -136,7 +136,7 @@ def test_every_stage_kind_has_a_stage_function() -> None:
     import typing
 
     from sllm_lib.spec import StageSpec
-    from sllm_lib.training.stages import STAGE_FUNCTIONS
+    from launch.stages import STAGE_FUNCTIONS
 
     kinds = {typing.get_args(m.model_fields["kind"].annotation)[0] for m in typing.get_args(typing.get_args(StageSpec)[0])}
     assert kinds == set(STAGE_FUNCTIONS)

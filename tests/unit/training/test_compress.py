@@ -10,7 +10,7 @@ import torch
 
 from sllm_lib.errors import JobSpecError
 from sllm_lib.spec import CompressionTargets
-from sllm_lib.training.compress import compare, load_dynamic_int8, save_dynamic_int8
+from sllm_lib.training.compress import compare
 from sllm_lib.training.runner import distillation_loss, load_teacher
 
 
@@ -45,26 +45,6 @@ def test_distillation_loss_blends_kl_and_cross_entropy() -> None:
     assert float(kl) == pytest.approx(float(manual), rel=1e-5)  # only the answer positions, scaled by T^2
     half, _ = distillation_loss(student, teacher, batch, alpha=0.5, temperature=2.0, vocab=40)
     assert float(half) == pytest.approx(0.5 * float(kl) + 0.5 * float(ce), rel=1e-5)
-
-
-def test_dynamic_int8_round_trip_matches_the_quantized_model(tmp_path: Path) -> None:
-    import copy
-
-    from torch import nn
-
-    model = _llama()
-    ids = torch.randint(3, 40, (1, 6))
-    in_memory = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-    with torch.no_grad():
-        ref, expected = model(input_ids=ids).logits, in_memory(input_ids=ids).logits
-    save_dynamic_int8(model, tmp_path)
-    loaded = load_dynamic_int8(tmp_path, model.config)
-    assert "quantized.dynamic" in type(loaded.model.layers[0].self_attn.q_proj).__module__
-    with torch.no_grad():
-        got = loaded(input_ids=ids).logits
-    assert torch.allclose(got, expected, atol=1e-6)  # the saved int8 model is the quantized model exactly
-    cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
-    assert float(cos) > 0.98  # int8 rounding of the float model, not a different model
 
 
 def test_teacher_with_another_tokenizer_is_refused_before_training(tmp_path: Path) -> None:

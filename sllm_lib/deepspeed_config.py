@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sllm_lib.spec import DeepSpeedSpec, QuantSpec
+if TYPE_CHECKING:  # annotations only: spec imports this module to check each stage's config at load
+    from sllm_lib.spec import DeepSpeedSpec, QuantSpec
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

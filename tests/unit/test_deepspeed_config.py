@@ -13,7 +13,7 @@ import yaml
 
 from sllm_lib.errors import JobSpecError
 from sllm_lib.spec import DeepSpeedSpec, QuantSpec, load_job_spec
-from sllm_lib.training.deepspeed_config import (
+from sllm_lib.deepspeed_config import (
     config_problems,
     effective_config,
     generated_config,

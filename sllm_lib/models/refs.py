@@ -1,8 +1,9 @@
-"""Score one model on a suite: resolve the model, batched generation, metrics, sample-level scores.
+"""Model references, resolved to a local folder and loaded.
 
-Shared by `sllm eval` (the `suite_eval` stage) and the nightly job. A model is given as a merged
-model folder, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, or the MLflow run id of a merge stage;
-registry models are downloaded once into `$SLLM_HOME/models/<model id>` (atomic rename).
+A reference is a tiny preset (`tiny:NAME`, built once), a merged model folder, `models:/NAME@ALIAS`,
+`models:/NAME/VERSION` (or NAME@ALIAS), the MLflow run id of a merge stage, or a hub id. Registry models are
+downloaded once into `$SLLM_HOME/models/<model id>` (atomic rename). Used by training stages (distill teachers,
+quantize baselines), evaluation (`sllm eval`, the nightly job) and `sllm export`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.results import SampleScore
-from eval.suites import Suite, SuiteTask
 from sllm_lib.errors import ArtifactNotFoundError
+from sllm_lib.files import sllm_home
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +53,11 @@ def version_model_id(mv: Any) -> str | None:
     return src[len("models:/"):] if src.startswith("models:/") and src.count("/") == 1 else None
 
 
-def _models_home() -> Path:
-    from sllm_lib.models.builders import sllm_home
-
-    return sllm_home() / "models"
-
-
-def _download_model(model_id: str, tracking_uri: str) -> Path:
+def download_logged_model(model_id: str, tracking_uri: str) -> Path:
     """The logged model's files, downloaded once; a partial download never becomes visible."""
     import mlflow
 
-    final = _models_home() / model_id
+    final = sllm_home() / "models" / model_id
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +107,7 @@ def resolve_model(ref: str, tracking_uri: str) -> ResolvedModel:
             raise ArtifactNotFoundError(f"{ref}: not in the registry at {tracking_uri} ({exc.message})") from exc
         if not version_model_id(mv):
             raise ArtifactNotFoundError(f"{ref}: version {mv.version} has no logged model to load")
-        return ResolvedModel(path=_download_model(version_model_id(mv), tracking_uri), ref=ref, name=name,
+        return ResolvedModel(path=download_logged_model(version_model_id(mv), tracking_uri), ref=ref, name=name,
                              version=str(mv.version), model_id=version_model_id(mv), source_run_id=mv.run_id,
                              aliases=list(mv.aliases or []))
     if _RUN_ID_RE.match(ref):
@@ -165,91 +157,3 @@ def load_model(path: Path) -> tuple[Any, Any, Any]:
     model.sllm_system_prompt = chain_system_prompt([path])
     tokenizer, features = load_tokenizer_and_features(str(path), trust_remote_code=spec.trust_remote_code)
     return model, tokenizer, features
-
-
-class _Progress:
-    """A rich progress bar on a terminal; one status line per interval otherwise (logs, SLURM)."""
-
-    def __init__(self, total: int, label: str, interval_s: float = 10.0) -> None:
-        self.total, self.label, self.interval_s = total, label, interval_s
-        self.done = 0
-        self.t0 = self.last = time.perf_counter()
-        self.bar: Any = None
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.interval_s or self.done >= self.total:
-            self.last = now
-            log.info("%s: %d/%d samples, %.2f samples/s", self.label, self.done, self.total,
-                     self.done / max(now - self.t0, 1e-9))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def score_task(task: SuiteTask, suite: Suite, *, model: Any, tokenizer: Any, features: Any, chat: Any,
-               sample_limit: int | None = None) -> tuple[dict[str, float], list[SampleScore], float]:
-    """Generate for every sample of one task and score it; (metrics, samples, seconds of generation)."""
-    from eval.stage import generate
-    from sllm_lib.data.encode import encode_record
-    from sllm_lib.data.records import read_records
-    from sllm_lib.metrics.registry import compute_metrics
-
-    data = read_records(task.data, task.record_kind, on_bad_record="fail")
-    limit = suite.limit_for(task, sample_limit)
-    records = data.records[:limit] if limit else data.records
-    gen = task.generation_for(suite.generation)
-    examples = [encode_record(r, task.record_kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
-                              max_seq_len=10**9, with_target=False) for r in records]
-    hyps: list[str] = []
-    progress = _Progress(len(examples), f"{suite.name}/{task.name}")
-    t0 = time.perf_counter()
-    try:
-        for i in range(0, len(examples), gen.batch_size):
-            batch = examples[i:i + gen.batch_size]
-            for ids in generate(model, batch, chat=chat, gen=gen):
-                ids = [t for t in ids if t not in (chat.pad, chat.eos)]
-                hyps.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-            progress.advance(len(batch))
-    finally:
-        progress.close()
-    seconds = time.perf_counter() - t0
-    refs = [e.target for e in examples]
-    results = compute_metrics(task.metric_names(), refs, hyps, labels=task.labels, options=task.metric_options)
-    samples = [SampleScore(id=str(r.get("id") or f"{i:05d}"), reference=ref, prediction=hyp,
-                           scores={n: float(res.per_sample[i]) for n, res in results.items()
-                                   if len(res.per_sample) == len(refs)})
-               for i, (r, ref, hyp) in enumerate(zip(records, refs, hyps))]
-    return {n: float(res.score) for n, res in results.items()}, samples, seconds
-
-
-def score_suite(model: Any, tokenizer: Any, features: Any, suite: Suite, *,
-                sample_limit: int | None = None) -> tuple[dict[str, float], dict[str, list[SampleScore]], float]:
-    """Every task of the suite: ("task/metric" -> score, task -> samples, samples per second of generation)."""
-    from sllm_lib.models.builders import chat_for
-
-    chat = chat_for(tokenizer, model.config, system_prompt=getattr(model, "sllm_system_prompt", None))
-    metrics: dict[str, float] = {}
-    samples: dict[str, list[SampleScore]] = {}
-    n, seconds = 0, 0.0
-    for task in suite.tasks:
-        scores, task_samples, secs = score_task(task, suite, model=model, tokenizer=tokenizer, features=features,
-                                                chat=chat, sample_limit=sample_limit)
-        metrics.update({f"{task.name}/{k}": v for k, v in scores.items()})
-        samples[task.name] = task_samples
-        n += len(task_samples)
-        seconds += secs
-        log.info("%s/%s: %s", suite.name, task.name, " | ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    return metrics, samples, n / seconds if seconds > 0 else 0.0

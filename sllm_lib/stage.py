@@ -1,4 +1,5 @@
-"""What every stage function receives and returns."""
+"""What every stage function receives (`StageContext`) and returns (`StageResult`), and how it publishes its
+output folder (built in a temp folder beside it, manifest last, then renamed into place)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sllm_lib.files import MANIFEST, write_json_atomic
 from sllm_lib.spec import JobSpec
 from sllm_lib.tracking.tracker import NullTracker, Tracker
-
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -68,27 +68,6 @@ class StageResult:
         return cls(**json.loads(text))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text via a temp file in the same folder, fsync, then rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary files others read (reports, datasets)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON atomically (see `write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2))
-
-
 def new_output_tmp(ctx: StageContext) -> Path:
     """A fresh temp folder beside the final output; publish it with `publish_output`."""
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -107,14 +86,3 @@ def publish_output(tmp: Path, ctx: StageContext, manifest: dict[str, Any]) -> Pa
     else:
         tmp.rename(final)
     return final
-
-
-def read_manifest(output_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a complete output folder, or None."""
-    p = output_dir / MANIFEST
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None

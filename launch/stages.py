@@ -1,11 +1,14 @@
-"""Stage kind -> stage function. Every stage is `fn(stage_spec, ctx) -> StageResult`."""
+"""The stage registry: stage kind -> stage function. Every stage is `fn(stage_spec, ctx) -> StageResult`.
+
+It lives in `launch`, the one layer that sees both the training stages (sllm_lib) and the evaluation stages
+(eval)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable
 
-from sllm_lib.training.context import StageContext, StageResult
+from sllm_lib.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
