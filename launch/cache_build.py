@@ -48,12 +48,10 @@ class BuildPlan:
 def spec_audio(spec: Any) -> dict[str, list[str]]:
     """Dataset name -> unique audio paths, over every audio dataset the spec reads (order kept)."""
     from sllm_lib.data.records import read_records
-    from sllm_lib.spec import TRAIN_KINDS
 
     out: dict[str, list[str]] = {}
     for s in spec.stages:
-        refs = [*s.data.train, *s.data.val] if s.kind in TRAIN_KINDS else list(getattr(s, "datasets", []))
-        for ref in refs:
+        for ref in s.input_datasets():
             if ref.kind not in AUDIO_KINDS:
                 continue
             name = Path(ref.path).stem

@@ -92,11 +92,11 @@ def _starts_from(stage: Any, ps: Any) -> str:
         return f"registry {stage.registered_model}@{stage.candidate_alias} vs @{stage.champion_alias}"
     if stage.kind == "suite_eval":
         return stage.model or ps.upstream[0]
-    if stage.kind in ("eval", "prune", "quantize"):
-        return ps.upstream[0] if ps.upstream else "-"
     if stage.kind == "distill":
         return " + ".join(["base", *ps.chain[:-1]]) + f" (teacher {stage.teacher})"
-    return " + ".join(["base", *ps.chain])
+    if stage.trains or stage.kind == "merge":  # the base model and the adapters of the chain
+        return " + ".join(["base", *ps.chain])
+    return ps.upstream[0] if ps.upstream else "-"  # the upstream stage's output (a model folder or adapters)
 
 
 def _load(spec_path: Path, set_: list[str] | None, cluster: str | None) -> Any:
@@ -118,7 +118,7 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
     """Validate, check inputs and print the stage plan without running or writing anything."""
     from launch.executor import LaunchRequest, get_executor
     from launch.pipeline import preflight
-    from sllm_lib.spec import TRAIN_KINDS, dump_resolved_yaml
+    from sllm_lib.spec import dump_resolved_yaml
 
     p = _load(spec_path, set_, cluster)
     preflight(p.spec)
@@ -132,7 +132,7 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
     for i, s in enumerate(p.stages, 1):
         req = LaunchRequest(job_name=p.spec.name, stage=s.name, spec_path="spec.resolved.yaml", spec_hash=p.spec_hash,
                             run_dir=str(p.run_dir), stage_dir=str(p.stage_dir(s.name)), tracking_uri="",
-                            tracking_strict=False, run_id=None, single_process=s.kind not in TRAIN_KINDS,
+                            tracking_strict=False, run_id=None, single_process=not p.spec.stage(s.name).trains,
                             after=[f"<job of {u}>" for u in s.upstream] if executor.supports_dependencies else [])
         table.add_row(str(i), s.name, s.kind, ", ".join(s.upstream) or "-",
                       _starts_from(p.spec.stage(s.name), s),

@@ -18,14 +18,13 @@ from typing import Any
 
 from launch.executor import LaunchRequest, get_executor
 from sllm_lib.errors import PlanError, SllmError
-from sllm_lib.spec import TRAIN_KINDS, JobSpec, dump_resolved_yaml, spec_hash, spec_to_dict, topo_order
+from sllm_lib.spec import JobSpec, dump_resolved_yaml, spec_hash, spec_to_dict, topo_order
 from sllm_lib.stage import StageResult
 from sllm_lib.files import read_manifest, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-SUITE_KINDS = ("suite_eval", "nightly_eval")
 
 
 @dataclass
@@ -59,19 +58,15 @@ def model_chain(spec: JobSpec, name: str | None) -> list[str]:
         return []
     stage = spec.stage(name)
     below = model_chain(spec, stage.from_stage)
-    return below + [name] if stage.kind in TRAIN_KINDS else below
+    return below + [name] if stage.trains else below
 
 
 def _stage_inputs(stage: Any) -> list[str]:
-    if stage.kind in TRAIN_KINDS:
-        return [f"{r.kind}:{r.path}" for r in [*stage.data.train, *stage.data.val]]
-    if stage.kind in ("eval", "quantize"):
-        return [f"{r.kind}:{r.path}" for r in stage.datasets]
-    if stage.kind in SUITE_KINDS:
+    if stage.scores_suite:
         from eval.suites import load_suite
 
         return [f"{t.record_kind}:{t.data}" for t in load_suite(stage.suite).tasks]
-    return []
+    return [f"{r.kind}:{r.path}" for r in stage.input_datasets()]
 
 
 def resolve_dates(spec: JobSpec) -> JobSpec:
@@ -114,11 +109,11 @@ def preflight(spec: JobSpec) -> None:
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     for s in spec.stages:
-        if s.kind in SUITE_KINDS:
+        if s.scores_suite:
             problems += _suite_problems(s)
             continue
-        refs = [*s.data.train, *s.data.val] if s.kind in TRAIN_KINDS else list(getattr(s, "datasets", []))
-        if s.kind in ("eval", "quantize"):
+        refs = s.input_datasets()
+        if s.scores_datasets:
             problems += _eval_metric_problems(s)
         for ref in refs:
             key = (ref.path, ref.kind, tuple(ref.labels or ()))
@@ -301,7 +296,7 @@ def _stage_done(plan: Plan, state: dict[str, Any], name: str) -> StageResult | N
 def _inputs_unchanged(plan: Plan, state: dict[str, Any], name: str, manifest: dict[str, Any]) -> bool:
     """Evaluation stages read inputs the spec hash cannot see: the suite's files and the registry's aliases."""
     stage = plan.spec.stage(name)
-    if stage.kind not in SUITE_KINDS:
+    if not stage.scores_suite:
         return True
     from eval.suites import load_suite
 
@@ -403,7 +398,7 @@ def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: 
         tracking_strict=spec.tracking.strict, run_id=run_id,
         chain=[str(plan.stage_dir(c) / "output") for c in ps.chain],
         upstream_output=str(plan.stage_dir(up) / "output") if up else None,
-        upstream_kind=spec.stage(up).kind if up else None, single_process=ps.kind not in TRAIN_KINDS,
+        upstream_kind=spec.stage(up).kind if up else None, single_process=not spec.stage(ps.name).trains,
     )
 
 
@@ -561,7 +556,7 @@ def _submit(plan: Plan, executor: Any, *, wait: bool) -> PipelineOutcome:
     protect_secrets(spec)
     uri = tracking_uri(spec)
     check_tracking(uri)
-    if any(s.kind in SUITE_KINDS for s in spec.stages):
+    if any(s.scores_suite for s in spec.stages):
         registry_preflight(spec, uri)
     resolved = plan.run_dir / "spec.resolved.yaml"
     _executor_preflight(plan, executor, resolved, uri)

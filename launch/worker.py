@@ -48,14 +48,11 @@ def _protect_secrets(job: Any) -> dict[str, str]:
     return env
 
 
-AUDIO_STAGE_KINDS = ("asr_adapter", "multitask", "eval", "suite_eval", "nightly_eval")
-
-
 def _activate_cache(job: Any, stage: Any) -> Any:
     """The job's feature cache for stages that read audio (None for text-only stages or mode off)."""
-    if stage.kind not in AUDIO_STAGE_KINDS:
+    if not stage.reads_audio:
         return None
-    if stage.kind == "eval" and all(ref.kind in ("text_qa", "classification", "vision") for ref in stage.datasets):
+    if stage.scores_datasets and all(ref.kind in ("text_qa", "classification", "vision") for ref in stage.datasets):
         return None  # text-only evaluation (e.g. a causal LM's): no audio, no cache
     from sllm_lib.data.feature_cache import activate
 

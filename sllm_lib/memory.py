@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sllm_lib.errors import ArtifactNotFoundError, JobSpecError
-from sllm_lib.spec import TRAIN_KINDS, JobSpec, ModelSpec, QuantSpec
+from sllm_lib.spec import JobSpec, ModelSpec, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def plan_memory(job: JobSpec, profile: Any, *, device: Device | None = None) -> 
     """
     if job.model is None:
         return []
-    if all(s.kind == "vision_sft" for s in job.stages if s.kind in TRAIN_KINDS):
+    if all(s.model_family == "vision" for s in job.stages if s.trains):
         # vision-language models (vision tower, image tokens) are not modelled yet: no prediction, no refusal
         log.info("memory planner: vision-language stages are not modelled; nothing predicted for %s", job.name)
         return []
@@ -465,7 +465,7 @@ def plan_memory(job: JobSpec, profile: Any, *, device: Device | None = None) -> 
     account = account_model(job.model)
     out = []
     for i, stage in enumerate(job.stages):
-        if stage.kind not in TRAIN_KINDS:
+        if not stage.trains:
             continue
         out.append(_worst_sweep_point(job, i, stage, account, profile, dev))
     return out

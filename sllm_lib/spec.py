@@ -190,6 +190,25 @@ class GenerationSpec(_Strict):
 
 
 class _StageBase(_Strict):
+    # What a stage kind is, as class-level facts. The planner, the executors and the workers ask these (never a
+    # list of kind names); a new kind states its own. docs/design.md, "Adding a stage kind".
+    trains: ClassVar[bool] = False
+    """Trains parameters on every rank (N processes); its adapter / modules chain into later stages."""
+    needs_base_model: ClassVar[bool] = False
+    """Loads the job's `model.base` (so `model:` is required)."""
+    output: ClassVar[Literal["adapter", "model_folder", "scores"]] = "scores"
+    """What its output/ holds: an adapter chain link, a whole model folder, or only scores (no model)."""
+    upstream_kinds: ClassVar[tuple[str, ...] | None] = None
+    """The kinds its `from_stage` may be (None: any that produces a model)."""
+    reads_audio: ClassVar[bool] = False
+    """May read audio features: the worker activates the job's feature cache for it."""
+    scores_datasets: ClassVar[bool] = False
+    """Generates on its `datasets:` and scores them (their metrics are checked before submission)."""
+    scores_suite: ClassVar[bool] = False
+    """Scores a model on an evaluation suite (reads the suite's files and the model registry)."""
+    model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = None
+    """The architecture a training stage needs: the speech LLM, a text-only causal LM, or a VLM."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique stage name.")
     from_stage: str | None = Field(
         default=None, description="Upstream stage whose output (adapter chain or merged model) this stage starts from."
@@ -201,8 +220,20 @@ class _StageBase(_Strict):
         names = [self.from_stage] if self.from_stage else []
         return names + [d for d in self.depends_on if d not in names]
 
+    @classmethod
+    def kind_name(cls) -> str:
+        """The `kind:` value of this stage model."""
+        return cls.model_fields["kind"].annotation.__args__[0]
+
+    def input_datasets(self) -> list[DatasetRef]:
+        """The dataset files this stage reads (train + val, or the datasets it scores); [] for none."""
+        return list(getattr(self, "datasets", None) or [])
+
 
 class _TrainStageBase(_StageBase):
+    trains: ClassVar[bool] = True
+    needs_base_model: ClassVar[bool] = True
+    output: ClassVar[Literal["adapter", "model_folder", "scores"]] = "adapter"
     _data_kind: ClassVar[str | tuple[str, ...] | None] = None  # the record kind(s) a single-task stage accepts
     data: DataSpec
     train: TrainSpec
@@ -232,6 +263,9 @@ class _TrainStageBase(_StageBase):
                              "use offload_optimizer, or quant.bits none")
         return self
 
+    def input_datasets(self) -> list[DatasetRef]:
+        return [*self.data.train, *self.data.val]
+
     @field_validator("data")
     @classmethod
     def _one_record_kind(cls, v: DataSpec) -> DataSpec:
@@ -246,18 +280,23 @@ class _TrainStageBase(_StageBase):
 
 class TextSftStage(_TrainStageBase):
     kind: Literal["text_sft"]
+    model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = "speech"
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
     _data_kind: ClassVar[str] = "text_qa"
 
 
 class AsrAdapterStage(_TrainStageBase):
     kind: Literal["asr_adapter"]
+    model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = "speech"
+    reads_audio: ClassVar[bool] = True
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector"])
     _data_kind: ClassVar[str] = "asr"
 
 
 class MultitaskStage(_TrainStageBase):
     kind: Literal["multitask"]
+    model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = "speech"
+    reads_audio: ClassVar[bool] = True
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["projector", "lora"])
     _data_kind: ClassVar[tuple[str, ...]] = ("text_qa", "asr", "speech_qa")
 
@@ -267,6 +306,7 @@ class CausalSftStage(_TrainStageBase):
     tokenizer's chat template; loss on the answer only."""
 
     kind: Literal["causal_sft"]
+    model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = "causal"
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
     system_prompt: str | None = Field(
         default=None, description="System turn put before every question (the chat template's system role); "
@@ -306,6 +346,7 @@ class VisionSftStage(_TrainStageBase):
     prompt, loss on the target interpretation only."""
 
     kind: Literal["vision_sft"]
+    model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = "vision"
     trainable: list[TrainableGroup] = Field(default_factory=lambda: ["lora"])
     prompt: str = Field(default=VISION_PROMPT, description="Prompt after the images: {persona} (key: value, ...), "
                                                           "{context} and {instruction} are filled from each record.")
@@ -343,6 +384,8 @@ class RegisterSpec(_Strict):
 
 class MergeStage(_StageBase):
     kind: Literal["merge"]
+    needs_base_model: ClassVar[bool] = True
+    output: ClassVar[Literal["adapter", "model_folder", "scores"]] = "model_folder"
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="bfloat16", description="Saved weight dtype.")
     register_as: RegisterSpec | None = Field(default=None, description="Register the merged model (None: log only).")
 
@@ -360,6 +403,8 @@ class PruneStage(_StageBase):
     """Magnitude pruning of a merged model's Linear weights (unstructured or N:M), made permanent and verified."""
 
     kind: Literal["prune"]
+    output: ClassVar[Literal["adapter", "model_folder", "scores"]] = "model_folder"
+    upstream_kinds: ClassVar[tuple[str, ...] | None] = ("merge", "prune")
     pattern: str = Field(default="unstructured", pattern=r"^(unstructured|[1-9][0-9]*:[1-9][0-9]*)$",
                          description="unstructured, or N:M (keep N of every M consecutive weights, e.g. 2:4).")
     sparsity: float | None = Field(default=None, gt=0, lt=1,
@@ -408,6 +453,9 @@ class EvalDatasetRef(DatasetRef):
 
 class EvalStage(_StageBase):
     kind: Literal["eval"]
+    needs_base_model: ClassVar[bool] = True
+    reads_audio: ClassVar[bool] = True
+    scores_datasets: ClassVar[bool] = True
     datasets: list[EvalDatasetRef] = Field(min_length=1)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
 
@@ -431,6 +479,9 @@ class QuantizeStage(_StageBase):
     against an uncompressed baseline: size on disk, memory, CPU ms per token and task quality."""
 
     kind: Literal["quantize"]
+    output: ClassVar[Literal["adapter", "model_folder", "scores"]] = "model_folder"
+    upstream_kinds: ClassVar[tuple[str, ...] | None] = ("merge", "prune")
+    scores_datasets: ClassVar[bool] = True
     method: Literal["dynamic_int8", "bnb8", "bnb4"] = Field(
         default="dynamic_int8", description="dynamic_int8: torch dynamic int8 Linear layers (CPU serving); "
                                             "bnb8 / bnb4: bitsandbytes LLM.int8() / NF4 (GPU serving).")
@@ -454,6 +505,8 @@ class SuiteEvalStage(_StageBase):
     """Score one model on an evaluation suite (eval/suites/*.yaml); `sllm eval` runs exactly this stage."""
 
     kind: Literal["suite_eval"]
+    reads_audio: ClassVar[bool] = True
+    scores_suite: ClassVar[bool] = True
     model: str | None = Field(
         default=None,
         description="A merged model folder, models:/NAME@ALIAS, models:/NAME/VERSION, or an MLflow run id of a "
@@ -479,6 +532,8 @@ class NightlyEvalStage(_StageBase):
     """Score the registry's candidate (and latest versions) against the champion; gate, report, maybe promote."""
 
     kind: Literal["nightly_eval"]
+    reads_audio: ClassVar[bool] = True
+    scores_suite: ClassVar[bool] = True
     suite: str = Field(description="Suite YAML; relative paths resolve against the spec's folder.")
     registered_model: str = Field(min_length=1, description="Registered model name in the MLflow registry.")
     candidate_alias: str = Field(default="candidate", description="Alias of the version under test.")
@@ -520,14 +575,17 @@ class NightlyEvalStage(_StageBase):
         return self
 
 
-StageSpec = Annotated[
-    Union[TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, DistillStage, VisionSftStage, MergeStage,
-          PruneStage, QuantizeStage, EvalStage, SuiteEvalStage, NightlyEvalStage],
-    Field(discriminator="kind"),
-]
-TRAIN_KINDS = ("text_sft", "asr_adapter", "multitask", "causal_sft", "distill", "vision_sft")
-MODEL_KINDS = (*TRAIN_KINDS, "merge", "eval")  # stages that need the job's base model
-MODEL_FOLDER_KINDS = ("merge", "prune", "quantize")  # stages whose output is a whole model folder
+STAGE_MODELS: tuple[type[_StageBase], ...] = (
+    TextSftStage, AsrAdapterStage, MultitaskStage, CausalSftStage, DistillStage, VisionSftStage, MergeStage,
+    PruneStage, QuantizeStage, EvalStage, SuiteEvalStage, NightlyEvalStage,
+)
+"""Every stage kind's spec model: the one list of kinds (launch/stages.py maps each kind to its function)."""
+STAGE_TYPES: dict[str, type[_StageBase]] = {cls.kind_name(): cls for cls in STAGE_MODELS}
+StageSpec = Annotated[Union[STAGE_MODELS], Field(discriminator="kind")]
+# derived from the stage models' traits (kept as names: the code and users' scripts read them)
+TRAIN_KINDS = tuple(kind for kind, cls in STAGE_TYPES.items() if cls.trains)
+MODEL_KINDS = tuple(kind for kind, cls in STAGE_TYPES.items() if cls.needs_base_model)
+MODEL_FOLDER_KINDS = tuple(kind for kind, cls in STAGE_TYPES.items() if cls.output == "model_folder")
 
 
 # --------------------------------------------------------------------------------------------- job
@@ -782,12 +840,8 @@ def _profile_adapter() -> Any:
 
 
 _PROFILE_ROOT: ContextVar[bool] = ContextVar("_PROFILE_ROOT", default=False)
-_TAG_MODELS: dict[str, type[BaseModel]] = {
-    "text_sft": TextSftStage, "asr_adapter": AsrAdapterStage, "multitask": MultitaskStage,
-    "causal_sft": CausalSftStage, "distill": DistillStage, "merge": MergeStage, "prune": PruneStage,
-    "quantize": QuantizeStage, "vision_sft": VisionSftStage, "eval": EvalStage,
-    "suite_eval": SuiteEvalStage, "nightly_eval": NightlyEvalStage, "local": LocalProfile, "slurm": SlurmProfile, "ray": RayProfile,
-}
+_TAG_MODELS: dict[str, type[BaseModel]] = {**STAGE_TYPES, "local": LocalProfile, "slurm": SlurmProfile,
+                                            "ray": RayProfile}
 
 
 def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
@@ -1291,25 +1345,25 @@ def graph_problems(spec: JobSpec) -> list[str]:
                     problems.append(f"stages[{i}].{field}: stage {n!r} depends on itself")
         if s.from_stage in index:
             up = spec.stages[index[s.from_stage]]
-            if up.kind in ("eval", "suite_eval", "nightly_eval"):
+            if up.output == "scores":
                 problems.append(f"stages[{i}].from_stage: {s.from_stage!r} is an {up.kind} stage and produces no model")
-            if s.kind == "suite_eval" and not s.model and up.kind not in MODEL_FOLDER_KINDS:
+            if s.kind == "suite_eval" and not s.model and up.output != "model_folder":
                 problems.append(f"stages[{i}].from_stage: suite_eval scores a merged model; {s.from_stage!r} is "
                                 f"{up.kind} (point from_stage at a merge stage, or set model)")
-            if s.kind in ("prune", "quantize") and up.kind not in ("merge", "prune"):
+            if s.upstream_kinds is not None and up.kind not in s.upstream_kinds:
                 problems.append(f"stages[{i}].from_stage: {s.kind} works on a model folder; {s.from_stage!r} is "
-                                f"{up.kind} (point from_stage at a merge or prune stage)")
-            if s.kind == "merge" and up.kind in MODEL_FOLDER_KINDS:
+                                f"{up.kind} (point from_stage at a {' or '.join(s.upstream_kinds)} stage)")
+            if s.kind == "merge" and up.output == "model_folder":
                 problems.append(f"stages[{i}].from_stage: merge combines training stages; {s.from_stage!r} is "
                                 f"already a model folder ({up.kind})")
-            if s.kind in TRAIN_KINDS and up.kind in MODEL_FOLDER_KINDS:
+            if s.trains and up.output == "model_folder":
                 problems.append(
                     f"stages[{i}].from_stage: training from a merged model is not supported; "
                     f"start from the training stage that {s.from_stage!r} merges"
                 )
         if s.kind == "nightly_eval" and s.from_stage:
             problems.append(f"stages[{i}].from_stage: nightly_eval picks its models from the registry; use depends_on")
-    needs = [s.name for s in spec.stages if s.kind in MODEL_KINDS]
+    needs = [s.name for s in spec.stages if s.needs_base_model]
     if spec.model is None and needs:
         problems.append(f"model: required by stage(s) {', '.join(map(repr, needs))} (e.g. model: {{base: tiny:voxtral}})")
     problems += sweep_problems(spec)
@@ -1331,7 +1385,7 @@ def sweep_problems(spec: JobSpec) -> list[str]:
         hint = f"; did you mean {close[0]!r}?" if close else f"; stages are: {', '.join(names)}"
         return [f"sweep.stage: unknown stage {_show(sw.stage)}{hint}"]
     stage = spec.stage(sw.stage)
-    if stage.kind not in TRAIN_KINDS:
+    if not stage.trains:
         return [f"sweep.stage: {sw.stage!r} is a {stage.kind} stage; only training stages can be swept"]
     problems = []
     for key in sw.grid:

@@ -360,17 +360,16 @@ def _log_padding(stage: Any, ctx: StageContext, lengths: list[int]) -> None:
         ctx.tracker.log_metrics({"data/padding_share": used, "data/padding_share_shuffled": plain}, step=0)
 
 
-TEXT_ONLY_KINDS = ("causal_sft", "distill")
-
-
 def check_architecture(stage: Any, config: Any, base: str) -> None:
     """causal_sft needs a text-only causal LM; vision_sft a vision-language model; the speech stages the speech
     LLM (checked from the config, before any weight loads)."""
     from sllm_lib.errors import JobSpecError
     from sllm_lib.models.builders import is_vision_model
+    from sllm_lib.spec import STAGE_TYPES
 
+    family = STAGE_TYPES[stage.kind].model_family  # the architecture the stage kind trains
     vision = is_vision_model(config)
-    if (stage.kind == "vision_sft") != vision:
+    if (family == "vision") != vision:
         want = "a vision-language model (e.g. Llava, Qwen2-VL, Phi-3.5-vision)" if vision is False else \
             "the stage kind vision_sft"
         raise JobSpecError(f"stage {stage.name!r} ({stage.kind}): model.base {base!r} is {config.model_type}; "
@@ -378,7 +377,7 @@ def check_architecture(stage: Any, config: Any, base: str) -> None:
     if vision:
         return
     speech = is_speech_model(config)
-    text_only = stage.kind in TEXT_ONLY_KINDS
+    text_only = family == "causal"
     if text_only and speech:
         raise JobSpecError(f"stage {stage.name!r} ({stage.kind}): model.base {base!r} is a speech LLM "
                            f"({config.model_type}); use text_sft for its text stage, or a text-only causal LM")
@@ -508,7 +507,7 @@ def _write_training_output(
             "system_prompt": getattr(stage, "system_prompt", None),
             "teacher": getattr(stage, "teacher", None),
             "vision_prompt": {"prompt": stage.prompt, "default_instruction": stage.default_instruction}
-            if stage.kind == "vision_sft" else None,
+            if stage.model_family == "vision" else None,
             "quant": stage.quant.model_dump(), "deepspeed": stage.deepspeed.model_dump() if stage.deepspeed else None,
             "world_size": ctx.world_size, "trainable_sha256_by_rank": rank_digests, "datasets": {str(r.path): r.digest() for r in train_sets},
         }

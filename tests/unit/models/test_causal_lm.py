@@ -130,13 +130,3 @@ def test_a_merged_folder_loads_with_the_trust_its_merge_recorded(tmp_path: Path)
     (tmp_path / "manifest.json").write_text('{"trust_remote_code": true}', encoding="utf-8")
     spec = folder_model_spec(tmp_path)
     assert spec.base == str(tmp_path) and spec.trust_remote_code is True
-
-
-def test_every_stage_kind_has_a_stage_function() -> None:
-    import typing
-
-    from sllm_lib.spec import StageSpec
-    from launch.stages import STAGE_FUNCTIONS
-
-    kinds = {typing.get_args(m.model_fields["kind"].annotation)[0] for m in typing.get_args(typing.get_args(StageSpec)[0])}
-    assert kinds == set(STAGE_FUNCTIONS)
