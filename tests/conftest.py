@@ -11,14 +11,35 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 
 
-def run_sllm(args: list[str], cwd: Path, timeout: float = 900):
-    """`python -m launch.cli ARGS` in a fresh process (the e2e tests' way in), output captured."""
+def sllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `sllm` subprocess: `base` (default: this one), this checkout first on PYTHONPATH, and
+    no SLLM_LOG_LEVEL of the developer's (tests read the default output)."""
+    env = dict(os.environ if base is None else base)
+    env.pop("SLLM_LOG_LEVEL", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def run_sllm(args: list[str], cwd: Path = REPO, *, env: dict[str, str] | None = None, timeout: float = 900):
+    """`python -m launch.cli ARGS` in a fresh process (how the tests use the CLI), output captured; `env` is the
+    base environment (see `sllm_env`)."""
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=sllm_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+SLOW_TIERS = ("integration", "e2e", "bench")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test of a tier that starts services, trains or runs pipelines is `slow`: `pytest -m "not slow"` is the
+    unit tier alone, the inner loop (about a minute on 2 cores); CI runs everything."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO).parts
+        if len(parts) > 1 and parts[0] == "tests" and parts[1] in SLOW_TIERS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_sllm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.mlflow]
 
@@ -33,9 +31,7 @@ def test_demo_on_ray_local(tmp_path: Path) -> None:
         pytest.skip("Ray not installed (pip install -e '.[test]')")
 
     before = _heads()
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "submit", str(REPO / "jobs" / "demo_sllm_tiny.yaml"),
-                           "--cluster", "ray_local"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = run_sllm(["submit", str(REPO / "jobs" / "demo_sllm_tiny.yaml"), "--cluster", "ray_local"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "lineage of sllm-demo-tiny@candidate" in proc.stdout
     (run_dir,) = list((tmp_path / "runs" / "demo-sllm-tiny").iterdir())

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_sllm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 
 def _sllm(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return run_sllm(args, cwd)
 
 
 def test_demo_on_slurm_local(slurm_cluster, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from launch.pipeline import build_plan, submit_pipeline
 from launch.ray_executor import RayExecutor
 from sllm_lib.errors import JobSpecError, StageFailedError, SubmissionError
 from sllm_lib.spec import RayProfile, dump_resolved_yaml, load_cluster_profile, load_job_spec
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import SAMPLE, run_sllm
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
@@ -150,8 +150,7 @@ def test_unplaceable_workers_fail_after_the_placement_bound(ray_head, tmp_path: 
 
 
 def _sllm(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return run_sllm(args, timeout=timeout)
 
 
 def test_plan_sent_through_the_jobs_api_then_status_logs_cancel(ray_head, tmp_path: Path) -> None:

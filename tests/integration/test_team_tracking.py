@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import REPO, SAMPLE, run_sllm
 
 pytestmark = pytest.mark.mlflow
 
@@ -55,8 +55,7 @@ def _env(stack, **extra: str) -> dict[str, str]:
 
 
 def _sllm(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_sllm(args, env=env, timeout=timeout)
 
 
 def _pg_text(pg_uri: str) -> str:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 from sllm_lib.data.aihub import convert_aihub, find_trees
 from sllm_lib.data.records import read_records
 from sllm_lib.errors import DataError
-from tests.conftest import REPO
+from tests.conftest import run_sllm
 
 
 def _write(path: Path, data) -> None:
@@ -101,15 +98,11 @@ def test_not_a_tree_is_a_clear_error(tmp_path: Path) -> None:
 def test_cli_prints_counts_and_writes_the_report(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "aihub")
     _write(root / "TL_내과" / "2.답변" / "천식" / "예방" / "HC-A-0009.json", {"answer": "금연하세요."})
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "data", "convert-aihub", str(root), "-o",
-                           str(tmp_path / "qa.jsonl"), "--report", str(tmp_path / "report.json")],
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          cwd=REPO)
+    proc = run_sllm(["data", "convert-aihub", str(root), "-o", str(tmp_path / "qa.jsonl"), "--report",
+                     str(tmp_path / "report.json")], timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "no question for TL_내과/2.답변/천식/예방/HC-A-0009.json" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert report["pairs"] == 4 and report["unmatched_answers"] == ["TL_내과/2.답변/천식/예방/HC-A-0009.json"]
-    strict = subprocess.run([sys.executable, "-m", "launch.cli", "data", "convert-aihub", str(root), "-o",
-                             str(tmp_path / "s.jsonl"), "--strict"], capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+    strict = run_sllm(["data", "convert-aihub", str(root), "-o", str(tmp_path / "s.jsonl"), "--strict"], timeout=60)
     assert strict.returncode != 0 and "answer without a question" in strict.stdout + strict.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,24 +13,16 @@ import pytest
 import yaml
 
 from sllm_lib.spec import load_job_spec, spec_hash
+from tests.conftest import REPO, run_sllm, sllm_env
 
-REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "jobs" / "demo_sllm_tiny.yaml"
 SAMPLE = REPO / "data" / "sample"
 STAGES = ["text_lora", "asr_projector", "multitask", "merge", "eval"]
 HEAVY = ("torch", "transformers", "mlflow", "peft", "accelerate", "bitsandbytes", "ray")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SLLM_LOG_LEVEL", None)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def sllm(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=60)
+    return run_sllm(list(args), cwd, timeout=60)
 
 
 def write_spec(tmp_path: Path, raw: dict[str, Any], name: str = "spec.yaml") -> Path:
@@ -154,7 +145,7 @@ _HARNESS = textwrap.dedent("""
 
 def run_harness(argv: list[str], preimport: list[str] | None = None) -> tuple[dict[str, Any], str]:
     payload = json.dumps({"argv": argv, "preimport": preimport or [], "heavy": list(HEAVY)})
-    res = subprocess.run([sys.executable, "-c", _HARNESS, payload], cwd=REPO, env=_env(),
+    res = subprocess.run([sys.executable, "-c", _HARNESS, payload], cwd=REPO, env=sllm_env(),
                          capture_output=True, text=True, timeout=60)
     lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"harness printed no result\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
