@@ -76,11 +76,33 @@ class JobHandle(Protocol):
 
 
 class Executor(Protocol):
+    """Every method the pipeline calls; `ExecutorBase` gives the optional ones their do-nothing defaults."""
+
     name: ClassVar[str]
     supports_dependencies: ClassVar[bool]  # True: all stages submitted at once, chained by the scheduler
+    supports_arrays: ClassVar[bool]  # True: `submit_array` runs a sweep's points as one job array
 
     def render(self, request: LaunchRequest) -> str: ...
+    def preflight(self, request: LaunchRequest) -> None: ...
     def submit(self, request: LaunchRequest) -> JobHandle: ...
+    def submit_array(self, requests: list[LaunchRequest], *, max_parallel: int | None = None) -> list[JobHandle]: ...
+    def close(self) -> None: ...
+
+
+class ExecutorBase:
+    """Defaults of the optional parts of `Executor`: no scheduler pre-check, no job arrays, nothing to release."""
+
+    supports_dependencies: ClassVar[bool] = False
+    supports_arrays: ClassVar[bool] = False
+
+    def preflight(self, request: LaunchRequest) -> None:
+        """Judge a stage's request before anything is submitted (raise to refuse); nothing to check here."""
+
+    def submit_array(self, requests: list[LaunchRequest], *, max_parallel: int | None = None) -> list[JobHandle]:
+        raise NotImplementedError(f"{type(self).__name__} has no job arrays (supports_arrays is False)")
+
+    def close(self) -> None:
+        """Release what the executor started (a private Ray head); nothing here."""
 
 
 def get_executor(profile: Any) -> Executor:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from launch.executor import JobState, LaunchRequest
+from launch.executor import ExecutorBase, JobState, LaunchRequest
 from sllm_lib.errors import StageFailedError
 from sllm_lib.ports import free_port
 from sllm_lib.spec import LocalProfile
@@ -132,7 +132,7 @@ class InProcessJob:
         pass
 
 
-class LocalExecutor:
+class LocalExecutor(ExecutorBase):
     """Runs stages on this machine; `isolation: subprocess` frees each stage's memory when it ends."""
 
     name: ClassVar[str] = "local"

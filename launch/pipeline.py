@@ -16,15 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launch.executor import LaunchRequest, get_executor
+from launch.executor import Executor, JobHandle, LaunchRequest, get_executor
+from launch.state import STATE_FILE, PipelineState, StageEntry
 from sllm_lib.errors import PlanError, SllmError
+from sllm_lib.files import read_manifest
 from sllm_lib.spec import JobSpec, dump_resolved_yaml, spec_hash, spec_to_dict, topo_order
 from sllm_lib.stage import StageResult
-from sllm_lib.files import read_manifest, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.json"
 
 
 @dataclass
@@ -271,29 +270,17 @@ def check_tracking(uri: str) -> None:
         pool.shutdown(wait=False)
 
 
-def _load_state(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    p = run_dir / STATE_FILE
-    if p.is_file():
-        try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.warning("%s is unreadable; starting a fresh pipeline run", p)
-    return {"stages": {}}
-
-
-def _stage_done(plan: Plan, state: dict[str, Any], name: str) -> StageResult | None:
-    entry = state["stages"].get(name) or {}
+def _stage_done(plan: Plan, state: PipelineState, name: str) -> StageResult | None:
+    entry = state.stages.get(name) or StageEntry()
     manifest = read_manifest(plan.stage_dir(name) / "output")
-    if entry.get("status") == "COMPLETED" and manifest and manifest.get("spec_hash") == plan.spec_hash:
+    if entry.status == "COMPLETED" and entry.result and manifest and manifest.get("spec_hash") == plan.spec_hash:
         if not _inputs_unchanged(plan, state, name, manifest):
             return None
-        return StageResult(**entry["result"])
+        return StageResult(**entry.result)
     return None
 
 
-def _inputs_unchanged(plan: Plan, state: dict[str, Any], name: str, manifest: dict[str, Any]) -> bool:
+def _inputs_unchanged(plan: Plan, state: PipelineState, name: str, manifest: dict[str, Any]) -> bool:
     """Evaluation stages read inputs the spec hash cannot see: the suite's files and the registry's aliases."""
     stage = plan.spec.stage(name)
     if not stage.scores_suite:
@@ -303,12 +290,12 @@ def _inputs_unchanged(plan: Plan, state: dict[str, Any], name: str, manifest: di
     if manifest.get("suite_digest") not in (None, load_suite(stage.suite).digest()):
         log.info("stage %s: the suite's files changed since the last run; running it again", name)
         return False
-    if stage.kind == "nightly_eval" and state.get("tracking_uri"):
+    if stage.kind == "nightly_eval" and state.tracking_uri:
         from mlflow import MlflowClient
 
         from eval.nightly import alias_versions
 
-        if alias_versions(MlflowClient(state["tracking_uri"]), stage) != manifest.get("aliases_after"):
+        if alias_versions(MlflowClient(state.tracking_uri), stage) != manifest.get("aliases_after"):
             log.info("stage %s: the registry's %s/%s aliases moved since the last run; running it again", name,
                      stage.candidate_alias, stage.champion_alias)
             return False
@@ -348,36 +335,46 @@ class _Runs:
         return MlflowTracker(self.uri, run_id, strict=tracking.strict, journal=Journal(self.plan.run_dir / JOURNAL),
                              call_timeout_s=tracking.call_timeout_s)
 
-    def open_pipeline(self, state: dict[str, Any], resolved: Path) -> str:
+    def open_pipeline(self, state: PipelineState, resolved: Path) -> str:
         from sllm_lib.tracking.tracker import TAG_GIT_SHA, TAG_JOB, TAG_SPEC_HASH
 
         spec = self.plan.spec
-        if not state.get("parent_run_id"):
+        if not state.parent_run_id:
             run = self.client.create_run(self.exp_id, run_name=spec.name, tags={
                 TAG_JOB: spec.name, TAG_SPEC_HASH: self.plan.spec_hash, TAG_GIT_SHA: self.sha,
                 "sllm.cluster": self.plan.profile.name, "sllm.run_dir": str(self.plan.run_dir), "sllm.kind": "pipeline"})
-            state["parent_run_id"] = run.info.run_id
-            write_json_atomic(self.plan.run_dir / STATE_FILE, state)
+            state.parent_run_id = run.info.run_id
+            state.save(self.plan.run_dir / STATE_FILE)
             tracker = self._tracker(run.info.run_id)
             tracker.log_params({k: v for k, v in spec_to_dict(spec).items() if k != "stages"})
             tracker.log_artifact(resolved)
-        self.client.update_run(state["parent_run_id"], status="RUNNING")
-        return state["parent_run_id"]
+        self.client.update_run(state.parent_run_id, status="RUNNING")
+        return state.parent_run_id
 
-    def open_stage(self, entry: dict[str, Any], ps: PlannedStage, parent_id: str, upstream_ids: list[str]) -> str:
+    def open_stage(self, entry: StageEntry, ps: PlannedStage, parent_id: str, upstream_ids: list[str], *,
+                   stage: Any = None, point: tuple[int, dict[str, Any]] | None = None) -> str:
+        """The stage's MLflow run (a sweep point's, with `point` = (index, overrides)): created once with the
+        lineage tags and the stage's parameters, reused when an interrupted stage resumes; SCHEDULED until the
+        worker marks it RUNNING."""
+        import json
+
         from sllm_lib.tracking.tracker import (TAG_GIT_SHA, TAG_JOB, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE,
                                                TAG_STAGE_KIND, TAG_UPSTREAM_RUNS)
 
         spec = self.plan.spec
-        if not entry.get("run_id"):  # an interrupted stage resumes in its existing run
-            run = self.client.create_run(self.exp_id, run_name=f"{spec.name}/{ps.name}", tags={
-                TAG_PARENT: parent_id, TAG_JOB: spec.name, TAG_SPEC_HASH: self.plan.spec_hash, TAG_GIT_SHA: self.sha,
-                TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids),
-                "sllm.kind": "stage"})
-            entry["run_id"] = run.info.run_id
-            self._tracker(run.info.run_id).log_params(spec.stage(ps.name).model_dump(mode="json"))
-        self.client.update_run(entry["run_id"], status="SCHEDULED")  # the worker marks it RUNNING when it starts
-        return entry["run_id"]
+        if not entry.run_id:  # an interrupted stage resumes in its existing run
+            tags = {TAG_PARENT: parent_id, TAG_JOB: spec.name, TAG_SPEC_HASH: self.plan.spec_hash, TAG_GIT_SHA: self.sha,
+                    TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids),
+                    "sllm.kind": "stage"}
+            name = f"{spec.name}/{ps.name}"
+            if point is not None:
+                tags.update({"sllm.sweep_index": str(point[0]), "sllm.sweep_point": json.dumps(point[1])})
+                name += f"/point-{point[0]}"
+            run = self.client.create_run(self.exp_id, run_name=name, tags=tags)
+            entry.run_id = run.info.run_id
+            self._tracker(run.info.run_id).log_params((stage or spec.stage(ps.name)).model_dump(mode="json"))
+        self.client.update_run(entry.run_id, status="SCHEDULED")  # the worker marks it RUNNING when it starts
+        return entry.run_id
 
     def close(self, run_id: str, *, ok: bool, output: str | None = None) -> None:
         from sllm_lib.tracking.tracker import TAG_OUTPUT
@@ -402,40 +399,41 @@ def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: 
     )
 
 
-def _executor_preflight(plan: Plan, executor: Any, resolved: Path, uri: str) -> None:
+def _executor_preflight(plan: Plan, executor: Executor, resolved: Path, uri: str) -> None:
     """Let the scheduler judge every stage's request before anything is submitted (e.g. sbatch --test-only)."""
-    check = getattr(executor, "preflight", None)
-    if check is None:
-        return
     for ps in plan.stages:
-        check(_request(plan, ps, resolved=resolved, uri=uri, run_id=None))
+        executor.preflight(_request(plan, ps, resolved=resolved, uri=uri, run_id=None))
 
 
-def _wait(plan: Plan, state: dict[str, Any], runs: _Runs, name: str, handle: Any) -> StageResult:
-    entry = state["stages"][name]
+def _wait(plan: Plan, state: PipelineState, runs: _Runs, label: str, entry: StageEntry, handle: JobHandle, *,
+          also_failed: StageEntry | None = None) -> StageResult:
+    """The one place a submitted stage (or sweep point) is waited for: its result recorded in the state and its
+    MLflow run closed, FINISHED or FAILED (`also_failed`: the swept stage's entry fails with its point)."""
     try:
         result = handle.result()
     except BaseException:
-        entry["status"] = "FAILED"
-        write_json_atomic(plan.run_dir / STATE_FILE, state)
-        runs.close(entry["run_id"], ok=False)
+        for failed in (entry, also_failed):
+            if failed is not None:
+                failed.status = "FAILED"
+        state.save(plan.run_dir / STATE_FILE)
+        runs.close(entry.run_id, ok=False)
         raise
-    runs.close(entry["run_id"], ok=True, output=result.output_dir or "")
-    entry.update(status="COMPLETED", result=result.to_dict())
-    write_json_atomic(plan.run_dir / STATE_FILE, state)
-    log.info("stage %s: done (%s)", name, handle.job_id)
+    runs.close(entry.run_id, ok=True, output=result.output_dir or "")
+    entry.status, entry.result = "COMPLETED", result.to_dict()
+    state.save(plan.run_dir / STATE_FILE)
+    log.info("stage %s: done (%s)", label, handle.job_id)
     return result
 
 
-def _cancel_rest(plan: Plan, state: dict[str, Any], runs: _Runs, pending: dict[str, Any]) -> None:
+def _cancel_rest(plan: Plan, state: PipelineState, runs: _Runs, pending: dict[str, JobHandle]) -> None:
     """After a failure: cancel what was submitted and has not finished; mark those runs KILLED."""
     for name, handle in pending.items():
         handle.cancel()
-        entry = state["stages"][name]
-        entry["status"] = "CANCELLED"
-        runs.client.set_terminated(entry["run_id"], status="KILLED")
+        entry = state.stages[name]
+        entry.status = "CANCELLED"
+        runs.client.set_terminated(entry.run_id, status="KILLED")
         log.warning("stage %s (%s) cancelled: an upstream stage failed", name, handle.job_id)
-    write_json_atomic(plan.run_dir / STATE_FILE, state)
+    state.save(plan.run_dir / STATE_FILE)
 
 
 def _publish_best(stage_dir: Path, best: int) -> None:
@@ -451,77 +449,61 @@ def _publish_best(stage_dir: Path, best: int) -> None:
     os.replace(tmp, link)
 
 
-def _run_sweep(plan: Plan, state: dict[str, Any], runs: _Runs, executor: Any, ps: PlannedStage, *, parent_id: str,
-               upstream_ids: list[str], after: list[str], resolved: Path, uri: str) -> tuple[StageResult, str]:
+def _run_sweep(plan: Plan, state: PipelineState, runs: _Runs, executor: Executor, ps: PlannedStage, *,
+               parent_id: str, upstream_ids: list[str], after: list[str], resolved: Path,
+               uri: str) -> tuple[StageResult, str]:
     """Every grid point of the swept stage (one job array where the executor has them); the best one is kept."""
     import json
 
     from sllm_lib.spec import stage_with
-    from sllm_lib.tracking.tracker import TAG_JOB, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE, TAG_STAGE_KIND, \
-        TAG_UPSTREAM_RUNS
 
     sw = plan.spec.sweep
     assert sw is not None
     stage = plan.spec.stage(ps.name)
-    entry = state["stages"].setdefault(ps.name, {})
+    entry = state.entry(ps.name)
     points = sw.points()
-    slots = entry.setdefault("points", [{} for _ in points])
+    if entry.points is None:
+        entry.points = [StageEntry() for _ in points]
+    slots = entry.points
     todo: list[tuple[int, LaunchRequest]] = []
     for i, point in enumerate(points):
         slot = slots[i]
-        slot["point"] = point
+        slot.point = point
         out = plan.stage_dir(ps.name) / "points" / str(i) / "output"
-        if slot.get("status") == "COMPLETED" and (read_manifest(out) or {}).get("spec_hash") == plan.spec_hash:
+        if slot.status == "COMPLETED" and (read_manifest(out) or {}).get("spec_hash") == plan.spec_hash:
             continue
-        if not slot.get("run_id"):
-            run = runs.client.create_run(runs.exp_id, run_name=f"{plan.spec.name}/{ps.name}/point-{i}", tags={
-                TAG_PARENT: parent_id, TAG_JOB: plan.spec.name, TAG_SPEC_HASH: plan.spec_hash, TAG_STAGE: ps.name,
-                TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids), "sllm.kind": "stage",
-                "sllm.sweep_index": str(i), "sllm.sweep_point": json.dumps(point)})
-            slot["run_id"] = run.info.run_id
-            runs._tracker(run.info.run_id).log_params(stage_with(stage, point).model_dump(mode="json"))
-        base = _request(plan, ps, resolved=resolved, uri=uri, run_id=slot["run_id"])
+        run_id = runs.open_stage(slot, ps, parent_id, upstream_ids, stage=stage_with(stage, point), point=(i, point))
+        base = _request(plan, ps, resolved=resolved, uri=uri, run_id=run_id)
         todo.append((i, replace(base, stage_dir=str(plan.stage_dir(ps.name) / "points" / str(i)), overrides=point,
                                 after=after)))
-    write_json_atomic(plan.run_dir / STATE_FILE, state)
+    state.save(plan.run_dir / STATE_FILE)
     if todo:
         reqs = [r for _, r in todo]
-        if hasattr(executor, "submit_array"):
-            handles = executor.submit_array(reqs, max_parallel=sw.max_parallel)
-        else:
-            handles = [None] * len(reqs)  # run one after the other below
+        # an array where the scheduler has them; else each point is submitted when the one before has ended
+        handles: list[JobHandle | None] = (list(executor.submit_array(reqs, max_parallel=sw.max_parallel))
+                                           if executor.supports_arrays else [None] * len(reqs))
         for (i, req), handle in zip(todo, handles):
             handle = handle or executor.submit(req)
-            slots[i].update(status="SUBMITTED", job_id=handle.job_id)
+            slots[i].status, slots[i].job_id = "SUBMITTED", handle.job_id
             log.info("stage %s point %d %s: %s", ps.name, i, points[i], handle.job_id)
-            try:
-                result = handle.result()
-            except BaseException:
-                slots[i]["status"] = "FAILED"
-                entry["status"] = "FAILED"
-                write_json_atomic(plan.run_dir / STATE_FILE, state)
-                runs.close(slots[i]["run_id"], ok=False)
-                raise
-            runs.close(slots[i]["run_id"], ok=True, output=result.output_dir or "")
-            slots[i].update(status="COMPLETED", result=result.to_dict())
-            write_json_atomic(plan.run_dir / STATE_FILE, state)
-    scored = [(s["result"]["metrics"].get(sw.metric), i) for i, s in enumerate(slots)]
+            _wait(plan, state, runs, f"{ps.name} point {i}", slots[i], handle, also_failed=entry)
+    scored = [((s.result or {}).get("metrics", {}).get(sw.metric), i) for i, s in enumerate(slots)]
     missing = [i for v, i in scored if v is None]
     if missing:
         raise PlanError(f"sweep.metric: points {missing} report no {sw.metric!r}; metrics they have: "
-                        f"{', '.join(sorted(slots[missing[0]]['result']['metrics']))}")
+                        f"{', '.join(sorted((slots[missing[0]].result or {}).get('metrics', {})))}")
     best_value, best = (min if sw.mode == "min" else max)(scored)
     _publish_best(plan.stage_dir(ps.name), best)
-    result = StageResult(**slots[best]["result"])
+    result = StageResult(**slots[best].result)
     result.output_dir = str(plan.stage_dir(ps.name) / "output")
     result.extras.update(best_index=best, best_point=points[best], sweep=[
-        {"point": s["point"], sw.metric: s["result"]["metrics"][sw.metric], "run_id": s["run_id"]} for s in slots])
-    entry.update(status="COMPLETED", run_id=slots[best]["run_id"], result=result.to_dict())
-    write_json_atomic(plan.run_dir / STATE_FILE, state)
+        {"point": s.point, sw.metric: s.result["metrics"][sw.metric], "run_id": s.run_id} for s in slots])
+    entry.status, entry.run_id, entry.result = "COMPLETED", slots[best].run_id, result.to_dict()
+    state.save(plan.run_dir / STATE_FILE)
     runs.client.set_tag(parent_id, f"sllm.sweep.{ps.name}.best", json.dumps(points[best]))
     log.info("stage %s: best of %d points is %d %s (%s %.4g)", ps.name, len(points), best, points[best], sw.metric,
              best_value)
-    return result, slots[best]["run_id"]
+    return result, slots[best].run_id
 
 
 def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
@@ -540,12 +522,10 @@ def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
     try:
         return _submit(plan, executor, wait=wait)
     finally:
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()  # e.g. the private Ray head of `address: local`
+        executor.close()  # e.g. the private Ray head of `address: local`
 
 
-def _submit(plan: Plan, executor: Any, *, wait: bool) -> PipelineOutcome:
+def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
     t0 = time.perf_counter()
     spec = plan.spec
     if not wait and not executor.supports_dependencies:
@@ -563,18 +543,18 @@ def _submit(plan: Plan, executor: Any, *, wait: bool) -> PipelineOutcome:
     runs = _Runs(plan, uri)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resolved.write_text(dump_resolved_yaml(spec), encoding="utf-8")
-    state = _load_state(plan.run_dir)
-    state["tracking_uri"] = uri
+    state = PipelineState.load(plan.run_dir)
+    state.tracking_uri = uri
     parent_id = runs.open_pipeline(state, resolved)
     results: dict[str, StageResult] = {}
     run_ids: dict[str, str] = {}
     reused: list[str] = []
-    pending: dict[str, Any] = {}
+    pending: dict[str, JobHandle] = {}
     try:
         for ps in plan.stages:
             done = _stage_done(plan, state, ps.name)
             if done is not None:
-                run_ids[ps.name] = state["stages"][ps.name]["run_id"]
+                run_ids[ps.name] = state.stages[ps.name].run_id
                 log.info("stage %s: reusing completed output (run %s)", ps.name, run_ids[ps.name])
                 results[ps.name] = done
                 reused.append(ps.name)
@@ -585,15 +565,15 @@ def _submit(plan: Plan, executor: Any, *, wait: bool) -> PipelineOutcome:
                     plan, state, runs, executor, ps, parent_id=parent_id, upstream_ids=upstream_ids,
                     after=[pending[u].job_id for u in ps.upstream if u in pending], resolved=resolved, uri=uri)
                 continue
-            entry = state["stages"].setdefault(ps.name, {})
+            entry = state.entry(ps.name)
             run_id = runs.open_stage(entry, ps, parent_id, upstream_ids)
             run_ids[ps.name] = run_id
             req = _request(plan, ps, resolved=resolved, uri=uri, run_id=run_id)
             if executor.supports_dependencies:
                 req = replace(req, after=[pending[u].job_id for u in ps.upstream if u in pending])
             handle = executor.submit(req)
-            entry.update(status="SUBMITTED", job_id=handle.job_id)
-            write_json_atomic(plan.run_dir / STATE_FILE, state)
+            entry.status, entry.job_id = "SUBMITTED", handle.job_id
+            state.save(plan.run_dir / STATE_FILE)
             runs.client.set_tag(run_id, "sllm.job_id", handle.job_id)
             runs.client.set_tag(parent_id, f"sllm.job_id.{ps.name}", handle.job_id)
             log.info("stage %s (%s): %s, run %s", ps.name, ps.kind,
@@ -601,14 +581,14 @@ def _submit(plan: Plan, executor: Any, *, wait: bool) -> PipelineOutcome:
             if executor.supports_dependencies:
                 pending[ps.name] = handle
             else:
-                results[ps.name] = _wait(plan, state, runs, ps.name, handle)
+                results[ps.name] = _wait(plan, state, runs, ps.name, entry, handle)
         if not wait:
             log.info("detached: %d stages submitted; follow with `sllm status %s`", len(pending), plan.run_dir)
             return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results,
                                    run_ids=run_ids, reused=reused, wall_s=time.perf_counter() - t0,
                                    submitted={n: h.job_id for n, h in pending.items()})
         for name in list(pending):
-            results[name] = _wait(plan, state, runs, name, pending.pop(name))
+            results[name] = _wait(plan, state, runs, name, state.stages[name], pending.pop(name))
     except BaseException:
         _cancel_rest(plan, state, runs, pending)
         runs.close(parent_id, ok=False)

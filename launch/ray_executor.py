@@ -25,7 +25,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
-from launch.executor import LaunchRequest
+from launch.executor import ExecutorBase, LaunchRequest
 from launch.local import LocalJob
 from launch.ray_head import RayHead, is_loopback, ray_env, start_local_head
 from sllm_lib.errors import JobSpecError, SubmissionError
@@ -149,7 +149,7 @@ class RayStageJob(LocalJob):
         self.job_id = f"ray-{proc.pid}"
 
 
-class RayExecutor:
+class RayExecutor(ExecutorBase):
     """Runs each stage as a TorchTrainer fit on a Ray cluster, one stage after the other."""
 
     name: ClassVar[str] = "ray"

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, ClassVar
 
-from launch.executor import JobState, LaunchRequest
+from launch.executor import ExecutorBase, JobState, LaunchRequest
 from sllm_lib.errors import JobSpecError, StageFailedError, SubmissionError
 from sllm_lib.spec import SlurmProfile
 from sllm_lib.stage import StageResult
@@ -136,11 +136,12 @@ class SlurmJob:
         self.job.cancel(check=False)
 
 
-class SlurmExecutor:
+class SlurmExecutor(ExecutorBase):
     """Submits stages as SLURM jobs; `render()` gives the sbatch script submitit will write."""
 
     name: ClassVar[str] = "slurm"
     supports_dependencies: ClassVar[bool] = True
+    supports_arrays: ClassVar[bool] = True
 
     def __init__(self, profile: SlurmProfile) -> None:
         self.profile = profile

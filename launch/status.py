@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -11,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.state import PipelineState
 from sllm_lib.errors import SllmError
 
 log = logging.getLogger(__name__)
@@ -81,62 +81,58 @@ def _starts(stage_dir: Path) -> int:
 
 def stage_statuses(state_file: Path) -> list[StageStatus]:
     """Every stage of one run folder with the scheduler's current view."""
-    data = refresh(state_file)
-    stages = data.get("stages", {})
-    slurm_ids = [e["job_id"] for e in stages.values() if str(e.get("job_id", "")).isdigit()]
+    state = refresh(state_file)
+    slurm_ids = [str(e.job_id) for e in state.stages.values() if str(e.job_id or "").isdigit()]
     sacct = _sacct(slurm_ids)
     out = []
-    for name, e in stages.items():
-        job_id = str(e.get("job_id", "-"))
+    for name, e in state.stages.items():
+        job_id = str(e.job_id or "-")
         sched, elapsed = sacct.get(job_id, ("-", "-"))
-        if job_id.startswith(("local-", "ray-")) and e.get("status") not in ("COMPLETED", "FAILED", "CANCELLED"):
+        if job_id.startswith(("local-", "ray-")) and not e.finished:
             sched = _local_state(job_id)
-        failed = e.get("status") == "FAILED" or sched in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
-        out.append(StageStatus(stage=name, status=e.get("status", "-"), job_id=job_id, scheduler_state=sched,
-                               elapsed=elapsed, run_id=e.get("run_id", "-"),
+        failed = e.status == "FAILED" or sched in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+        out.append(StageStatus(stage=name, status=e.status or "-", job_id=job_id, scheduler_state=sched,
+                               elapsed=elapsed, run_id=e.run_id or "-",
                                error=_error_tail(state_file.parent / "stages" / name) if failed else "",
                                starts=_starts(state_file.parent / "stages" / name)))
     return out
 
 
-_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 _SCHED_FAILED = {"FAILED": "FAILED", "TIMEOUT": "FAILED", "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED",
                  "BOOT_FAIL": "FAILED", "DEADLINE": "FAILED", "CANCELLED": "CANCELLED"}
 
 
-def refresh(state_file: Path) -> dict:
+def refresh(state_file: Path) -> PipelineState:
     """Reconcile a run submitted with --detach: stage states from result.json / sacct; close finished runs."""
     from sllm_lib.stage import StageResult
-    from sllm_lib.files import write_json_atomic
 
-    data = json.loads(state_file.read_text(encoding="utf-8"))
-    stages = data.get("stages", {})
-    open_ids = [str(e.get("job_id")) for e in stages.values() if e.get("status") not in _TERMINAL]
+    state = PipelineState.read(state_file)
+    open_ids = [str(e.job_id) for e in state.stages.values() if not e.finished]
     if not open_ids:
-        return data
+        return state
     sacct = _sacct([i for i in open_ids if i.isdigit()])
     changed: list[tuple[str, str]] = []  # (run id, MLflow status)
-    for name, e in stages.items():
-        if e.get("status") in _TERMINAL:
+    for name, e in state.stages.items():
+        if e.finished:
             continue
         result_file = state_file.parent / "stages" / name / "result.json"
-        sched = sacct.get(str(e.get("job_id")), ("-", "-"))[0]
+        sched = sacct.get(str(e.job_id), ("-", "-"))[0]
         if result_file.is_file() and sched not in ("RUNNING", "PENDING", "REQUEUED"):
-            e.update(status="COMPLETED", result=StageResult.from_json(result_file.read_text()).to_dict())
-            changed.append((e["run_id"], "FINISHED"))
+            e.status, e.result = "COMPLETED", StageResult.from_json(result_file.read_text()).to_dict()
+            changed.append((e.run_id, "FINISHED"))
         elif sched in _SCHED_FAILED:
-            e["status"] = _SCHED_FAILED[sched]
-            changed.append((e["run_id"], "FAILED" if e["status"] == "FAILED" else "KILLED"))
-    all_done = all(e.get("status") in _TERMINAL for e in stages.values())
+            e.status = _SCHED_FAILED[sched]
+            changed.append((e.run_id, "FAILED" if e.status == "FAILED" else "KILLED"))
+    all_done = all(e.finished for e in state.stages.values())
     if changed or all_done:
-        _close_runs(data, changed, all_done)
-        write_json_atomic(state_file, data)
-    return data
+        _close_runs(state, changed, all_done)
+        state.save(state_file)
+    return state
 
 
-def _close_runs(data: dict, changed: list[tuple[str, str]], all_done: bool) -> None:
+def _close_runs(state: PipelineState, changed: list[tuple[str, str]], all_done: bool) -> None:
     """Terminate the stage runs that ended, and the pipeline run once every stage has."""
-    uri = data.get("tracking_uri")
+    uri = state.tracking_uri
     if not uri:
         return
     from mlflow import MlflowClient
@@ -145,20 +141,20 @@ def _close_runs(data: dict, changed: list[tuple[str, str]], all_done: bool) -> N
     for run_id, status in changed:
         if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
             client.set_terminated(run_id, status=status)
-    parent = data.get("parent_run_id")
+    parent = state.parent_run_id
     if all_done and parent and client.get_run(parent).info.status == "RUNNING":
-        ok = all(e.get("status") == "COMPLETED" for e in data["stages"].values())
+        ok = all(e.status == "COMPLETED" for e in state.stages.values())
         client.set_terminated(parent, status="FINISHED" if ok else "FAILED")
 
 
 def cancel_run(state_file: Path, stages: list[str] | None = None) -> list[str]:
     """Cancel the unfinished stages of a run (scancel for SLURM jobs, SIGTERM for local ones)."""
-    data = json.loads(state_file.read_text(encoding="utf-8"))
+    state = PipelineState.read(state_file)
     cancelled = []
-    for name, e in data.get("stages", {}).items():
-        if stages and name not in stages or e.get("status") in ("COMPLETED", "FAILED", "CANCELLED"):
+    for name, e in state.stages.items():
+        if stages and name not in stages or e.finished:
             continue
-        job_id = str(e.get("job_id", ""))
+        job_id = str(e.job_id or "")
         if job_id.isdigit():
             subprocess.run(["scancel", job_id], capture_output=True, timeout=10)
         elif job_id.startswith(("local-", "ray-")):  # the stage process (a Ray driver: its job ends with it)
@@ -168,9 +164,7 @@ def cancel_run(state_file: Path, stages: list[str] | None = None) -> list[str]:
                 pass
         else:
             continue
-        e["status"] = "CANCELLED"
+        e.status = "CANCELLED"
         cancelled.append(f"{name} ({job_id})")
-    from sllm_lib.files import write_json_atomic
-
-    write_json_atomic(state_file, data)
+    state.save(state_file)
     return cancelled
