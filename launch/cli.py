@@ -1,4 +1,5 @@
-"""The `sllm` command: validate | plan | submit | status | lineage | schema | data.
+"""The `sllm` command: validate | plan | submit | eval | nightly | status | logs | cancel | lineage | export |
+schema, and the groups data (validate, stats, convert-aihub), cache (build, stats, verify, gc) and tracking (sync).
 
 Start-up imports nothing heavy (no torch, transformers or mlflow): those load inside the commands
 that need them, so `sllm --help` and `sllm validate` stay fast.
