@@ -11,13 +11,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sllm_lib.errors import SllmError, SubmissionError
-from sllm_lib.files import MANIFEST, write_text_atomic
+from sllm_lib.files import MANIFEST, building_folder, write_text_atomic
 from sllm_lib.models.variants import KEPT_MANIFEST, VARIANTS, measure_cpu, write_variant
 
 log = logging.getLogger(__name__)
@@ -143,9 +142,7 @@ def export_model(ref: str, out_dir: Path, *, tracking_uri: str, push_to_hub: str
     card = model_card(model.path, manifest, lineage, metrics, push_to_hub, aliases=model.aliases,
                       load_from=str(out_dir))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with building_folder(out_dir) as tmp:
         _copy_model(model.path, tmp)
         write_text_atomic(tmp / CARD, card)
         for v in variants or []:
@@ -162,12 +159,6 @@ def export_model(ref: str, out_dir: Path, *, tracking_uri: str, push_to_hub: str
             for folder in folders.values():
                 write_text_atomic(folder / CARD, (folder / CARD).read_text(encoding="utf-8")
                                   + "\n## CPU measurements (export machine)\n\n" + table + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result = Export(folder=out_dir, card=card, lineage=lineage)
     if push_to_hub:
         result.uploaded_to = upload(out_dir, push_to_hub, private=private)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.executor import LaunchRequest
+from sllm_lib.files import building_folder
 from sllm_lib.spec import RayProfile
 
 log = logging.getLogger("launch.ray_driver")
@@ -120,12 +121,9 @@ def restore_checkpoint(checkpoint: Any, folder: Path, rank: int) -> Path | None:
             state = json.loads((src / "trainer_state.json").read_text(encoding="utf-8"))
             dest = folder / f"checkpoint-{int(state['global_step'])}"
             placed = dest
-            if not (dest / COMPLETE_MARKER).is_file():
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=folder))
-                shutil.copytree(src, tmp, dirs_exist_ok=True)
-                shutil.rmtree(dest, ignore_errors=True)  # a half-written leftover without the marker
-                tmp.rename(dest)
+            if not (dest / COMPLETE_MARKER).is_file():  # replaces a half-written leftover without the marker
+                with building_folder(dest) as tmp:
+                    shutil.copytree(src, tmp, dirs_exist_ok=True)
                 log.info("restored Ray Train checkpoint of step %s into %s", state["global_step"], dest)
     import torch.distributed as dist
 

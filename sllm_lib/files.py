@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
 MANIFEST = "manifest.json"
 
@@ -49,3 +51,53 @@ def read_manifest(output_dir: Path) -> dict[str, Any] | None:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def new_temp_folder(final: Path) -> Path:
+    """A fresh hidden folder beside `final` (same filesystem: `publish_folder` is a rename). Dot-prefixed, so
+    listings of finished folders (checkpoint-N, presets, models) never see it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+
+
+def publish_folder(tmp: Path, final: Path, *, if_exists: Literal["replace", "keep"] = "replace") -> Path:
+    """Rename the finished `tmp` into place as `final`; a reader sees the old folder or the new one, never a part.
+
+    replace: an existing `final` is renamed aside first and removed after. keep: an existing `final` wins (a
+    concurrent builder of the same content got there first) and `tmp` is removed.
+    """
+    if final.exists():
+        if if_exists == "keep":
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        old = final.with_name(f".{final.name}-old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+    try:
+        tmp.rename(final)
+    except OSError:
+        if if_exists == "keep" and final.exists():  # lost the race between the check and the rename
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        raise
+    return final
+
+
+@contextmanager
+def building_folder(final: Path, *, if_exists: Literal["replace", "keep"] = "replace") -> Iterator[Path]:
+    """Build a folder in a temp folder beside `final`, published there when the block ends without an error and
+    removed when it raises (see `publish_folder` for `if_exists`).
+
+    Example:
+        with building_folder(out_dir) as tmp:
+            model.save_pretrained(tmp)
+    """
+    tmp = new_temp_folder(final)
+    try:
+        yield tmp
+        publish_folder(tmp, final, if_exists=if_exists)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

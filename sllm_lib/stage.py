@@ -4,14 +4,11 @@ output folder (built in a temp folder beside it, manifest last, then renamed int
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sllm_lib.files import MANIFEST, write_json_atomic
+from sllm_lib.files import MANIFEST, new_temp_folder, publish_folder, write_json_atomic
 from sllm_lib.spec import JobSpec
 from sllm_lib.tracking.tracker import NullTracker, Tracker
 
@@ -70,19 +67,10 @@ class StageResult:
 
 def new_output_tmp(ctx: StageContext) -> Path:
     """A fresh temp folder beside the final output; publish it with `publish_output`."""
-    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".output-", dir=ctx.stage_dir))
+    return new_temp_folder(ctx.output_dir)
 
 
 def publish_output(tmp: Path, ctx: StageContext, manifest: dict[str, Any]) -> Path:
     """Write the manifest last, then swap the temp folder into place as `output/`."""
     write_json_atomic(tmp / MANIFEST, manifest)
-    final = ctx.output_dir
-    if final.exists():
-        old = final.with_name(f".output-old-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    return final
+    return publish_folder(tmp, ctx.output_dir)

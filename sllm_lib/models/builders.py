@@ -10,14 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sllm_lib.errors import ArtifactNotFoundError, JobSpecError
-from sllm_lib.files import sllm_home
+from sllm_lib.files import building_folder, sllm_home
 from sllm_lib.spec import ModelSpec, QuantSpec
 
 log = logging.getLogger(__name__)
@@ -159,9 +157,8 @@ def _build_tiny(preset: str, seed: int, target: Path) -> None:
     import torch
     from transformers import LlamaForCausalLM, VoxtralForConditionalGeneration, WhisperFeatureExtractor
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    # another process building the same preset at once makes an identical copy: the first one to finish wins
+    with building_folder(target, if_exists="keep") as tmp:
         tokenizer = build_char_tokenizer()
         with torch.random.fork_rng(devices=[]):  # the caller's RNG stream must not depend on a cache miss here
             torch.manual_seed(seed)
@@ -185,13 +182,6 @@ def _build_tiny(preset: str, seed: int, target: Path) -> None:
         if not (tmp / "config.json").is_file():
             raise JobSpecError(f"tiny preset {preset!r}: the model was not written to {tmp}")
         (tmp / ".complete").write_text(json.dumps({"preset": preset, "seed": seed}))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("built tiny preset %s at %s", preset, target)
 
 

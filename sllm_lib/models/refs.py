@@ -9,16 +9,14 @@ quantize baselines), evaluation (`sllm eval`, the nightly job) and `sllm export`
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sllm_lib.errors import ArtifactNotFoundError
-from sllm_lib.files import sllm_home
+from sllm_lib.files import new_temp_folder, publish_folder, sllm_home
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +58,7 @@ def download_logged_model(model_id: str, tracking_uri: str) -> Path:
     final = sllm_home() / "models" / model_id
     if (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=final.parent))
+    tmp = new_temp_folder(final)
     try:
         from sllm_lib.tracking.tracker import global_tracking_uri
 
@@ -71,11 +68,7 @@ def download_logged_model(model_id: str, tracking_uri: str) -> Path:
         src = got if (got / "config.json").is_file() else next((p.parent for p in got.rglob("config.json")), None)
         if src is None:
             raise ArtifactNotFoundError(f"logged model {model_id}: no config.json among its files")
-        try:
-            os.rename(src, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # not a concurrent winner: a real failure
-                raise
+        publish_folder(src, final, if_exists="keep")  # a concurrent download of the same model may have won
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
