@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eval.records import TAG_NIGHTLY_DATE, eval_tags, find_eval, load_eval, log_eval, quote
+from eval.eval_runs import TAG_NIGHTLY_DATE, eval_tags, find_eval, load_eval, log_eval, quote
 from eval.results import GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint, WorstSample
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError

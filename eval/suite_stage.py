@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eval.records import eval_tags, log_eval, write_samples
+from eval.eval_runs import eval_tags, log_eval, write_samples
 from eval.scoring import score_suite
 from sllm_lib.models.refs import ResolvedModel, load_model, resolve_model
 from eval.suites import load_suite

@@ -71,7 +71,7 @@ def run_prune(stage: Any, ctx: StageContext) -> StageResult:
 
 def run_quantize(stage: Any, ctx: StageContext) -> StageResult:
     """Quantize the upstream model folder (dynamic int8 / bitsandbytes) and report it against a baseline."""
-    from sllm_lib.training.compress import run_quantize as quantize
+    from sllm_lib.training.quantize import run_quantize as quantize
 
     return quantize(stage, ctx)
 

@@ -1,4 +1,4 @@
-"""Distillation loss, the dynamic-int8 round trip, the teacher/student tokenizer check, and report arithmetic."""
+"""Distillation loss, the teacher/student tokenizer check, and the compression report's arithmetic (quantize)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from sllm_lib.errors import JobSpecError
 from sllm_lib.spec import CompressionTargets
-from sllm_lib.training.compress import compare
+from sllm_lib.training.quantize import compare
 from sllm_lib.training.runner import distillation_loss, load_teacher
 
 
