@@ -28,7 +28,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from sllm_lib.errors import JobSpecError
 from sllm_lib.metrics.registry import DEFAULT_METRICS
-from sllm_lib.spec import GenerationSpec, _raise_problems, _Strict, _validation_problems, read_yaml
+from sllm_lib.spec import GenerationSpec, Strict, raise_problems, read_yaml, validation_problems
 
 TaskType = Literal["asr", "speech_qa", "text_qa", "classification"]
 
@@ -36,14 +36,14 @@ RECORD_KIND: dict[str, str] = {"asr": "asr", "speech_qa": "speech_qa", "text_qa"
                                "classification": "text_qa"}
 """Record kind each task type reads (classification: text_qa records whose output is the label)."""
 
-class GenerationOverride(_Strict):
+class GenerationOverride(Strict):
     max_new_tokens: int | None = Field(default=None, gt=0, le=4096)
     batch_size: int | None = Field(default=None, gt=0)
     do_sample: bool | None = None
     temperature: float | None = Field(default=None, gt=0)
 
 
-class SuiteTask(_Strict):
+class SuiteTask(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Task name (metric keys are task/metric).")
     type: TaskType
     data: str = Field(description="JSONL held-out set; relative to the suite file.")
@@ -78,7 +78,7 @@ class SuiteTask(_Strict):
         return base.model_copy(update=over)
 
 
-class Suite(_Strict):
+class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
@@ -141,10 +141,10 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
-        _raise_problems(str(path), _validation_problems(exc, Suite))
+        raise_problems(str(path), validation_problems(exc, Suite))
     problems = _metric_problems(suite)
     if problems:
-        _raise_problems(str(path), problems)
+        raise_problems(str(path), problems)
     return suite
 
 

@@ -1,0 +1,111 @@
+"""The job spec: model, tracking, feature cache, sweep and the stages."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sllm_lib.spec.base import Strict
+from sllm_lib.spec.stages import StageSpec
+
+
+class ModelSpec(Strict):
+    base: str = Field(
+        description="Base model: 'tiny:<preset>' (random weights from a config, no download), a local path, or a hub id."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (commit, tag or branch).")
+    audio_token_id: int | None = Field(default=None, description="Override; Voxtral's config leaves it None.")
+    trust_remote_code: bool = False
+
+
+class TrackingSpec(Strict):
+    uri: str | None = Field(default=None, description="MLflow tracking URI; default: sqlite file in the output dir.")
+    experiment: str | None = Field(default=None, description="MLflow experiment; default: the job name.")
+    strict: bool = Field(default=False, description="Fail the stage on a tracking error instead of journaling it.")
+    call_timeout_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="Longest a training process waits on one tracking call; a slower or failed call goes to the "
+                    "run's tracking journal (replayed at stage end or by `sllm tracking sync`).")
+    http_timeout_s: int = Field(default=5, gt=0, le=600, description="MLflow client HTTP timeout per request.")
+    http_max_retries: int = Field(default=2, ge=1, le=10, description="MLflow client HTTP retries per request.")
+    redact: list[str] = Field(
+        default_factory=list,
+        description="Extra names (spec keys or environment variables) whose values are secret; names that look "
+                    "like keys, secrets, tokens or passwords are always redacted.")
+
+
+class CacheSpec(Strict):
+    """The shared, content-addressed audio-feature cache the audio stages read through."""
+
+    mode: Literal["readwrite", "readonly", "off"] = Field(
+        default="readwrite", description="readwrite: read, and write what is missing; readonly: read only "
+                                         "(a shared cache built by `sllm cache build`); off: compute on the fly.")
+    uri: str | None = Field(default=None, description="A directory, or s3://bucket/prefix (any S3-compatible "
+                                                      "store); default <output_dir>/cache.")
+    dir: str | None = Field(default=None, description="Deprecated spelling of uri for a local directory.")
+    local_dir: str | None = Field(default=None, description="Local disk tier in front of an s3:// cache; "
+                                                            "default $SLLM_HOME/feature-cache.")
+    local_cap_gb: float | None = Field(default=20.0, gt=0, description="Size cap of the local tier (LRU eviction).")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, Ceph, rclone...); default AWS. "
+                                                               "Credentials come from the environment or profile.")
+    required: bool = Field(default=False, description="Fail when the cache is unreachable instead of computing "
+                                                      "features on the fly with a warning.")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Longest a cache call may block.")
+
+
+class SweepSpec(Strict):
+    stage: str = Field(description="The training stage run once per grid point (a job array on SLURM).")
+    grid: dict[str, list[Any]] = Field(
+        min_length=1, description="Dotted stage fields -> values, e.g. {train.lr: [1e-4, 2e-4], lora.r: [8, 16]}."
+    )
+    metric: str = Field(default="val_loss", description="Result metric that picks the point later stages use.")
+    mode: Literal["min", "max"] = "min"
+    max_parallel: int | None = Field(default=None, gt=0, description="Points running at once (SLURM array %N).")
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_values(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid[{key!r}] has no values")
+        return v
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, in a stable order."""
+        import itertools
+
+        keys = list(self.grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
+
+
+class JobSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Job name (runs/<name>/...).")
+    description: str = ""
+    cluster: str = Field(default="local", description="Cluster profile name (cluster_configs/<name>.yaml) or path.")
+    model: ModelSpec | None = Field(default=None, description="Base model; required by training, merge and eval stages.")
+    output_dir: str = Field(default="runs", description="Root for run directories; relative to the working dir.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every stage process; a value '${VAR}' is read from the launcher's environment. "
+                    "Values of secret-looking names (HF_TOKEN, *_API_KEY, ...) never reach MLflow or the logs.")
+    stages: list[StageSpec] = Field(min_length=1)
+    sweep: SweepSpec | None = Field(default=None, description="Run one training stage over a grid of settings.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> JobSpec:
+        seen: set[str] = set()
+        for s in self.stages:
+            if s.name in seen:
+                raise ValueError(f"duplicate stage name {s.name!r}")
+            seen.add(s.name)
+        return self
+
+    def stage(self, name: str) -> Any:
+        """The stage named `name` (KeyError if absent)."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,0 +1,150 @@
+"""Cluster profiles: where a job runs (local, SLURM, Ray), selected by `kind`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from sllm_lib.spec.base import Strict
+
+
+class LocalProfile(Strict):
+    kind: Literal["local"]
+    name: str = "local"
+    isolation: Literal["subprocess", "inprocess"] = Field(
+        default="subprocess", description="subprocess: one process per stage (memory freed); inprocess: for tests."
+    )
+    gpus: int = Field(default=0, ge=0, description="GPUs visible to a stage (0 = CPU).")
+    cpus: int | None = Field(default=None, gt=0, description="Threads per process (OMP_NUM_THREADS); default all "
+                                                             "cores shared by the processes.")
+    nproc: int = Field(default=1, gt=0, le=64, description="Processes per training stage (torch.distributed on "
+                                                           "127.0.0.1; one per GPU when gpus > 0).")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+
+    @model_validator(mode="after")
+    def _nproc_fits_gpus(self) -> LocalProfile:
+        if self.gpus and self.nproc > self.gpus:
+            raise ValueError(f"nproc ({self.nproc}) exceeds gpus ({self.gpus}): one process per GPU")
+        if self.nproc > 1 and self.isolation == "inprocess":
+            raise ValueError("nproc > 1 needs isolation: subprocess (one process per rank)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc
+
+
+class SlurmProfile(Strict):
+    kind: Literal["slurm"]
+    name: str
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = Field(default=1, gt=0)
+    gpus_per_node: int = Field(default=0, ge=0)
+    tasks_per_node: int | None = Field(
+        default=None, gt=0, description="Processes per node; default one per GPU (1 on CPU nodes)."
+    )
+    cpus_per_task: int = Field(default=1, gt=0)
+    mem_gb: int | None = Field(default=None, gt=0)
+    timeout_min: int = Field(default=60, gt=0)
+    constraint: str | None = None
+    exclusive: bool = False
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before each job (module load, ...).")
+    additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
+    signal_delay_s: int = Field(default=120, ge=0)
+    max_num_timeout: int = Field(default=3, ge=0, description="Requeues allowed after timeout/preemption.")
+    folder: str = Field(default="runs/slurm", description="submitit log/pickle folder.")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+
+    @property
+    def world_size(self) -> int:
+        """Processes of a training stage: nodes x tasks per node (default one per GPU, 1 on CPU nodes)."""
+        return self.nodes * (self.tasks_per_node or max(1, self.gpus_per_node))
+
+
+class RayProfile(Strict):
+    kind: Literal["ray"]
+    name: str
+    address: str = Field(
+        default="local",
+        description="'local' (sllm starts a private head on 127.0.0.1 and stops it after the run), 'auto' (the "
+                    "cluster in RAY_ADDRESS or on this node), HOST:PORT (a head's GCS), ray://HOST:PORT (Ray "
+                    "Client) or http(s)://HOST:8265 (the Ray Jobs API: the whole plan runs on the cluster).",
+    )
+    num_workers: int = Field(default=1, gt=0, description="Training processes per stage (one per GPU).")
+    use_gpu: bool = False
+    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Per worker, e.g. {CPU: 8, GPU: 1}; default {CPU: 1} (+ GPU: 1 with use_gpu)."
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env (working_dir, pip or uv, env_vars, ...). Without working_dir/py_modules the "
+                    "cluster is expected to share this checkout (PYTHONPATH is set to it).",
+    )
+    storage_path: str | None = Field(
+        default=None, description="Where Ray Train keeps checkpoints: a shared folder or s3://bucket/prefix "
+                                  "(endpoint and credentials as for the feature cache); default <run dir>/ray.",
+    )
+    max_failures: int = Field(default=0, ge=-1, description="Worker-group restarts from the latest checkpoint.")
+    num_to_keep: int | None = Field(default=2, gt=0, description="Checkpoints Ray Train keeps per stage.")
+    placement_timeout_s: float = Field(
+        default=120.0, gt=0, description="Bound on waiting for the workers to be placed (then the stage fails)."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Bound on reaching the cluster.")
+    entrypoint_python: str = Field(
+        default="python", description="Ray Jobs: the interpreter the entrypoint runs with on the cluster "
+                                      "(the head's PATH applies; name a venv's python explicitly).",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v in ("local", "auto") or v.startswith(("ray://", "http://", "https://")):
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected 'local', 'auto', HOST:PORT, ray://HOST:PORT or http(s)://HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not (x >= 0 and x < float("inf"))}
+        if bad:
+            raise ValueError(f"expected finite amounts >= 0, got {bad}")
+        return v
+
+    @property
+    def world_size(self) -> int:
+        return self.num_workers
+
+    @property
+    def jobs_api(self) -> bool:
+        """True when the address is a dashboard (Ray Jobs API): the plan is submitted to run on the cluster."""
+        return self.address.startswith(("http://", "https://"))
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker asks for (Ray Train's default: 1 CPU, plus 1 GPU with use_gpu)."""
+        res = dict(self.resources_per_worker) or {"CPU": 1.0}
+        if self.use_gpu:
+            res.setdefault("GPU", 1.0)
+        return {k: float(v) for k, v in res.items() if v}
+
+
+ClusterProfile = Annotated[Union[LocalProfile, SlurmProfile, RayProfile], Field(discriminator="kind")]
+
+
+_PROFILE_ADAPTER: Any = None
+
+
+def _profile_adapter() -> Any:
+    global _PROFILE_ADAPTER
+    if _PROFILE_ADAPTER is None:
+        from pydantic import TypeAdapter
+
+        _PROFILE_ADAPTER = TypeAdapter(ClusterProfile)
+    return _PROFILE_ADAPTER
