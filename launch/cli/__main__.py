@@ -1,0 +1,5 @@
+"""`python -m launch.cli ARGS`: the `sllm` command."""
+
+from launch.cli import main
+
+main()
