@@ -266,6 +266,12 @@ def test_ray_client_refusal_is_retried_then_reported(caplog) -> None:
     with caplog.at_level("WARNING", logger="launch.ray_driver"):
         connect(ray, "ray://127.0.0.1:10001", {}, pause_s=0)
     assert ray.inits == 3 and ray.shutdowns == 2 and "try 2/3" in caplog.text
+    zombie = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \".../proxier.py\", "
+              "line 396, in start_specific_server\n    cmd = psutil_proc.cmdline()\npsutil.ZombieProcess: PID still "
+              "exists but it's a zombie (pid=19265)")
+    ray = _FakeRay(refusals=1, error=zombie)  # the proxy looked at the server process after it had exited
+    connect(ray, "ray://127.0.0.1:10001", {}, pause_s=0)
+    assert ray.inits == 2
     ray = _FakeRay(refusals=5)
     with pytest.raises(ConnectionAbortedError, match="Starting Ray client server failed"):
         connect(ray, "ray://127.0.0.1:10001", {}, pause_s=0)
