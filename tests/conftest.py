@@ -30,12 +30,12 @@ def run_sllm(args: list[str], cwd: Path = REPO, *, env: dict[str, str] | None = 
                           capture_output=True, text=True, timeout=timeout)
 
 
-SLOW_TIERS = ("integration", "e2e", "bench")
+SLOW_TIERS = ("component", "integration", "e2e", "bench")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test of a tier that starts services, trains or runs pipelines is `slow`: `pytest -m "not slow"` is the
-    unit tier alone, the inner loop (about a minute on 2 cores); CI runs everything."""
+    """Every test of a tier that builds models, starts services or runs pipelines is `slow`: `pytest -m "not slow"`
+    is the unit tier alone (no services, no model built or loaded), the inner loop; CI runs everything."""
     for item in items:
         parts = Path(str(item.fspath)).relative_to(REPO).parts
         if len(parts) > 1 and parts[0] == "tests" and parts[1] in SLOW_TIERS:
