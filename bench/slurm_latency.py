@@ -58,7 +58,8 @@ def sllm(tmp: Path, i: int) -> float:
     resolved.write_text(dump_resolved_yaml(load_job_spec(run / "job.yaml")))
     req = LaunchRequest(job_name="lat", stage="text", spec_path=str(resolved), spec_hash="h", run_dir=str(run),
                         stage_dir=str(run / "stages" / "text"), tracking_uri="", tracking_strict=False, run_id=None)
-    prof = SlurmProfile(kind="slurm", name="lat", partition="debug", cpus_per_task=1, mem_gb=2, timeout_min=10)
+    prof = SlurmProfile(kind="slurm", name="lat", partition="debug", cpus_per_task=1, mem_gb=2, timeout_min=10,
+                       python="submitting")
     t0 = time.time()
     SlurmExecutor(prof).submit(req).result(timeout_s=300)
     first = json.loads((run / "stages" / "text" / "attempts.jsonl").read_text().splitlines()[0])

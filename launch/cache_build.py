@@ -219,7 +219,8 @@ def _start(plan_path: Path, plan: BuildPlan, profile: Any) -> list[tuple[str, An
         from launch.slurm import _import_submitit
 
         submitit = _import_submitit()
-        ex = submitit.AutoExecutor(folder=str(Path(plan.folder) / "slurm"), cluster="slurm")
+        ex = submitit.AutoExecutor(folder=str(Path(plan.folder) / "slurm"), cluster="slurm",
+                                   slurm_python=profile.python_command())
         params: dict[str, Any] = {"slurm_job_name": "sllm-cache-build", "timeout_min": profile.timeout_min,
                                   "cpus_per_task": profile.cpus_per_task, "nodes": 1, "tasks_per_node": 1,
                                   "slurm_array_parallelism": len(plan.shards)}

@@ -179,8 +179,11 @@ class SlurmExecutor(ExecutorBase):
 
     def _executor(self, req: LaunchRequest, folder: Path) -> Any:
         submitit = _import_submitit()
+        # slurm_python: the command after the setup lines that unpickles and runs StageJob (submitit's default,
+        # its own sys.executable, would bypass the environment the setup lines activate on the nodes)
         ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm",
-                                   slurm_max_num_timeout=self.profile.max_num_timeout)
+                                   slurm_max_num_timeout=self.profile.max_num_timeout,
+                                   slurm_python=self.profile.python_command())
         ex.update_parameters(**self.parameters(req))
         return ex
 

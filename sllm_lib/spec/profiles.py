@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -35,6 +37,9 @@ class LocalProfile(Strict):
         return self.nproc
 
 
+SUBMITTING_PYTHON = "submitting"  # SlurmProfile.python: the interpreter that runs `sllm submit`
+
+
 class SlurmProfile(Strict):
     kind: Literal["slurm"]
     name: str
@@ -52,6 +57,15 @@ class SlurmProfile(Strict):
     constraint: str | None = None
     exclusive: bool = False
     setup: list[str] = Field(default_factory=list, description="Shell lines run before each job (module load, ...).")
+    python: str = Field(
+        default="python", min_length=1,
+        description="The interpreter that runs each stage on the compute nodes, as a shell command placed after "
+                    "the setup lines: 'python' (default) is whatever the setup lines put on PATH (e.g. `source "
+                    "/shared/envs/sllm/bin/activate`); a path ('/shared/envs/sllm/bin/python') or a wrapper "
+                    "('singularity exec img.sif python') is used as written; 'submitting' runs the interpreter "
+                    "`sllm submit` runs under (its absolute path), for clusters whose nodes see the submitting "
+                    "machine's environment, such as the single-node test cluster.",
+    )
     additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
     signal_delay_s: int = Field(default=120, ge=0)
     max_num_timeout: int = Field(default=3, ge=0, description="Requeues allowed after timeout/preemption.")
@@ -62,6 +76,17 @@ class SlurmProfile(Strict):
     def world_size(self) -> int:
         """Processes of a training stage: nodes x tasks per node (default one per GPU, 1 on CPU nodes)."""
         return self.nodes * (self.tasks_per_node or max(1, self.gpus_per_node))
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("expected 'python', 'submitting', an interpreter path or a wrapper command, got a blank")
+        return v.strip()
+
+    def python_command(self) -> str:
+        """The shell command that starts Python on the compute nodes ('submitting' -> this interpreter's path)."""
+        return shlex.quote(sys.executable) if self.python == SUBMITTING_PYTHON else self.python
 
 
 class RayProfile(Strict):

@@ -66,7 +66,8 @@ def test_build_as_a_slurm_array(slurm_cluster, tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     job = _spec(tmp_path, {"uri": str(cache_dir)})
     prof = tmp_path / "slurm.yaml"
-    prof.write_text("kind: slurm\nname: t\npartition: debug\ncpus_per_task: 1\nmem_gb: 2\ntimeout_min: 10\n",
+    prof.write_text("kind: slurm\nname: t\npartition: debug\ncpus_per_task: 1\nmem_gb: 2\ntimeout_min: 10\n"
+                    "python: submitting\n",
                     encoding="utf-8")
     assert _cli(["cache", "build", str(job), "--cluster", str(prof), "--shards", "2"]) == 0
     assert len(_entries(cache_dir)) == 40

@@ -186,7 +186,7 @@ def test_zero3_qlora_stage_on_two_slurm_tasks(slurm_cluster, tmp_path: Path) -> 
     q4 = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
     req = _request(tmp_path, _stage("z3q", {"stage": 3}, quant=q4, steps=3))
     profile = SlurmProfile(kind="slurm", name="t", partition="debug", nodes=1, tasks_per_node=2, cpus_per_task=1,
-                           mem_gb=4, timeout_min=10)
+                           mem_gb=4, timeout_min=10, python="submitting")
     result = SlurmExecutor(profile).submit(req).result(timeout_s=420)
     assert result.steps == 3
     _check_published(Path(req.stage_dir), world=2)

@@ -45,7 +45,7 @@ def executor(request: pytest.FixtureRequest):
 
         request.getfixturevalue("slurm_cluster")
         return SlurmExecutor(SlurmProfile(kind="slurm", name="t", partition="debug", nodes=1, cpus_per_task=1,
-                                          mem_gb=2, timeout_min=10))
+                                          mem_gb=2, timeout_min=10, python="submitting"))
     from launch.ray_executor import RayExecutor
 
     head = request.getfixturevalue("ray_head")

@@ -202,7 +202,7 @@ def test_nightly_runs_as_a_slurm_job(slurm_cluster, tmp_path: Path, models) -> N
     _register(uri, models["random"], "it-model", "candidate")
     job = _job(tmp_path)
     profile = SlurmProfile(kind="slurm", name="t", partition="debug", nodes=1, cpus_per_task=1, mem_gb=2,
-                           timeout_min=10)
+                           timeout_min=10, python="submitting")
     plan = build_plan(load_job_spec(job), job, profile)
     outcome = submit_pipeline(plan)
     r = outcome.results["nightly"]

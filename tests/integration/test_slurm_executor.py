@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slurm
 
 def _profile(**kw) -> SlurmProfile:
     base = dict(kind="slurm", name="t", partition="debug", nodes=1, cpus_per_task=1, mem_gb=2, timeout_min=10,
-                signal_delay_s=20, max_num_timeout=3)
+                signal_delay_s=20, max_num_timeout=3, python="submitting")  # the node shares this machine's venv
     return SlurmProfile(**{**base, **kw})
 
 

@@ -55,3 +55,47 @@ def test_dependencies_and_task_layout() -> None:
     assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=8" in text  # one process per GPU
     assert "#SBATCH --signal=USR2@180" in text
     assert "--dependency" not in _render("slurm_local", "text_lora", [])
+
+
+def _command_line(text: str) -> str:
+    return next(ln for ln in text.splitlines() if "submitit.core._submit" in ln)
+
+
+def test_a100_runs_the_python_its_setup_lines_activate() -> None:
+    text = SlurmExecutor(load_cluster_profile(REPO / "cluster_configs" / "slurm_a100_2x8.yaml")).render(
+        LaunchRequest(job_name="j", stage="s", spec_path="/r/spec.yaml", spec_hash="h", run_dir="/r",
+                      stage_dir="/r/s", tracking_uri="", tracking_strict=False, run_id=None))
+    lines = text.splitlines()
+    activate = lines.index("source /shared/envs/sllm/bin/activate")
+    command = _command_line(text)
+    assert lines.index(command) > activate
+    assert " python -u -m submitit.core._submit " in command  # resolved on the node, after the activation
+    assert sys.executable not in text
+
+
+def test_local_cluster_runs_the_submitting_interpreter() -> None:
+    command = _command_line(_render("slurm_local", "text_lora", []))
+    assert " <python> -u -m submitit.core._submit " in command  # _render writes sys.executable as <python>
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("python", "python"), ("/shared/envs/sllm/bin/python", "/shared/envs/sllm/bin/python"),
+    ("singularity exec /img/sllm.sif python", "singularity exec /img/sllm.sif python"),
+    ("submitting", sys.executable),
+])
+def test_profile_python_reaches_the_script(value: str, expected: str) -> None:
+    from sllm_lib.spec import SlurmProfile
+
+    prof = SlurmProfile(kind="slurm", name="t", partition="debug", python=value)
+    req = LaunchRequest(job_name="j", stage="s", spec_path="/r/spec.yaml", spec_hash="h", run_dir="/r",
+                        stage_dir="/r/s", tracking_uri="", tracking_strict=False, run_id=None)
+    assert _command_line(SlurmExecutor(prof).render(req)).split(" -u -m submitit")[0].endswith(" " + expected)
+
+
+def test_blank_python_is_refused(tmp_path) -> None:
+    from sllm_lib.errors import JobSpecError
+
+    path = tmp_path / "p.yaml"
+    path.write_text("kind: slurm\nname: t\npython: '  '\n", encoding="utf-8")
+    with pytest.raises(JobSpecError, match=r"python.*blank"):
+        load_cluster_profile(path)
