@@ -1,5 +1,10 @@
 """Files sllm writes: its own cache root, atomic text/JSON writes, and the manifest of a stage output folder.
 
+What sllm publishes (atomic files, published folders) gets the modes a plain `open`/`mkdir` would give under
+the process umask (0644 / 0755 with the usual 022), not the private 0600 / 0700 of `mkstemp` / `mkdtemp` or of
+libraries that write through such temp files (safetensors): teammates on a shared filesystem read stage outputs
+and exports.
+
 The lowest layer of the house: anything may import it, it imports nothing of sllm's.
 """
 
@@ -8,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +27,42 @@ def sllm_home() -> Path:
     return Path(os.environ.get("SLLM_HOME", Path.home() / ".cache" / "sllm"))
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: /proc/self/status; elsewhere set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: Path) -> None:
+    """Give `root` (a file, or a folder and everything in it) the modes the umask gives new files: folders and
+    executable files 0777 less the umask, other files 0666 less the umask. Symbolic links are left alone."""
+    mask = current_umask()
+
+    def fix(path: str, executable: bool) -> None:
+        os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+    if root.is_symlink():
+        return
+    if not root.is_dir():
+        fix(str(root), bool(root.stat().st_mode & 0o111))
+        return
+    for folder, _, files in os.walk(root):
+        fix(folder, True)
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode):
+                fix(path, bool(st.st_mode & 0o111))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text via a temp file in the same folder, fsync, then rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +72,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary files others read (reports, datasets)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; others read these (reports, datasets)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,12 +106,14 @@ def publish_folder(tmp: Path, final: Path, *, if_exists: Literal["replace", "kee
     """Rename the finished `tmp` into place as `final`; a reader sees the old folder or the new one, never a part.
 
     replace: an existing `final` is renamed aside first and removed after. keep: an existing `final` wins (a
-    concurrent builder of the same content got there first) and `tmp` is removed.
+    concurrent builder of the same content got there first) and `tmp` is removed. The published folder and its
+    contents get the umask's modes (`follow_umask`): `mkdtemp` made it 0700.
     """
+    if final.exists() and if_exists == "keep":
+        shutil.rmtree(tmp, ignore_errors=True)
+        return final
+    follow_umask(tmp)
     if final.exists():
-        if if_exists == "keep":
-            shutil.rmtree(tmp, ignore_errors=True)
-            return final
         old = final.with_name(f".{final.name}-old-{os.getpid()}")
         final.rename(old)
         tmp.rename(final)
