@@ -83,8 +83,30 @@ def write_variant(src: Path, dst: Path, variant: str) -> None:
             shutil.copy2(f, dst / (KEPT_MANIFEST if f.name == MANIFEST else f.name))
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MiB.
+
+    Read from VmHWM in /proc/self/status: the high-water mark of this process's own address space, which starts
+    afresh at execve. Not `ru_maxrss`: Linux keeps it across execve (getrusage(2)), so a measuring child started by
+    a large parent (the stage process, torch and a model loaded) reports the parent's peak, and every model
+    measured from one stage shows the same figure. Elsewhere (no /proc) ru_maxrss is the fallback.
+    """
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
 _MEASURE = r"""
-import json, resource, sys, time
+import json, os, sys, time
 from pathlib import Path
 folder, tokens = Path(sys.argv[1]), int(sys.argv[2])
 import torch
@@ -117,16 +139,17 @@ def nbytes(v):  # tensors (tied ones once), and the (weight, bias) tuples of dyn
         return v.element_size() * v.numel()
     return sum(nbytes(x) for x in v) if isinstance(v, (tuple, list)) else 0
 weights = sum(nbytes(v) for v in model.state_dict().values()) / 2**20
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"ms_per_token": 1000 * dt / max(1, n), "new_tokens": int(n), "peak_rss_mb": peak,
-                  "model_mem_mb": weights}))
+from sllm_lib.models.variants import peak_rss_mb
+print(json.dumps({"ms_per_token": 1000 * dt / max(1, n), "new_tokens": int(n), "peak_rss_mb": peak_rss_mb(),
+                  "model_mem_mb": weights, "pid": os.getpid()}))
 """
 
 
 def measure_cpu(folder: Path, *, tokens: int = 32) -> dict[str, Any]:
     """Size on disk, memory (model memory: the bytes of every tensor the loaded model holds, quantization
-    constants included; peak RSS of the fresh process that loads it and generates) and ms per generated token on
-    this machine's CPU (greedy, after a warm-up). A variant that cannot run on the CPU is reported with the reason."""
+    constants included; peak RSS of the fresh process that loads it and generates, see `peak_rss_mb`) and ms per
+    generated token on this machine's CPU (greedy, after a warm-up). The row carries the measuring process's
+    `pid`. A variant that cannot run on the CPU is reported with the reason."""
     import subprocess
     import sys
 

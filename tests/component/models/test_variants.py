@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -37,3 +38,32 @@ def test_dynamic_int8_round_trip_matches_the_quantized_model(tmp_path: Path) -> 
     cos = torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)
     assert float(cos) > 0.98  # int8 rounding of the float model, not a different model
     assert (tmp_path / DYNAMIC_MARKER).is_file()  # what load_base_model looks for
+
+
+def test_measure_cpu_measures_each_model_in_its_own_process(tmp_path: Path) -> None:
+    """The compression report's two rows: baseline and int8 model, each measured by a process of its own whose
+    peak RSS is its own (issue 21: both rows showed the parent stage's 565.742 MB, inherited through execve)."""
+    import shutil
+
+    from sllm_lib.models.builders import materialize_tiny
+    from sllm_lib.models.variants import measure_cpu, peak_rss_mb
+
+    src = materialize_tiny("llama")
+    baseline, compressed = tmp_path / "baseline", tmp_path / "int8"
+    shutil.copytree(src, baseline)
+    from sllm_lib.models.builders import folder_model_spec, load_base_model
+
+    save_dynamic_int8(load_base_model(str(src), model=folder_model_spec(src), dtype="float32"), compressed)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name not in (
+                "config.json", "generation_config.json"):
+            shutil.copy2(f, compressed / f.name)
+    ballast = b"\x01" * (1536 * 2**20)  # this process (the stage's stand-in) now peaks far above either child
+    rows = [measure_cpu(baseline, tokens=4), measure_cpu(compressed, tokens=4)]
+    parent_peak = peak_rss_mb()
+    del ballast
+    assert all("error" not in r for r in rows), rows
+    assert len({rows[0]["pid"], rows[1]["pid"], os.getpid()}) == 3
+    for r in rows:
+        assert r["model_mem_mb"] < r["peak_rss_mb"] < parent_peak - 1024, (r, parent_peak)
+    assert rows[0]["peak_rss_mb"] != rows[1]["peak_rss_mb"]
