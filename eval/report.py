@@ -26,6 +26,7 @@ from typing import Any
 
 from eval.results import GateResult, ModelEval, NightlyResult, TrendPoint
 from sllm_lib.files import write_text_atomic
+from sllm_lib.metrics.registry import metric_scale
 
 __all__ = ["render_html", "render_markdown", "write_report", "STATUS_ORDER", "STATUS_LABELS"]
 
@@ -93,6 +94,12 @@ def _split_key(key: str) -> tuple[str, str]:
     """'task/metric' -> (task, metric); a task may itself contain '/', a metric does not."""
     task, sep, metric = key.rpartition("/")
     return (task, metric) if sep else (key, "")
+
+
+def _scaled(metric: str) -> str:
+    """'bleu (0-1)': a metric name with the scale the registry declares for it (as is when it declares none)."""
+    scale = metric_scale(metric)
+    return f"{metric} ({scale})" if scale else metric
 
 
 def _sorted_gates(gates: list[GateResult]) -> list[GateResult]:
@@ -208,7 +215,7 @@ def _trend_svg(key: str, points: list[TrendPoint], result: NightlyResult, uid: s
                 ax.set_xlim(xs[0] - _dt.timedelta(days=1), xs[0] + _dt.timedelta(days=1))
         else:
             ax.set_xticks(list(range(len(points))), [p.date for p in points], rotation=30, ha="right")
-        ax.set_ylabel(metric or key)
+        ax.set_ylabel(_scaled(metric) if metric else key)
         if ax.get_legend_handles_labels()[0] and (champ is not None and _finite(champ.metrics.get(key))):
             ax.legend(fontsize=8, frameon=False, loc="best")
         return _svg_of(fig, uid)
@@ -235,7 +242,7 @@ def _task_svg(task: str, metrics: list[str], models: list[ModelEval], colors: li
                 ax.text(b.get_x() + b.get_width() / 2, h + (0.02 * top if h >= 0 else -0.02 * top), txt,
                         ha="center", va="bottom" if h >= 0 else "top", fontsize=7, color="#0f172a")
             higher = _direction(result, task, metric)
-            ax.set_title(metric + ("" if higher is None else (" ↑" if higher else " ↓")), fontsize=9.5)
+            ax.set_title(_scaled(metric) + ("" if higher is None else (" ↑" if higher else " ↓")), fontsize=9.5)
             ax.set_xticks(xs, [m.role for m in models], fontsize=7.5)
             ax.grid(axis="x", visible=False)
             ax.margins(y=0.18)
@@ -404,7 +411,8 @@ def _gates_html(result: NightlyResult) -> str:
         '<section id="gates"><h2>Gates</h2>'
         '<p class="muted">Improvement is oriented so that positive is better (for CER/WER: baseline − candidate); '
         f"the interval is a paired bootstrap {_e(_pct(result.confidence))} CI. A gate regresses when the "
-        "candidate is worse than the baseline by more than the threshold and the interval excludes zero.</p>"
+        "candidate is worse than the baseline by more than the threshold and the interval excludes zero. Each metric "
+        "shows its scale from the metric registry (BLEU, ROUGE, CER, Distinct: fractions, 0-1).</p>"
     )
     if not result.gates:
         return head + '<p class="empty">No gates were evaluated.</p></section>'
@@ -416,7 +424,7 @@ def _gates_html(result: NightlyResult) -> str:
         status = _e(g.status)
         rows.append(
             f'<tr class="gate status-{status}" data-status="{status}">'
-            f"<td>{_e(g.task)}</td><td>{_e(g.metric)} <span class=\"muted\" title=\"{'higher' if g.higher_is_better else 'lower'} is better\">{arrow}</span></td>"
+            f"<td>{_e(g.task)}</td><td>{_e(_scaled(g.metric))} <span class=\"muted\" title=\"{'higher' if g.higher_is_better else 'lower'} is better\">{arrow}</span></td>"
             f'<td>{_e(g.baseline)}<br><span class="muted">{_e(g.baseline_label)}</span></td>'
             f'<td class="num">{_num(g.candidate_value)}</td><td class="num">{_num(g.baseline_value)}</td>'
             f'<td class="num">{_num(g.improvement, True)} {ci}{_ci_bar(g)}</td>'
@@ -578,7 +586,7 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
                 ci = f" [{_num(g.ci_low, True)}, {_num(g.ci_high, True)}]" if g.ci_low is not None else ""
                 status = f"**{g.status}**" if g.status == "regression" else g.status
                 lines.append(
-                    f"| {_md(g.task)} | {_md(g.metric)} | {_md(g.baseline)} ({_md(g.baseline_label)}) "
+                    f"| {_md(g.task)} | {_md(_scaled(g.metric))} | {_md(g.baseline)} ({_md(g.baseline_label)}) "
                     f"| {_num(g.candidate_value)} | {_num(g.baseline_value)} | {_num(g.improvement, True)}{ci} "
                     f"| {_num(g.threshold)} | {status} |"
                 )

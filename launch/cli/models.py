@@ -48,8 +48,10 @@ def eval_(model: str = typer.Argument(..., help="Merged model folder, models:/NA
     table.add_column("task")
     names = [m for t in s.tasks for m in t.metric_names()]
     metric_cols = list(dict.fromkeys(names))
+    from sllm_lib.metrics.registry import metric_scale
+
     for m in metric_cols:
-        table.add_column(m, justify="right")
+        table.add_column(f"{m} ({metric_scale(m)})" if metric_scale(m) else m, justify="right")
     for t in s.tasks:
         table.add_row(t.name, *(f"{r.metrics[f'{t.name}/{m}']:.4f}" if f"{t.name}/{m}" in r.metrics else "-"
                                 for m in metric_cols))

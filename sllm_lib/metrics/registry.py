@@ -62,6 +62,10 @@ class MetricSpec:
         required_options: Option keys that must be given.
         result_name: The ``MetricResult.name`` it produces (``"rougeL_f1"`` for
             ``"rougeL"``); defaults to ``name``.
+        value_range: ``(low, high)`` of its scores; ``high`` is None when there
+            is no upper bound (CER/WER count insertions, so they can pass 1).
+            Every sllm score is a fraction: BLEU is 0-1 (sacrebleu's 0-100 / 100)
+            like ROUGE, CER and Distinct; the reports show it (:attr:`scale`).
     """
 
     name: str
@@ -71,10 +75,19 @@ class MetricSpec:
     options: tuple[str, ...] = ()
     required_options: tuple[str, ...] = ()
     result_name: str = ""
+    value_range: tuple[float, float | None] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if not self.result_name:
             object.__setattr__(self, "result_name", self.name)
+
+    @property
+    def scale(self) -> str:
+        """The value range as reports print it: ``"0-1"``, ``"≥0"`` (no upper bound), ``"-1 to 1"``."""
+        low, high = self.value_range
+        if high is None:
+            return f"≥{low:g}"
+        return f"{low:g}-{high:g}" if low >= 0 else f"{low:g} to {high:g}"
 
 
 # --------------------------------------------------------------------------- adapters
@@ -154,8 +167,8 @@ _BERT_OPTS = ("model_path", "layer", "batch_size", "idf", "device")
 METRIC_SPECS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in [
-        MetricSpec("cer", False, "text", _cer, NORMALIZER_OPTIONS),
-        MetricSpec("wer", False, "text", _wer, NORMALIZER_OPTIONS),
+        MetricSpec("cer", False, "text", _cer, NORMALIZER_OPTIONS, value_range=(0.0, None)),
+        MetricSpec("wer", False, "text", _wer, NORMALIZER_OPTIONS, value_range=(0.0, None)),
         MetricSpec("rougeL", True, "text", _rouge(None), _TOKENIZER_OPT, result_name="rougeL_f1"),
         MetricSpec("rouge1", True, "text", _rouge(1), _TOKENIZER_OPT, result_name="rouge1_f1"),
         MetricSpec("rouge2", True, "text", _rouge(2), _TOKENIZER_OPT, result_name="rouge2_f1"),
@@ -167,9 +180,10 @@ METRIC_SPECS: dict[str, MetricSpec] = {
         MetricSpec("accuracy", True, "labels", _classification("accuracy"), _LABEL_OPTS),
         MetricSpec("macro_f1", True, "labels", _classification("macro_f1"), _LABEL_OPTS),
         MetricSpec("unparseable_rate", False, "labels", _classification("unparseable_rate"), _LABEL_OPTS),
-        MetricSpec("bertscore_f1", True, "model", _bertscore_f1, _BERT_OPTS, required_options=("model_path",)),
+        MetricSpec("bertscore_f1", True, "model", _bertscore_f1, _BERT_OPTS, required_options=("model_path",),
+                   value_range=(-1.0, 1.0)),  # cosine similarities
         MetricSpec("embedding_similarity", True, "model", _embedding_similarity, ("model_path", "batch_size", "device"),
-                   required_options=("model_path",)),
+                   required_options=("model_path",), value_range=(-1.0, 1.0)),
     ]
 }
 """Every named metric: ``name -> MetricSpec``."""
@@ -206,6 +220,22 @@ def is_higher_better(name: str) -> bool:
     if name in _ORIENTATION_ALIASES:
         return _ORIENTATION_ALIASES[name]
     raise ValueError(f"unknown metric {name!r}; valid: {', '.join(sorted(METRIC_SPECS))}")
+
+
+def metric_spec(name: str) -> MetricSpec | None:
+    """The registry entry of a registry name (``"rougeL"``) or a result name (``"rougeL_f1"``,
+    ``"bertscore_p"``); None for a name that is not a metric (a counter, a runtime)."""
+    if name in METRIC_SPECS:
+        return METRIC_SPECS[name]
+    if name in ("bertscore_p", "bertscore_r"):
+        return METRIC_SPECS["bertscore_f1"]
+    return next((spec for spec in METRIC_SPECS.values() if spec.result_name == name), None)
+
+
+def metric_scale(name: str) -> str:
+    """The scale reports print beside metric ``name`` (``"0-1"``, ``"≥0"`` for CER/WER); "" when unknown."""
+    spec = metric_spec(name)
+    return spec.scale if spec is not None else ""
 
 
 # --------------------------------------------------------------------------- validation

