@@ -176,14 +176,9 @@ def configure_logging(log_file: Path | None) -> None:
         file = logging.FileHandler(log_file, encoding="utf-8")
         file.setFormatter(fmt)
         root.handlers.append(file)
-    # bitsandbytes warns on import that an optional CPU kernel package is absent; it changes nothing here
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    # PEFT 0.21 still calls transformers' deprecated `is_gradient_checkpointing` (a FutureWarning per model)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    # DeepSpeed 0.19 still calls torch.distributed's deprecated all_gather_into_tensor/reduce_scatter_tensor: one
-    # FutureWarning per step and rank otherwise
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)"
-                                              r".* is deprecated", category=FutureWarning)
+    from sllm_lib.noise import quiet_libraries
+
+    quiet_libraries()  # known library noise (bitsandbytes, torch, PEFT, DeepSpeed), dropped at the source
     # one status line per logging interval replaces the hub's per-file tqdm bars (weights, shards)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

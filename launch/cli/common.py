@@ -56,8 +56,9 @@ def _configure_logging(level: str) -> None:
     from sllm_lib.secrets import install_log_filter
 
     install_log_filter(root)  # secret values (tokens, passwords) show as *** in every line
-    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from sllm_lib.noise import quiet_libraries
+
+    quiet_libraries()  # known library noise, dropped at the source (sllm_lib/noise.py); real errors still show
 
 
 def _load(spec_path: Path, set_: list[str] | None, cluster: str | None) -> Any:
