@@ -66,6 +66,65 @@ def _pipeline_tag(config: dict[str, Any]) -> str:
     return "automatic-speech-recognition" if config.get("model_type") == "voxtral" else "text-generation"
 
 
+def _suite_tasks(suite_name: str) -> list[tuple[str, list[str]]] | None:
+    """(task, declared metric names) of the suite an eval run names; None when that suite cannot be loaded here."""
+    from eval.suites import find_suite, load_suite
+
+    try:
+        suite = load_suite(find_suite(suite_name))
+    except (SllmError, OSError) as exc:
+        log.info("export: suite %s not loadable here (%s); the card shows the run's own task/metric scores",
+                 suite_name, exc)
+        return None
+    return [(t.name, t.metric_names()) for t in suite.tasks]
+
+
+def _tasks_in_run(metrics: dict[str, float]) -> list[tuple[str, list[str]]]:
+    """(task, metric names) from an eval run's keys: "task/metric" where metric is a registry metric (no counters
+    such as cache/bytes_read, no runtimes, no copies such as eval/SUITE/task/metric)."""
+    from sllm_lib.metrics.registry import metric_spec
+
+    tasks: dict[str, list[str]] = {}
+    for key in sorted(metrics):
+        task, sep, name = key.partition("/")
+        if sep and "/" not in name and metric_spec(name) is not None:
+            tasks.setdefault(task, []).append(name)
+    return list(tasks.items())
+
+
+def _score(name: str, value: float) -> str:
+    """'cer 0.1234 (≥0, ↓)': a score with the registry's scale and its direction."""
+    from sllm_lib.metrics.registry import metric_spec
+
+    spec = metric_spec(name)
+    if spec is None:
+        return f"{name} {value:.4g}"
+    return f"{name} {value:.4g} ({spec.scale}, {'↑' if spec.higher_is_better else '↓'})"
+
+
+def evaluation_lines(evaluations: list[dict[str, Any]], max_suites: int = 5) -> list[str]:
+    """The card's Evaluations section: the newest finished eval of each suite, one row per task of the suite,
+    the metrics the suite declares for it (a task the run has no score for says so)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for ev in evaluations:  # newest first
+        if ev.get("status", "FINISHED") == "FINISHED":
+            latest.setdefault(ev["suite"], ev)
+    if not latest:
+        return []
+    lines = ["", "## Evaluations", "",
+             "Newest evaluation per suite; each score with its scale from sllm's metric registry and its direction "
+             "(↑ higher is better, ↓ lower is better).", "",
+             "| suite | task | scores | date | eval run |", "| --- | --- | --- | --- | --- |"]
+    for suite, ev in list(latest.items())[:max_suites]:
+        metrics = ev.get("metrics") or {}
+        tasks = _suite_tasks(suite) or _tasks_in_run(metrics)
+        for task, names in tasks:
+            shown = [_score(n, metrics[f"{task}/{n}"]) for n in names if f"{task}/{n}" in metrics]
+            lines.append(f"| {suite} | {task} | {', '.join(shown) or 'not scored'} | {ev.get('date') or '-'} "
+                         f"| `{ev['run_id']}` |")
+    return lines
+
+
 def model_card(folder: Path, manifest: dict[str, Any], lineage: Any, metrics: dict[str, dict[str, float]],
                repo_id: str | None, *, aliases: list[str] | None = None, load_from: str | None = None) -> str:
     """The README.md of the exported folder: hub front matter, lineage, metrics, usage, limits."""
@@ -100,11 +159,7 @@ def model_card(folder: Path, manifest: dict[str, Any], lineage: Any, metrics: di
             m = metrics.get(n.run_id, {})
             key = ", ".join(f"{k.split('/', 1)[1]} {v:.4g}" for k, v in sorted(m.items())[:6]) or "-"
             lines.append(f"| {n.stage} | {n.kind} | `{n.run_id}` | {data} | {key} |")
-        if lineage.evaluations:
-            lines += ["", "## Evaluations", "", "| suite | date | run | metrics |", "| --- | --- | --- | --- |"]
-            for ev in lineage.evaluations[:5]:
-                ms = ", ".join(f"{k} {v:.4g}" for k, v in sorted(ev["metrics"].items())[:8]) or "-"
-                lines.append(f"| {ev['suite']} | {ev.get('date') or '-'} | `{ev['run_id']}` | {ms} |")
+        lines += evaluation_lines(lineage.evaluations)
     loader = "VoxtralForConditionalGeneration" if config.get("model_type") == "voxtral" else "AutoModelForCausalLM"
     where = repo_id or load_from or str(folder)
     lines += ["", "## Use", "", "```python", f"from transformers import AutoTokenizer, {loader}", "",
