@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +24,11 @@ class StageStatus:
     status: str  # launcher's view (state.json)
     job_id: str
     scheduler_state: str  # sacct / process view, or "-"
-    elapsed: str
+    elapsed: str  # sacct's for a SLURM job; else from the stage's files (see `_elapsed`); "-" when unknown
     run_id: str
     error: str  # last log lines of a failed stage
     starts: int  # times the stage function started (1 + requeues/re-runs)
+    last_lines: str = ""  # last lines of the stage's log, whatever its state
 
 
 def find_state_files(target: Path, *, missing_ok: bool = False) -> list[Path]:
@@ -66,17 +69,69 @@ def _local_state(job_id: str) -> str:
     return "RUNNING"
 
 
-def _error_tail(stage_dir: Path, n: int = 3) -> str:
+def _log_tail(stage_dir: Path, n: int = 3, max_bytes: int = 65536) -> str:
+    """The last `n` non-empty lines of the stage's stage.log (read from its end: logs grow large)."""
     log_file = stage_dir / "stage.log"
-    if not log_file.is_file():
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
         return ""
-    lines = [ln for ln in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(lines[-n:])
 
 
 def _starts(stage_dir: Path) -> int:
     attempts = stage_dir / "attempts.jsonl"
     return len(attempts.read_text(encoding="utf-8").splitlines()) if attempts.is_file() else 0
+
+
+def _last_start(stage_dir: Path) -> float | None:
+    """When the stage function last started: the newest line of attempts.jsonl (the worker writes one per start)."""
+    attempts = stage_dir / "attempts.jsonl"
+    if not attempts.is_file():
+        return None
+    for line in reversed(attempts.read_text(encoding="utf-8", errors="replace").splitlines()):
+        try:
+            return float(json.loads(line)["time"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def format_elapsed(seconds: float) -> str:
+    """sacct's Elapsed format: [D-]HH:MM:SS."""
+    days, rest = divmod(int(round(seconds)), 86400)
+    h, rest = divmod(rest, 3600)
+    m, sec = divmod(rest, 60)
+    return (f"{days}-" if days else "") + f"{h:02d}:{m:02d}:{sec:02d}"
+
+
+def _elapsed(stage_dir: Path, status: str, running: bool, now: float | None = None) -> str:
+    """Elapsed time of the stage's latest start, from its files: the start is the last line of attempts.jsonl; the
+    end is result.json's write (completed), the log's last write (failed, cancelled), or now (still running)."""
+    start = _last_start(stage_dir)
+    if start is None:
+        return "-"
+    if running:
+        end: float | None = time.time() if now is None else now
+    elif status == "COMPLETED":
+        end = _mtime(stage_dir / "result.json") or _mtime(stage_dir / "stage.log")
+    elif status in ("FAILED", "CANCELLED"):
+        end = _mtime(stage_dir / "stage.log")
+    else:  # submitted, not running (yet, or any more): nothing says how long it ran
+        end = None
+    if end is None or end < start:
+        return "-"
+    return format_elapsed(end - start)
 
 
 def stage_statuses(state_file: Path) -> list[StageStatus]:
@@ -91,10 +146,13 @@ def stage_statuses(state_file: Path) -> list[StageStatus]:
         if job_id.startswith(("local-", "ray-")) and not e.finished:
             sched = _local_state(job_id)
         failed = e.status == "FAILED" or sched in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+        stage_dir = state_file.parent / "stages" / name
+        if elapsed in ("-", ""):
+            elapsed = _elapsed(stage_dir, e.status or "", running=not e.finished and sched == "RUNNING")
+        tail = _log_tail(stage_dir)
         out.append(StageStatus(stage=name, status=e.status or "-", job_id=job_id, scheduler_state=sched,
-                               elapsed=elapsed, run_id=e.run_id or "-",
-                               error=_error_tail(state_file.parent / "stages" / name) if failed else "",
-                               starts=_starts(state_file.parent / "stages" / name)))
+                               elapsed=elapsed, run_id=e.run_id or "-", error=tail if failed else "",
+                               starts=_starts(stage_dir), last_lines=tail))
     return out
 
 

@@ -237,7 +237,7 @@ def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an ou
     for st in find_state_files(target, missing_ok=record is not None):
         for s in stage_statuses(st):
             table.add_row(str(st.parent), s.stage, s.status, s.job_id, s.scheduler_state, s.elapsed, str(s.starts),
-                          s.run_id, s.error or "")
+                          s.run_id, s.last_lines)
     if table.row_count or record is None:
         console.print(table)
 

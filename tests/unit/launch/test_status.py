@@ -1,0 +1,73 @@
+"""`sllm status` on a local run folder: elapsed time and last log lines from the stage's own files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from launch.state import PipelineState, StageEntry
+from launch.status import format_elapsed, stage_statuses
+from tests.conftest import run_sllm
+
+NOW = time.time()
+
+
+def _stage(run_dir: Path, name: str, *, started: float | None, log: list[str], result_at: float | None = None,
+           log_at: float | None = None) -> None:
+    d = run_dir / "stages" / name
+    d.mkdir(parents=True)
+    if started is not None:  # what launch/worker.py writes per start (an earlier start first)
+        lines = [{"time": started - 3600, "host": "h", "pid": 1}, {"time": started, "host": "h", "pid": 2}]
+        (d / "attempts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if log:
+        (d / "stage.log").write_text("\n".join(log) + "\n\n")
+        if log_at is not None:
+            os.utime(d / "stage.log", (log_at, log_at))
+    if result_at is not None:
+        (d / "result.json").write_text(json.dumps({"stage": name, "kind": "text_sft", "output_dir": None}))
+        os.utime(d / "result.json", (result_at, result_at))
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "runs" / "job" / "abc123"
+    state = PipelineState(stages={
+        "sft": StageEntry(status="COMPLETED", run_id="a" * 32, job_id="local-999999991", result={"stage": "sft"}),
+        "merge": StageEntry(status="FAILED", run_id="b" * 32, job_id="local-999999992"),
+        "eval": StageEntry(status="SUBMITTED", run_id="c" * 32, job_id=f"local-{os.getpid()}"),  # alive: running
+        "later": StageEntry(status="SUBMITTED", run_id="d" * 32, job_id="local-999999993"),  # never started
+    })
+    run_dir.mkdir(parents=True)
+    state.save(run_dir / "state.json")
+    _stage(run_dir, "sft", started=NOW - 4000, result_at=NOW - 4000 + 3725, log_at=NOW - 200,
+           log=["step 1 loss 2.0", "step 2 loss 1.5", "saved output", "stage sft done"])
+    _stage(run_dir, "merge", started=NOW - 100, log_at=NOW - 100 + 42,
+           log=["merging", "Traceback (most recent call last):", "RuntimeError: out of memory"])
+    _stage(run_dir, "eval", started=NOW - 65, log=["eval: 3/10 samples"])
+    return run_dir
+
+
+def test_local_stages_show_elapsed_and_last_log_lines(tmp_path: Path) -> None:
+    by_name = {s.stage: s for s in stage_statuses(_run_dir(tmp_path) / "state.json")}
+    sft, merge, ev, later = by_name["sft"], by_name["merge"], by_name["eval"], by_name["later"]
+    assert sft.elapsed == "01:02:05"  # latest start -> result.json, not the earlier start, not the log's mtime
+    assert sft.last_lines == "step 2 loss 1.5\nsaved output\nstage sft done" and sft.error == ""
+    assert merge.elapsed == "00:00:42"  # start -> the failure's last log line
+    assert merge.error == merge.last_lines == "merging\nTraceback (most recent call last):\nRuntimeError: out of memory"
+    assert ev.scheduler_state == "RUNNING" and ev.elapsed in ("00:01:05", "00:01:06", "00:01:07")
+    assert ev.last_lines == "eval: 3/10 samples"
+    assert later.elapsed == "-" and later.last_lines == "" and later.starts == 0
+    assert sft.starts == 2
+
+
+def test_format_elapsed_like_sacct() -> None:
+    assert format_elapsed(0) == "00:00:00" and format_elapsed(3725.4) == "01:02:05"
+    assert format_elapsed(2 * 86400 + 61) == "2-00:01:01"
+
+
+def test_status_command_prints_elapsed_and_log_lines(tmp_path: Path) -> None:
+    res = run_sllm(["status", str(_run_dir(tmp_path))], tmp_path, env={**os.environ, "COLUMNS": "400"}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    sft_row = next(ln for ln in res.stdout.splitlines() if " sft " in ln)
+    assert "01:02:05" in sft_row and "stage sft done" in res.stdout and "RuntimeError: out of memory" in res.stdout
