@@ -29,8 +29,24 @@ def _main(
     _configure_logging(log_level)
 
 
+# the tqdm bars libraries draw, each switched off by its own variable: MLflow's artifact transfers ("Downloading
+# artifacts"), the hub's file downloads and transformers' loading bars (transformers follows the hub's setting)
+PROGRESS_BAR_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def quiet_progress_bars_off_terminal() -> None:
+    """No progress bars when the output is not a terminal (a log file, a pipe, a CI job): a bar there is a wall of
+    carriage returns. Set in the environment, so stage processes started from here inherit it; a value the user
+    set wins. On a terminal nothing changes (rich progress, tqdm bars)."""
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        return
+    for name, value in PROGRESS_BAR_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def main() -> None:
     """Console-script entry: SllmError -> exit 2 with the message, no traceback unless --debug."""
+    quiet_progress_bars_off_terminal()
     try:
         rc = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value here, not raised
         if isinstance(rc, int) and rc:
