@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sllm_lib.memory.config import load_model_config
+from sllm_lib.errors import JobSpecError
 from sllm_lib.memory.constants import BNB_BLOCKSIZE, BNB_NESTED_BLOCKSIZE, LLM_GROUPS, Device
 from sllm_lib.spec import ModelSpec, QuantSpec
 
@@ -44,6 +45,7 @@ class ModelAccount:
     lm_head_tied: bool
     text: dict[str, int]  # h, inter, h_q, h_kv, layers, vocab
     audio: dict[str, int] | None  # d, ffn, layers, frames, mels, proj_in, tokens_per_chunk
+    vision: dict[str, int] | None = None  # d, ffn, layers, patches, proj_in, tokens_per_image, crops_per_image
 
     @property
     def numel(self) -> int:
@@ -58,13 +60,25 @@ def account_model(model: ModelSpec) -> ModelAccount:
     return _account(meta, config, source)
 
 
+VISION_MODELLED = ("llava",)  # vision-language architectures the planner builds (Phi-3.5-vision as a Llava)
+
+
 def _meta_model(config: Any, *, trust_remote_code: bool) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM, VoxtralForConditionalGeneration
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration, VoxtralForConditionalGeneration
 
+    from sllm_lib.models.builders import is_vision_model
+
+    if is_vision_model(config) and config.model_type not in VISION_MODELLED:
+        raise JobSpecError(
+            f"memory planner: the vision-language architecture {config.model_type!r} is not modelled (modelled: "
+            f"Llava-style models and Phi-3.5-vision; missing: its vision tower's layout and image tokens per image); "
+            f"plan without --memory, or submit with --force to skip the memory check")
     with torch.device("meta"):
         if config.model_type == "voxtral":
             return VoxtralForConditionalGeneration(config)
+        if config.model_type == "llava":
+            return LlavaForConditionalGeneration(config)
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
@@ -109,16 +123,35 @@ def _account(model: Any, config: Any, source: str) -> ModelAccount:
                                 linear=(mod.in_features, mod.out_features) if mod is not None else None,
                                 keep_fp32=any(rx.search(name) for rx in fp32),
                                 layer=int(layer.group(1)) if layer else None))
-    linears = tuple(LinearInfo(n, m.in_features, m.out_features, _group(f"{n}.weight", id(m.weight), emb, head))
+    renames = _stand_in_renames(config)
+    linears = tuple(LinearInfo(_renamed(n, renames), m.in_features, m.out_features,
+                               _group(f"{n}.weight", id(m.weight), emb, head))
                     for n, m in model.named_modules() if isinstance(m, nn.Linear))
     tied = bool(head) and head <= emb
-    return ModelAccount(source=source, multimodal=hasattr(config, "audio_config"), params=tuple(params),
-                        linears=linears, lm_head_tied=tied, text=_text_dims(config), audio=_audio_dims(config))
+    multimodal = hasattr(config, "audio_config") or hasattr(config, "vision_config")
+    return ModelAccount(source=source, multimodal=multimodal, params=tuple(params), linears=linears,
+                        lm_head_tied=tied, text=_text_dims(config), audio=_audio_dims(config),
+                        vision=_vision_dims(config))
+
+
+def _stand_in_renames(config: Any) -> dict[str, str]:
+    from sllm_lib.memory.standins import STAND_INS
+
+    stand = STAND_INS.get(getattr(config, "sllm_stand_in", None) or "")
+    return stand.renames if stand is not None else {}
+
+
+def _renamed(name: str, renames: dict[str, str]) -> str:
+    """A stand-in's Linear under the model's own name (the last component), as LoRA targets name it."""
+    head, _, last = name.rpartition(".")
+    return f"{head}.{renames[last]}" if last in renames and head else renames.get(last, name)
 
 
 def _group(name: str, pid: int, emb: set[int], head: set[int]) -> str:
     if "audio_tower." in name:
         return "audio_encoder"
+    if "vision_tower." in name:
+        return "vision_encoder"
     if "multi_modal_projector." in name:
         return "projector"
     if pid in emb:
@@ -145,6 +178,19 @@ def _audio_dims(config: Any) -> dict[str, int] | None:
     return {"d": a.hidden_size, "ffn": a.intermediate_size, "layers": a.num_hidden_layers,
             "frames": a.max_source_positions, "mels": a.num_mel_bins, "proj_in": a.intermediate_size,
             "tokens_per_chunk": a.max_source_positions // stack}
+
+
+def _vision_dims(config: Any) -> dict[str, int] | None:
+    v = getattr(config, "vision_config", None)
+    if v is None:
+        return None
+    side = v.image_size // v.patch_size
+    layers = getattr(config, "vision_feature_layer", -1)
+    n_feature = len(layers) if isinstance(layers, (list, tuple)) else 1  # Llava concatenates the selected layers
+    tokens = getattr(config, "sllm_image_tokens", None) or getattr(config, "image_seq_length", None) or side * side
+    return {"d": v.hidden_size, "ffn": v.intermediate_size, "layers": v.num_hidden_layers, "patches": side * side + 1,
+            "proj_in": v.hidden_size * n_feature, "tokens_per_image": int(tokens),
+            "crops_per_image": int(getattr(config, "sllm_crops_per_image", 1))}
 
 
 # ------------------------------------------------------------------------------------------ bytes per tensor

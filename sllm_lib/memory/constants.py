@@ -16,6 +16,6 @@ MEL_FRAMES = 3000  # 30 s of 10 ms hops; the encoder's second conv halves it to 
 LOSS_BYTES_PER_LOGIT = 12
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"  # sllm_lib/model_configs
 LLM_GROUPS = ("llm_embeddings", "llm_layers", "lm_head")
-GROUP_LABELS = {"audio_encoder": "audio encoder", "projector": "projector", "llm_embeddings": "LLM embeddings",
-                "llm_layers": "LLM layers", "lm_head": "lm_head"}
+GROUP_LABELS = {"audio_encoder": "audio encoder", "vision_encoder": "vision encoder", "projector": "projector",
+                "llm_embeddings": "LLM embeddings", "llm_layers": "LLM layers", "lm_head": "lm_head"}
 Device = Literal["gpu", "cpu"]

@@ -91,10 +91,6 @@ def plan_memory(job: JobSpec, profile: Any, *, device: Device | None = None) -> 
     """
     if job.model is None:
         return []
-    if all(s.model_family == "vision" for s in job.stages if s.trains):
-        # vision-language models (vision tower, image tokens) are not modelled yet: no prediction, no refusal
-        log.info("memory planner: vision-language stages are not modelled; nothing predicted for %s", job.name)
-        return []
     dev: Device = device or ("gpu" if _uses_gpu(profile) else "cpu")
     account = account_model(job.model)
     out = []
@@ -268,6 +264,33 @@ def _activation_rows(stage: Any, account: ModelAccount, rules: DtypeRules, notes
     rows.append(MemoryRow("activations: logits + loss", logits, f"{tokens:,} tokens x {d['vocab']:,} vocab x 12 B "
                                                                 f"(fp32 loss)"))
     rows += _audio_rows(stage, account, rules, sum(r.bytes for r in rows), notes)
+    rows += _vision_rows(stage, account, rules, sum(r.bytes for r in rows), notes)
+    return rows
+
+
+def _vision_rows(stage: Any, account: ModelAccount, rules: DtypeRules, llm_acts: int,
+                 notes: list[str]) -> list[MemoryRow]:
+    """The vision tower's forward (frozen: a transient, with every layer's hidden states kept for the feature
+    layer) and, when trained, the projector's saved activations; image tokens sit inside max_seq_len, so the LLM
+    rows above already count them."""
+    v = account.vision
+    if v is None or not any(r.kind == "vision" for r in stage.data.train):
+        return []
+    t = stage.train
+    images = max(1, t.max_seq_len // v["tokens_per_image"])
+    crops = images * v["crops_per_image"] * t.per_device_bsz
+    e, d, f, p = rules.act, v["d"], v["ffn"], v["patches"]
+    # output_hidden_states keeps layers + 1 hidden states; one layer's working set: qkv, attention out, residual
+    # stream and norm (6 d) and the MLP's intermediate (f)
+    peak = crops * p * e * ((v["layers"] + 1) * d + 6 * d + f)
+    rows = [MemoryRow("activations: vision encoder", max(0, peak - llm_acts),
+                      f"frozen forward, {crops} crops x {p} patches: transient {_gb(peak)}")]
+    if "projector" in stage.trainable:
+        tokens = images * v["tokens_per_image"] * t.per_device_bsz
+        rows.append(MemoryRow("activations: projector", tokens * e * (v["proj_in"] + 2 * account.text["h"]),
+                              f"{tokens:,} image tokens"))
+    notes.append(f"vision: up to {images} image(s) per example ({v['tokens_per_image']} tokens each, inside "
+                 f"max_seq_len {t.max_seq_len}; {v['crops_per_image']} crop(s) of {p} patches through the tower)")
     return rows
 
 

@@ -76,18 +76,24 @@ TINY_CHAT_TEMPLATE = (
 TINY_PRESETS = ("voxtral", "llama", "llama-half", "llava")  # llama-half: one layer, a distillation student of tiny:llama
 
 
+def tiny_llava_config(*, vocab_size: int, image_token_index: int) -> Any:
+    """The tiny Llava's config: a 1-layer CLIP vision tower on 32x32 images (16 patches + CLS), the tiny Llama."""
+    from transformers import CLIPVisionConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    return LlavaConfig(vision_config=vision.to_dict(), text_config=tiny_llama_config(vocab_size=vocab_size).to_dict(),
+                       image_token_index=image_token_index, image_seq_length=16,
+                       vision_feature_select_strategy="default", vision_feature_layer=-1)
+
+
 def _tiny_llava(tokenizer: Any) -> tuple[Any, Any]:
     """A Llava model (1-layer CLIP vision tower on 32x32 images, 16 tokens per image; the tiny Llama LLM) and its
     processor, from configs; adds the <image> token to `tokenizer`."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, \
-        LlavaProcessor
+    from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer.add_tokens(["<image>"], special_tokens=True)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=32)
-    config = LlavaConfig(vision_config=vision.to_dict(), text_config=tiny_llama_config(vocab_size=len(tokenizer)).to_dict(),
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=16,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    config = tiny_llava_config(vocab_size=len(tokenizer), image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
     images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, image_token="<image>",
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)

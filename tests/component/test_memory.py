@@ -346,3 +346,71 @@ def test_tiny_preset_config_matches_the_materialized_model() -> None:
     saved = json.loads((Path(resolve_model_path(TINY)) / "config.json").read_text())
     assert config.text_config.vocab_size == saved["text_config"]["vocab_size"]
     assert config.audio_token_id == saved["audio_token_id"]
+
+
+# ------------------------------------------------------------------------------------------ every shipped spec
+
+JOB_SPECS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec_path", JOB_SPECS, ids=lambda p: p.name)
+def test_every_shipped_spec_plans_its_memory(spec_path: Path) -> None:
+    """`sllm plan --memory` for every spec in jobs/: a new spec naming a model without a config snapshot (or an
+    architecture the planner does not model) fails here."""
+    spec = load_job_spec(spec_path)
+    profile = load_cluster_profile(REPO / "cluster_configs" / "slurm_a100_2x8.yaml")
+    plans = plan_memory(spec, profile)
+    assert [m.stage for m in plans] == [s.name for s in spec.stages if s.trains]
+    for m in plans:
+        assert m.params_total > 0 and m.total > m.params_total  # at least a byte per weight, plus the rest
+        assert m.fits is not None
+
+
+@pytest.mark.parametrize(("repo_id", "numel", "tied"), [
+    ("LGAI-EXAONE/EXAONE-3.5-7.8B-Instruct", 7_818_448_896, False),
+    ("LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", 2_405_327_360, True),
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", 1_777_088_000, False),
+    ("microsoft/Phi-3.5-vision-instruct", 4_146_613_248, False),
+])
+def test_shipped_real_models_give_the_published_sizes(repo_id: str, numel: int, tied: bool) -> None:
+    account = account_model(ModelSpec(base=repo_id, trust_remote_code=True))  # Phi3V: less its 2 x 4096 separators
+    assert account.numel == numel  # 7.82B, 2.41B, 1.78B, 4.15B as published
+    assert account.lm_head_tied is tied
+
+
+def test_exaone_lora_targets_use_exaones_own_linear_names() -> None:
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc_0", "c_fc_1", "c_proj"]
+    account = account_model(ModelSpec(base="LGAI-EXAONE/EXAONE-3.5-7.8B-Instruct", trust_remote_code=True))
+    per_layer = 16 * ((4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 2 * (4096 + 14336) + (14336 + 4096))
+    assert lora_numel(account, LoraSpec(r=16, targets=targets)) == 32 * per_layer
+    assert lora_numel(account, LoraSpec(r=16, targets=["o_proj", "gate_proj"])) == 0  # Llama's names are not EXAONE's
+
+
+def test_phi35_vision_tower_is_frozen_bf16_and_lora_on_the_text_model() -> None:
+    spec = load_job_spec(REPO / "jobs" / "aac_vlm_phi35.yaml")
+    m = plan_memory(spec, gpus(1, 80))[0]
+    assert m.row("weights: vision encoder").bytes == 2 * 303_507_456  # CLIP ViT-L/14-336 vision model, bf16
+    assert m.row("weights: projector").bytes == 2 * (4096 * 3072 + 3072 + 3072 * 3072 + 3072)
+    assert m.params_trainable == 32 * 16 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072))
+    assert "activations: vision encoder" in [r.name for r in m.rows]
+    assert any("781 tokens each" in n and "5 crop(s) of 577 patches" in n for n in m.notes)
+    trained = plan_memory(spec.model_copy(update={"stages": [spec.stages[0].model_copy(
+        update={"trainable": ["lora", "projector"]})]}), gpus(1, 80))[0]
+    tokens = 2 * 781 * 4  # images per example x tokens per image x micro-batch
+    assert trained.row("activations: projector").bytes == tokens * 2 * (4096 + 2 * 3072)
+
+
+def test_unmodelled_vision_architecture_is_refused_by_name(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "idefics3", "vision_config": {"hidden_size": 64, "num_hidden_layers": 1,
+                                                    "num_attention_heads": 2, "intermediate_size": 128},
+        "text_config": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "intermediate_size": 128, "vocab_size": 100}}))
+    spec = parse_job_spec({"name": "v", "model": {"base": str(tmp_path)}, "stages": [
+        {"name": "s", "kind": "vision_sft", "lora": {"r": 8},
+         "data": {"train": [{"kind": "vision", "path": str(SAMPLE / "aac" / "aac_train.jsonl")}]},
+         "train": {"max_steps": 1}}]}, source="<test>", base_dir=tmp_path)
+    with pytest.raises(JobSpecError, match=r"'idefics3' is not modelled.*--force"):
+        plan_memory(spec, gpus(1, 80))
