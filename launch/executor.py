@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from sllm_lib.errors import JobSpecError
-from sllm_lib.stage import StageResult
+from sllm_lib.stage import RESULT_FILE, StageResult
 
 
 class JobState(str, Enum):
@@ -58,7 +58,7 @@ class LaunchRequest:
 
     @property
     def result_file(self) -> Path:
-        return Path(self.stage_dir) / "result.json"
+        return Path(self.stage_dir) / RESULT_FILE
 
     @property
     def log_file(self) -> Path:

@@ -210,12 +210,11 @@ def tracking_uri(spec: JobSpec) -> str:
 
 
 def _experiment_id(client: Any, name: str, artifact_root: Path, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    if uri.startswith(("http://", "https://")):  # a server keeps artifacts where it is configured to
-        return client.create_experiment(name)
-    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+    from sllm_lib.tracking.tracker import ensure_experiment
+
+    # a server keeps artifacts where it is configured to; the embedded store beside the run
+    local = not uri.startswith(("http://", "https://"))
+    return ensure_experiment(client, name, artifact_location=artifact_root.resolve().as_uri() if local else None)
 
 
 def protect_secrets(spec: JobSpec) -> None:
@@ -312,6 +311,7 @@ class PipelineOutcome:
     reused: list[str]
     wall_s: float
     submitted: dict[str, str] = field(default_factory=dict)  # stage -> job id, when detached
+    experiment_id: str = ""
 
 
 class _Runs:
@@ -351,21 +351,23 @@ class _Runs:
         self.client.update_run(state.parent_run_id, status="RUNNING")
         return state.parent_run_id
 
-    def open_stage(self, entry: StageEntry, ps: PlannedStage, parent_id: str, upstream_ids: list[str], *,
+    def open_stage(self, entry: StageEntry, ps: PlannedStage, parent_id: str, upstream: dict[str, str], *,
                    stage: Any = None, point: tuple[int, dict[str, Any]] | None = None) -> str:
         """The stage's MLflow run (a sweep point's, with `point` = (index, overrides)): created once with the
-        lineage tags and the stage's parameters, reused when an interrupted stage resumes; SCHEDULED until the
-        worker marks it RUNNING."""
+        lineage tags (`upstream`: stage name -> run id, also links in the run's description) and the stage's
+        parameters, reused when an interrupted stage resumes; SCHEDULED until the worker marks it RUNNING."""
         import json
 
-        from sllm_lib.tracking.tracker import (TAG_GIT_SHA, TAG_JOB, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE,
-                                               TAG_STAGE_KIND, TAG_UPSTREAM_RUNS)
+        from sllm_lib.tracking.tracker import (TAG_GIT_SHA, TAG_JOB, TAG_NOTE, TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE,
+                                               TAG_STAGE_KIND, TAG_UPSTREAM_RUNS, stage_note)
 
         spec = self.plan.spec
         if not entry.run_id:  # an interrupted stage resumes in its existing run
             tags = {TAG_PARENT: parent_id, TAG_JOB: spec.name, TAG_SPEC_HASH: self.plan.spec_hash, TAG_GIT_SHA: self.sha,
-                    TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream_ids),
-                    "sllm.kind": "stage"}
+                    TAG_STAGE: ps.name, TAG_STAGE_KIND: ps.kind, TAG_UPSTREAM_RUNS: ",".join(upstream.values()),
+                    "sllm.kind": "stage",
+                    TAG_NOTE: stage_note(job=spec.name, stage=ps.name, kind=ps.kind, experiment_id=self.exp_id,
+                                         pipeline_run_id=parent_id, upstream=upstream)}
             name = f"{spec.name}/{ps.name}"
             if point is not None:
                 tags.update({"sllm.sweep_index": str(point[0]), "sllm.sweep_point": json.dumps(point[1])})
@@ -450,7 +452,7 @@ def _publish_best(stage_dir: Path, best: int) -> None:
 
 
 def _run_sweep(plan: Plan, state: PipelineState, runs: _Runs, executor: Executor, ps: PlannedStage, *,
-               parent_id: str, upstream_ids: list[str], after: list[str], resolved: Path,
+               parent_id: str, upstream: dict[str, str], after: list[str], resolved: Path,
                uri: str) -> tuple[StageResult, str]:
     """Every grid point of the swept stage (one job array where the executor has them); the best one is kept."""
     import json
@@ -472,7 +474,7 @@ def _run_sweep(plan: Plan, state: PipelineState, runs: _Runs, executor: Executor
         out = plan.stage_dir(ps.name) / "points" / str(i) / "output"
         if slot.status == "COMPLETED" and (read_manifest(out) or {}).get("spec_hash") == plan.spec_hash:
             continue
-        run_id = runs.open_stage(slot, ps, parent_id, upstream_ids, stage=stage_with(stage, point), point=(i, point))
+        run_id = runs.open_stage(slot, ps, parent_id, upstream, stage=stage_with(stage, point), point=(i, point))
         base = _request(plan, ps, resolved=resolved, uri=uri, run_id=run_id)
         todo.append((i, replace(base, stage_dir=str(plan.stage_dir(ps.name) / "points" / str(i)), overrides=point,
                                 after=after)))
@@ -559,14 +561,14 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
                 results[ps.name] = done
                 reused.append(ps.name)
                 continue
-            upstream_ids = [run_ids[u] for u in ps.upstream if u in run_ids]
+            upstream = {u: run_ids[u] for u in ps.upstream if u in run_ids}
             if spec.sweep is not None and ps.name == spec.sweep.stage:
                 results[ps.name], run_ids[ps.name] = _run_sweep(
-                    plan, state, runs, executor, ps, parent_id=parent_id, upstream_ids=upstream_ids,
+                    plan, state, runs, executor, ps, parent_id=parent_id, upstream=upstream,
                     after=[pending[u].job_id for u in ps.upstream if u in pending], resolved=resolved, uri=uri)
                 continue
             entry = state.entry(ps.name)
-            run_id = runs.open_stage(entry, ps, parent_id, upstream_ids)
+            run_id = runs.open_stage(entry, ps, parent_id, upstream)
             run_ids[ps.name] = run_id
             req = _request(plan, ps, resolved=resolved, uri=uri, run_id=run_id)
             if executor.supports_dependencies:
@@ -586,7 +588,7 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
             log.info("detached: %d stages submitted; follow with `sllm status %s`", len(pending), plan.run_dir)
             return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results,
                                    run_ids=run_ids, reused=reused, wall_s=time.perf_counter() - t0,
-                                   submitted={n: h.job_id for n, h in pending.items()})
+                                   submitted={n: h.job_id for n, h in pending.items()}, experiment_id=runs.exp_id)
         for name in list(pending):
             results[name] = _wait(plan, state, runs, name, state.stages[name], pending.pop(name))
     except BaseException:
@@ -595,4 +597,4 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
         raise
     runs.close(parent_id, ok=True)
     return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results, run_ids=run_ids,
-                           reused=reused, wall_s=time.perf_counter() - t0)
+                           reused=reused, wall_s=time.perf_counter() - t0, experiment_id=runs.exp_id)

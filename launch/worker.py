@@ -19,9 +19,12 @@ from launch.executor import LaunchRequest
 from sllm_lib.spec import load_job_spec, stage_with
 from sllm_lib.stage import StageContext, StageResult
 from sllm_lib.files import write_json_atomic
+from sllm_lib.tracking.tracker import NullTracker
 from sllm_lib.training.interrupt import StageInterrupted
 
 log = logging.getLogger(__name__)
+
+STAGE_CONFIG = "stage_config.yaml"  # the stage's resolved configuration, beside stage.log
 
 
 def _tracker(req: LaunchRequest, rank: int, tracking: Any):
@@ -112,6 +115,7 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
                                    if k in ("hits", "misses", "corrupt", "fallbacks")})
             ctx.tracker.log_metrics({f"cache/{k}": float(v) for k, v in stats.items()})
         if rank == 0:
+            _log_output_model(stage, ctx, result)
             write_json_atomic(req.result_file, result.to_dict())
         ctx.tracker.set_status("FINISHED")
         clean = True
@@ -127,6 +131,8 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
             from sllm_lib.audio.features import set_feature_cache
 
             set_feature_cache(None)
+        if rank == 0:
+            _log_stage_files(req, stage, ctx)
         flush = getattr(ctx.tracker, "flush", None)
         if flush is not None:
             flush()  # replay what an outage journaled, now that the stage is done (bounded)
@@ -134,6 +140,57 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
             _close_distributed()
         # after a failure there is no barrier: the other ranks may sit in a collective this rank will never join
         # (the scheduler or Ray Train ends them)
+
+
+def _log_output_model(stage: Any, ctx: StageContext, result: StageResult) -> None:
+    """A training stage's adapter as an MLflow LoggedModel *output* of its run, with the stage's configuration,
+    final metrics and the upstream models it was trained on (merge, prune and quantize log their own model).
+
+    A tracking failure here costs the link, not the trained adapter: a warning, unless tracking.strict."""
+    if stage.output != "adapter" or not result.output_dir or "model_id" in result.extras:
+        return
+    if isinstance(ctx.tracker, NullTracker):
+        return
+    from sllm_lib.stage import upstream_model_ids
+    from sllm_lib.tracking.tracker import logged_model_name
+
+    try:
+        info = ctx.tracker.log_model(
+            result.output_dir, name=logged_model_name(ctx.job.name, stage.name), model_type="adapter",
+            source_model_ids=upstream_model_ids(ctx.chain), step=result.steps, files=ctx.job.tracking.model_files,
+            metrics={f"final/{k}": v for k, v in result.metrics.items() if not k.startswith("cache/")},
+            params=stage.model_dump(mode="json"))
+    except Exception as exc:
+        if ctx.job.tracking.strict:
+            raise
+        log.warning("tracking: stage %s's adapter was not logged as an MLflow model (%s: %s); it is in %s",
+                    stage.name, type(exc).__name__, exc, result.output_dir)
+        return
+    result.extras.update(info)
+    log.info("stage=%s adapter logged as MLflow model %s", stage.name, info.get("model_id"))
+
+
+def _log_stage_files(req: LaunchRequest, stage: Any, ctx: StageContext) -> None:
+    """The stage's resolved configuration and its log as artifacts of its run (also after a failure, when the
+    log matters most): teammates on a team server read them there, not in a run folder they cannot see."""
+    if isinstance(ctx.tracker, NullTracker):
+        return
+    import yaml
+
+    config = Path(req.stage_dir) / STAGE_CONFIG
+    try:
+        tmp = config.with_name(f".{config.name}.{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(stage.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
+                       encoding="utf-8")
+        os.replace(tmp, config)
+        ctx.tracker.log_artifact(config, "stage")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        if req.log_file.is_file():
+            ctx.tracker.log_artifact(req.log_file, "stage")
+    except Exception as exc:  # never raised: this runs in the stage's `finally`, where it would hide the cause
+        log.warning("tracking: stage %s's config and log were not logged as artifacts (%s: %s)", stage.name,
+                    type(exc).__name__, exc)
 
 
 def _record_attempt(req: LaunchRequest) -> None:

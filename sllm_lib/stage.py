@@ -41,6 +41,9 @@ class StageContext:
         return self.rank == 0
 
 
+RESULT_FILE = "result.json"  # beside a stage's output/ folder: stages/<name>/result.json
+
+
 @dataclass
 class StageResult:
     """The small typed result of a stage (also written as result.json)."""
@@ -74,3 +77,31 @@ def publish_output(tmp: Path, ctx: StageContext, manifest: dict[str, Any]) -> Pa
     """Write the manifest last, then swap the temp folder into place as `output/`."""
     write_json_atomic(tmp / MANIFEST, manifest)
     return publish_folder(tmp, ctx.output_dir)
+
+
+def upstream_model_ids(chain: list[Path]) -> list[str]:
+    """The MLflow LoggedModel ids of the upstream outputs in `chain`, from each stage's result.json (a sweep's
+    `output` link resolves to the chosen point's folder, whose result names that point's model)."""
+    ids: list[str] = []
+    for out in chain:
+        try:
+            result = json.loads((Path(out).resolve().parent / RESULT_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a stage run before models were logged, or tracking off
+        model_id = (result.get("extras") or {}).get("model_id")
+        if model_id:
+            ids.append(str(model_id))
+    return ids
+
+
+def log_stage_model(stage: Any, ctx: StageContext, folder: Path, *, model_type: str,
+                    metrics: dict[str, float]) -> dict[str, Any]:
+    """A model-producing stage's folder as the MLflow LoggedModel output of its run, built from the upstream
+    models, registered (and aliased) when the stage says `register_as`. Returns the ids for result.extras."""
+    from sllm_lib.tracking.tracker import logged_model_name
+
+    reg = getattr(stage, "register_as", None)
+    return ctx.tracker.log_model(
+        folder, name=logged_model_name(ctx.job.name, stage.name), registered_name=reg.name if reg else None,
+        alias=reg.alias if reg else None, model_type=model_type, source_model_ids=upstream_model_ids(ctx.chain),
+        metrics=metrics, files=ctx.job.tracking.model_files, params=stage.model_dump(mode="json"))

@@ -116,8 +116,18 @@ def _print_outcome(outcome: Any) -> None:
             ref = f"{reg.name}@{reg.alias}"
             console.print(f"\nlineage of [bold]{ref}[/]:")
             console.print(lineage_tree(walk_lineage(outcome.tracking_uri, ref)))
-    uri = outcome.tracking_uri
-    console.print(f"\nMLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
+    console.print("\n" + mlflow_ui_hint(outcome.tracking_uri, outcome.experiment_id))
+
+
+def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
+    """How to open the pipeline's experiment in the MLflow UI, in its model-training view."""
+    from sllm_lib.secrets import redact_text
+    from sllm_lib.tracking.tracker import ui_link
+
+    page = ui_link(f"experiments/{experiment_id}") if experiment_id else ui_link("experiments")
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {redact_text(uri.rstrip('/'))}/{page}"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000/{page})"
 
 
 def _spec_cache(spec_path: Path, set_: list[str] | None) -> tuple[Any, Any]:

@@ -29,6 +29,11 @@ class TrackingSpec(Strict):
                     "run's tracking journal (replayed at stage end or by `sllm tracking sync`).")
     http_timeout_s: int = Field(default=5, gt=0, le=600, description="MLflow client HTTP timeout per request.")
     http_max_retries: int = Field(default=2, ge=1, le=10, description="MLflow client HTTP retries per request.")
+    model_files: Literal["all", "pointer"] = Field(
+        default="all",
+        description="What a stage's logged model uploads to the artifact store: all its files (a team server's "
+                    "S3 then holds the adapter or merged weights), or pointer: configs, manifest and tokenizer "
+                    "plus a pointer to the weights' folder (for very large weights on a shared filesystem).")
     redact: list[str] = Field(
         default_factory=list,
         description="Extra names (spec keys or environment variables) whose values are secret; names that look "

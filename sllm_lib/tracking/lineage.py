@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sllm_lib.errors import ArtifactNotFoundError
-from sllm_lib.tracking.tracker import TAG_PARENT, TAG_SPEC_HASH, TAG_STAGE, TAG_STAGE_KIND, TAG_UPSTREAM_RUNS
+from sllm_lib.tracking.tracker import (TAG_MODEL_ID, TAG_PARENT, TAG_SOURCE_MODELS, TAG_SPEC_HASH, TAG_STAGE,
+                                       TAG_STAGE_KIND, TAG_UPSTREAM_RUNS)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class LineageNode:
     spec_hash: str
     datasets: list[dict[str, str]] = field(default_factory=list)
     upstream: list[LineageNode] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # the LoggedModels this run output (its adapter, its merge)
 
     def stages(self) -> list[str]:
         """Every stage name in the tree (this one first)."""
@@ -39,6 +41,8 @@ class ModelLineage:
     pipeline_run_id: str | None
     root: LineageNode
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # eval runs that scored this version
+    model_id: str | None = None  # the LoggedModel the version was registered from
+    source_model_ids: list[str] = field(default_factory=list)  # the models it was built from (the adapters)
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -66,7 +70,8 @@ def _node(client: Any, run_id: str, seen: set[str]) -> LineageNode:
         datasets.append({"name": di.dataset.name, "digest": di.dataset.digest, "source": src, "context": ctx})
     node = LineageNode(run_id=run_id, stage=tags.get(TAG_STAGE, run.info.run_name or run_id),
                        kind=tags.get(TAG_STAGE_KIND, "?"), status=run.info.status,
-                       spec_hash=tags.get(TAG_SPEC_HASH, ""), datasets=datasets)
+                       spec_hash=tags.get(TAG_SPEC_HASH, ""), datasets=datasets,
+                       models=[m.model_id for m in getattr(run.outputs, "model_outputs", None) or []])
     seen.add(run_id)
     for up in filter(None, tags.get(TAG_UPSTREAM_RUNS, "").split(",")):
         if up not in seen:
@@ -89,8 +94,29 @@ def walk_lineage(tracking_uri: str, ref: str) -> ModelLineage:
         raise ArtifactNotFoundError(f"{ref}: version {mv.version} has no source run; lineage unknown")
     root = _node(client, mv.run_id, set())
     parent = client.get_run(mv.run_id).data.tags.get(TAG_PARENT)
+    model_id = version_model_id(mv)
+    sources: list[str] = []
+    if model_id:
+        try:
+            sources = list(filter(None, client.get_logged_model(model_id).tags.get(TAG_SOURCE_MODELS, "").split(",")))
+        except MlflowException as exc:
+            log.warning("%s: logged model %s not readable (%s)", ref, model_id, exc.message)
     return ModelLineage(name=name, version=str(mv.version), alias=alias, source=mv.source, pipeline_run_id=parent,
-                        root=root, evaluations=_evaluations(client, name, str(mv.version)))
+                        root=root, evaluations=_evaluations(client, name, str(mv.version)), model_id=model_id,
+                        source_model_ids=sources)
+
+
+def version_model_id(mv: Any) -> str | None:
+    """The LoggedModel a registered version came from: its model_id where the registry keeps it, else our tag,
+    else a models:/<id> source (mlflow 3.17's SQL registry stores no model_id)."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    if (mv.tags or {}).get(TAG_MODEL_ID):
+        return mv.tags[TAG_MODEL_ID]
+    src = mv.source or ""
+    if src.startswith("models:/m-"):
+        return src[len("models:/"):].split("/")[0]
+    return None
 
 
 def _evaluations(client: Any, name: str, version: str) -> list[dict[str, Any]]:
@@ -114,12 +140,16 @@ def lineage_tree(lin: ModelLineage) -> Any:
     from rich.tree import Tree
 
     head = f"[bold]{lin.name}[/] v{lin.version}" + (f" @{lin.alias}" if lin.alias else "") + f"  ({lin.source})"
+    if lin.model_id:
+        head += f"\nlogged model {lin.model_id}" + (
+            f" built from {', '.join(lin.source_model_ids)}" if lin.source_model_ids else "")
     if lin.pipeline_run_id:
         head += f"\npipeline run {lin.pipeline_run_id}"
     tree = Tree(head)
 
     def add(parent: Any, node: LineageNode) -> None:
-        branch = parent.add(f"[cyan]{node.stage}[/] ({node.kind}) run {node.run_id} {node.status}")
+        branch = parent.add(f"[cyan]{node.stage}[/] ({node.kind}) run {node.run_id} {node.status}"
+                            + (f"  model {', '.join(node.models)}" if node.models else ""))
         for d in node.datasets:
             branch.add(f"[green]dataset[/] {escape(d['name'])} {escape('[' + d['context'] + ']')} "
                        f"digest {d['digest'][:12]} {escape(d['source'])}")

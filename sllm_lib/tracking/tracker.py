@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,19 @@ TAG_GIT_SHA = "sllm.git_sha"
 TAG_JOB = "sllm.job"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OUTPUT = "sllm.output_uri"
+TAG_SOURCE_MODELS = "sllm.source_model_ids"  # on a LoggedModel: the logged models it was built from
+TAG_MODEL_ID = "sllm.model_id"  # on a model version: the LoggedModel it was registered from
+TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+# What the MLflow UI reads to open an experiment in its model-training view (mlflow 3.x: genai_development,
+# custom_model_development, finetuning); without it a new experiment opens in the GenAI (traces) view.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "finetuning"
+# MLflow's own link from a LoggedModel to its registered versions (what mlflow.register_model writes; the UI's
+# "Model versions" on the logged model page come from it).
+TAG_MODEL_VERSIONS = "mlflow.modelVersions"
+# Files logged when a stage asks for a pointer instead of its weights (tracking.model_files: pointer).
+POINTER_FILE = "sllm_pointer.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,10 @@ class Tracker(Protocol):
     def log_datasets(self, datasets: list[DatasetRecord]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def set_status(self, status: str) -> None: ...
-    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]: ...
+    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
+                  alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
+                  metrics: dict[str, float] | None = None, step: int = 0, files: str = "all",
+                  params: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -88,7 +104,10 @@ class NullTracker:
     def set_status(self, status: str) -> None:
         pass
 
-    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
+    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
+                  alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
+                  metrics: dict[str, float] | None = None, step: int = 0, files: str = "all",
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
         return {}
 
 
@@ -121,8 +140,13 @@ class RecordingTracker:
     def set_status(self, status: str) -> None:
         self.tags["status"] = status
 
-    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
-        info = {"local_dir": str(local_dir), "name": name, "registered_name": registered_name, "alias": alias}
+    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
+                  alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
+                  metrics: dict[str, float] | None = None, step: int = 0, files: str = "all",
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+        info = {"local_dir": str(local_dir), "name": name, "registered_name": registered_name, "alias": alias,
+                "model_type": model_type, "source_model_ids": list(source_model_ids), "metrics": dict(metrics or {}),
+                "step": step, "files": files, "params": dict(params or {})}
         self.models.append(info)
         return info
 
@@ -235,47 +259,181 @@ class MlflowTracker:
             log.info("tracking: replayed %d journaled operations from %s", stats.replayed, self.journal.path)
         return stats
 
-    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None, alias: str | None) -> dict[str, Any]:
-        """Log a model folder as an MLflow LoggedModel of this run; register a version and set the alias.
+    def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
+                  alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
+                  metrics: dict[str, float] | None = None, step: int = 0, files: str = "all",
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Log a model folder as an MLflow LoggedModel *output* of this run; register a version and set the alias.
 
-        Registration is not guarded: a merge stage that cannot register has failed.
+        The model carries the stage's tags and configuration (`params`), the models it was built from
+        (`source_model_ids`) and `metrics` linked to it; its files go through the run's artifact store (a team server's S3), or only the small
+        files and a pointer to the folder with `files="pointer"`. Registration is not guarded: a merge stage
+        that cannot register has failed.
         """
-        from mlflow.entities import LoggedModelInput
+        from mlflow.entities import LoggedModelOutput, Metric
 
         run = self.client.get_run(self.run_id)
-        model = self.client.create_logged_model(
-            run.info.experiment_id, name=name, source_run_id=self.run_id,
-            tags={TAG_SPEC_HASH: run.data.tags.get(TAG_SPEC_HASH, "")},
-        )
+        tags = run.data.tags
+        model_tags = {TAG_SPEC_HASH: tags.get(TAG_SPEC_HASH, ""), TAG_STAGE: tags.get(TAG_STAGE, ""),
+                      TAG_STAGE_KIND: tags.get(TAG_STAGE_KIND, ""), TAG_JOB: tags.get(TAG_JOB, ""),
+                      TAG_OUTPUT: str(Path(local_dir).resolve())}
+        if source_model_ids:
+            model_tags[TAG_SOURCE_MODELS] = ",".join(source_model_ids)
+        from sllm_lib.secrets import redact
+
+        flat = {k[:250]: str(v)[:6000] for k, v in redact(flatten(params or {})).items()}
+        model = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=self.run_id,
+                                                tags=model_tags, params=flat or None, model_type=model_type)
         try:
-            self.client.log_model_artifacts(model.model_id, str(local_dir))
+            with model_files(Path(local_dir), files) as folder:
+                self.client.log_model_artifacts(model.model_id, str(folder))
         except BaseException:
             self.client.finalize_logged_model(model.model_id, "FAILED")
             raise
         self.client.finalize_logged_model(model.model_id, "READY")
-        try:
-            self.client.log_inputs(self.run_id, models=[LoggedModelInput(model.model_id)])
-        except Exception as exc:  # the model is logged and registered; the input link is a convenience
-            log.warning("tracking: linking logged model %s to run %s failed: %s", model.model_id, self.run_id, exc)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=step)])
+        self._describe_model(model.model_id, run, model_type, list(source_model_ids))
+        if metrics:  # the model page lists the metrics logged against it
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=model.model_id)
+                                                        for k, v in metrics.items()])
         info: dict[str, Any] = {"model_id": model.model_id, "model_uri": f"models:/{model.model_id}"}
         if registered_name:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                self.client.create_registered_model(registered_name)
-            except MlflowException as exc:
-                if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                    raise
-            with global_tracking_uri(self.tracking_uri):  # the registry resolves models:/<id> globally
-                mv = self.client.create_model_version(
-                    registered_name, source=f"models:/{model.model_id}", run_id=self.run_id,
-                    model_id=model.model_id, tags={TAG_SPEC_HASH: run.data.tags.get(TAG_SPEC_HASH, "")},
-                )
-            info.update(registered_name=registered_name, version=mv.version)
-            if alias:
-                self.client.set_registered_model_alias(registered_name, alias, mv.version)
-                info["alias"] = alias
+            info.update(self._register(model.model_id, registered_name, alias, tags.get(TAG_SPEC_HASH, ""),
+                                       description=f"Registered from logged model [{name}]"
+                                                   f"({model_link(run.info.experiment_id, model.model_id)}) of run "
+                                                   f"[{run.info.run_name}]({run_link(run.info.experiment_id, self.run_id)})."))
         return info
+
+    def _describe_model(self, model_id: str, run: Any, model_type: str, sources: list[str]) -> None:
+        """The logged model's description in the UI: what it is, its run, and the models it was built from as
+        links (the same ids as its sllm.source_model_ids tag)."""
+        exp = run.info.experiment_id
+        tags = run.data.tags
+        text = (f"{model_type.capitalize()} from sllm stage **{tags.get(TAG_STAGE, '?')}** "
+                f"(`{tags.get(TAG_STAGE_KIND, '?')}`) of job **{tags.get(TAG_JOB, '?')}**, run "
+                f"[{run.info.run_name}]({run_link(exp, self.run_id)}).")
+        if sources:
+            names = []
+            for mid in sources:
+                try:
+                    names.append(f"[{self.client.get_logged_model(mid).name}]({model_link(exp, mid)})")
+                except Exception:  # a source logged in another store or deleted: the id stays in the tag
+                    names.append(f"`{mid}`")
+            text += "\n\nBuilt from: " + ", ".join(names) + "."
+        self.client.set_logged_model_tags(model_id, {TAG_NOTE: text})
+
+    def _register(self, model_id: str, registered_name: str, alias: str | None, spec_hash: str, *,
+                  description: str) -> dict[str, Any]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(registered_name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        with global_tracking_uri(self.tracking_uri):  # the registry resolves models:/<id> globally
+            mv = self.client.create_model_version(
+                registered_name, source=f"models:/{model_id}", run_id=self.run_id, model_id=model_id,
+                tags={TAG_SPEC_HASH: spec_hash, TAG_MODEL_ID: model_id}, description=description,
+            )
+        # mlflow 3.17's SQL registry drops create_model_version's model_id (no column for it, see
+        # sqlalchemy_store.create_model_version), so the version is tied to its LoggedModel the way
+        # mlflow.register_model does it: the logged model's mlflow.modelVersions tag, plus our own version tag.
+        model = self.client.get_logged_model(model_id)
+        versions = json.loads(model.tags.get(TAG_MODEL_VERSIONS) or "[]")
+        entry = {"name": registered_name, "version": str(mv.version)}
+        if entry not in versions:
+            self.client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps(versions + [entry])})
+        info: dict[str, Any] = {"registered_name": registered_name, "version": mv.version}
+        if alias:
+            self.client.set_registered_model_alias(registered_name, alias, mv.version)
+            info["alias"] = alias
+        return info
+
+
+@contextmanager
+def model_files(folder: Path, files: str) -> Iterator[Path]:
+    """The folder to upload for a logged model: `folder` itself ("all"), or ("pointer") a temp copy of its small
+    non-weight files (configs, manifest, tokenizer) plus POINTER_FILE naming where the weights are."""
+    if files == "all":
+        yield folder
+        return
+    if files != "pointer":
+        raise ValueError(f"tracking.model_files: expected 'all' or 'pointer', got {files!r}")
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sllm-model-pointer-") as tmp:
+        out = Path(tmp)
+        kept: list[str] = []
+        left: list[dict[str, Any]] = []
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            rel = f.relative_to(folder)
+            size = f.stat().st_size
+            if f.suffix in _WEIGHT_SUFFIXES or size > 4 * 2**20:
+                left.append({"path": str(rel), "bytes": size})
+                continue
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, out / rel)
+            kept.append(str(rel))
+        (out / POINTER_FILE).write_text(json.dumps(
+            {"uri": folder.resolve().as_uri(), "path": str(folder.resolve()), "not_uploaded": left,
+             "uploaded": kept}, indent=2), encoding="utf-8")
+        yield out
+
+
+def ensure_experiment(client: Any, name: str, *, artifact_location: str | None = None) -> str:
+    """The experiment's id, created when missing; tagged as a fine-tuning experiment unless it already says
+    what kind it is (a user's own choice stays), so the MLflow UI opens it in its model-training view."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+    if TAG_EXPERIMENT_KIND not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def logged_model_name(*parts: str) -> str:
+    """A LoggedModel name from job and stage names (MLflow refuses / : . % and quotes in one)."""
+    import re
+
+    return re.sub(r"[/:.%\"']", "-", "-".join(p for p in parts if p))
+
+
+# The MLflow 3.17 UI picks its GenAI or model-training view from a per-browser switch (localStorage
+# "mlflow.workflowType", default genai) or this query parameter, not from the experiment's kind tag; every
+# link sllm writes or prints carries it, so a teammate who follows one lands in the training view.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(route: str) -> str:
+    """A page of the MLflow UI relative to its root (works on any server the store is opened with)."""
+    return f"#/{route.lstrip('/')}?{UI_VIEW}"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    return ui_link(f"experiments/{experiment_id}/runs/{run_id}")
+
+
+def model_link(experiment_id: str, model_id: str) -> str:
+    return ui_link(f"experiments/{experiment_id}/models/{model_id}")
+
+
+def stage_note(*, job: str, stage: str, kind: str, experiment_id: str, pipeline_run_id: str,
+               upstream: dict[str, str]) -> str:
+    """A stage run's description (markdown): what it is, and its pipeline and upstream stage runs as links.
+
+    Written from the same run ids as the sllm.upstream_run_ids tag, which `sllm lineage` walks."""
+    lines = [f"sllm stage **{stage}** (`{kind}`) of job **{job}**, "
+             f"pipeline run [{pipeline_run_id[:8]}]({run_link(experiment_id, pipeline_run_id)}).", ""]
+    if upstream:
+        lines.append("Upstream stages: " + ", ".join(
+            f"[{name}]({run_link(experiment_id, rid)})" for name, rid in upstream.items()) + ".")
+    else:
+        lines.append("First stage of the pipeline (no upstream stage).")
+    return "\n".join(lines)
 
 
 def _redacted_copy(path: Path) -> Path:

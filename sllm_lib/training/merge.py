@@ -9,7 +9,7 @@ from typing import Any
 from sllm_lib.models.builders import load_base_model, load_tokenizer_and_features, resolve_model_path
 from sllm_lib.models.adapters import apply_chain, chain_system_prompt, chain_value
 from sllm_lib.spec import MergeStage
-from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.stage import StageContext, StageResult, log_stage_model, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def run_merge(stage: MergeStage, ctx: StageContext) -> StageResult:
         raise
     size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
     result.metrics["size_mb"] = size / 2**20
-    ctx.tracker.log_metrics({"merge/num_parameters": float(n_params), "merge/size_mb": size / 2**20})
+    metrics = {"merge/num_parameters": float(n_params), "merge/size_mb": size / 2**20}
+    ctx.tracker.log_metrics(metrics)
     reg = stage.register_as
-    info = ctx.tracker.log_model(final, name=ctx.job.name, registered_name=reg.name if reg else None,
-                                 alias=reg.alias if reg else None)
+    info = log_stage_model(stage, ctx, final, model_type="merged", metrics=metrics)
     result.extras.update(info)
     if reg and info.get("version"):
         log.info("registered %s version %s with alias @%s", reg.name, info["version"], reg.alias)

@@ -13,7 +13,7 @@ import logging
 import shutil
 from typing import Any
 
-from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.stage import StageContext, StageResult, log_stage_model, new_output_tmp, publish_output
 from sllm_lib.files import read_manifest
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,6 @@ def run_prune(stage: Any, ctx: StageContext) -> StageResult:
     metrics["prune/size_mb"] = size / 2**20
     result.metrics.update(metrics)
     ctx.tracker.log_metrics(metrics)
-    reg = stage.register_as
-    info = ctx.tracker.log_model(final, name=ctx.job.name, registered_name=reg.name if reg else None,
-                                 alias=reg.alias if reg else None)
+    info = log_stage_model(stage, ctx, final, model_type="pruned", metrics=metrics)
     result.extras.update(info)
     return result

@@ -21,7 +21,7 @@ from typing import Any
 
 from sllm_lib.files import read_manifest, write_text_atomic
 from sllm_lib.models.variants import measure_cpu, save_dynamic_int8, write_variant
-from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
+from sllm_lib.stage import StageContext, StageResult, log_stage_model, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,6 @@ def run_quantize(stage: Any, ctx: StageContext) -> StageResult:
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_artifact(final / REPORT_MD, "compression")
     ctx.tracker.log_artifact(final / REPORT_JSON, "compression")
-    reg = stage.register_as
-    info = ctx.tracker.log_model(final, name=ctx.job.name, registered_name=reg.name if reg else None,
-                                 alias=reg.alias if reg else None)
+    info = log_stage_model(stage, ctx, final, model_type="quantized", metrics=metrics)
     result.extras.update(info)
     return result

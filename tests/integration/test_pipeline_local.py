@@ -71,6 +71,62 @@ def test_pipeline_registers_and_records_lineage(tmp_path: Path) -> None:
     assert ds["name"] == "text_qa_train" and ds["context"] == "train"
 
 
+def _model_files(client, model_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for f in client.list_logged_model_artifacts(model_id, path):
+        out |= _model_files(client, model_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def test_stage_outputs_are_logged_models_linked_in_mlflow(tmp_path: Path) -> None:
+    """What a teammate sees on a tracking server: each stage's adapter a LoggedModel *output* of its run (files
+    downloadable), its log and config as artifacts, the merged model the merge run's output, built from the
+    adapter and tied to its registered version, upstream runs as links; `sllm lineage` reads the same links."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from launch.pipeline import submit_pipeline
+    from sllm_lib.tracking.lineage import walk_lineage
+
+    outcome = submit_pipeline(_plan(_spec(tmp_path)))
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name("it-job")
+    assert exp.tags["mlflow.experimentKind"] == "finetuning"  # the UI opens the model-training view
+
+    text_run, merge_run = client.get_run(outcome.run_ids["text"]), client.get_run(outcome.run_ids["merge"])
+    (adapter_out,) = text_run.outputs.model_outputs
+    adapter = client.get_logged_model(adapter_out.model_id)
+    assert adapter.source_run_id == text_run.info.run_id and adapter.model_type == "adapter"
+    assert adapter.status == "READY" and adapter.tags["sllm.stage"] == "text"
+    assert adapter.params["lora.r"] == "4" and adapter.params["train.max_steps"] == "6"
+    assert {m.key for m in adapter.metrics} >= {"final/train_loss"}
+    files = _model_files(client, adapter.model_id)
+    assert "manifest.json" in files and any(f.endswith(".safetensors") for f in files), files
+    local = Path(client.download_artifacts(text_run.info.run_id, "stage", str(tmp_path / "dl")))
+    assert "max_steps: 6" in (local / "stage_config.yaml").read_text(encoding="utf-8")  # (stage.log: e2e demo)
+    assert outcome.results["text"].extras["model_id"] == adapter.model_id
+
+    (merged_out,) = merge_run.outputs.model_outputs
+    assert not merge_run.inputs.model_inputs  # an output, not an input
+    merged = client.get_logged_model(merged_out.model_id)
+    assert merged.model_type == "merged" and merged.tags["sllm.source_model_ids"] == adapter.model_id
+    version = client.get_model_version_by_alias("it-model", "candidate")
+    assert json.loads(merged.tags["mlflow.modelVersions"]) == [{"name": "it-model", "version": str(version.version)}]
+    assert version.tags["sllm.model_id"] == merged.model_id and version.run_id == merge_run.info.run_id
+
+    view = "?workflowType=machine_learning"  # links land in the UI's model-training view
+    note = merge_run.data.tags["mlflow.note.content"]
+    assert f"[text](#/experiments/{exp.experiment_id}/runs/{text_run.info.run_id}{view})" in note
+    assert f"(#/experiments/{exp.experiment_id}/models/{adapter.model_id}{view})" in merged.tags["mlflow.note.content"]
+    assert f"(#/experiments/{exp.experiment_id}/runs/{merge_run.info.run_id}{view})" in version.description
+    assert merge_run.data.tags["sllm.upstream_run_ids"] == text_run.info.run_id  # the same ids lineage walks
+
+    lin = walk_lineage(outcome.tracking_uri, "it-model@candidate")
+    assert lin.model_id == merged.model_id and lin.source_model_ids == [adapter.model_id]
+    assert lin.root.models == [merged.model_id] and lin.root.upstream[0].models == [adapter.model_id]
+
+
 def _run_text_stage(spec_path: Path, stage_dir: Path):
     from sllm_lib.spec import load_job_spec
     from sllm_lib.tracking.tracker import RecordingTracker
