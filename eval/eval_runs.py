@@ -101,13 +101,40 @@ def find_eval(client: Any, experiment_ids: list[str], *, digest: str, model_id: 
     return runs[0] if runs else None
 
 
+def find_version_eval(client: Any, *, digest: str, name: str, version: str, model_id: str | None,
+                      sample_limit: int | None, nightly_runs: bool) -> Any | None:
+    """The newest FINISHED eval run of registered `name` version `version` (and its logged model, when known) on
+    this suite content, in any experiment of the store: what `sllm eval models:/NAME/VERSION --suite S` logs.
+
+    nightly_runs: False leaves out the eval runs a nightly made (they carry a nightly date), so a nightly that
+    reuses only its own date's runs still reuses an `sllm eval` of the same version.
+    """
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    flt = [f"tags.{TAG_SUITE_DIGEST} = {quote(digest)}", "attributes.status = 'FINISHED'",
+           f"tags.{TAG_SAMPLE_LIMIT} = {quote(str(sample_limit or ''))}", f"tags.{TAG_MODEL_NAME} = {quote(name)}",
+           f"tags.{TAG_MODEL_VERSION} = {quote(str(version))}"]
+    if model_id:
+        flt.append(f"tags.{TAG_MODEL_ID} = {quote(model_id)}")
+    runs = client.search_runs(experiments, " and ".join(flt), order_by=["attributes.start_time DESC"],
+                              max_results=50)
+    return next((r for r in runs if nightly_runs or not r.data.tags.get(TAG_NIGHTLY_DATE)), None)
+
+
+def score_keys(suite: Any) -> set[str]:
+    """The "task/metric" keys a suite's eval run scores (its other metrics: copies, counters, throughput)."""
+    return {f"{t.name}/{m}" for t in suite.tasks for m in t.metric_names()}
+
+
 def load_eval(client: Any, run: Any, *, role: str, name: str, version: str, aliases: list[str],
-              source_run_id: str | None) -> ModelEval:
-    """A ModelEval read back from an earlier eval run (metrics and the samples artifact)."""
+              source_run_id: str | None, keys: set[str] | None = None) -> ModelEval:
+    """A ModelEval read back from an earlier eval run (metrics and the samples artifact); with `keys` (see
+    `score_keys`) only those metrics, not the eval/SUITE/... copies or cache counters the run also carries."""
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run.info.run_id, f"eval/{SAMPLES_ARTIFACT}", tmp)
         samples = read_samples(Path(local))
-    metrics = {k: v for k, v in run.data.metrics.items() if "/" in k}
+    metrics = {k: v for k, v in run.data.metrics.items() if (k in keys if keys is not None else "/" in k)}
     return ModelEval(role=role, name=name, version=version, aliases=aliases, eval_run_id=run.info.run_id,
                      source_run_id=source_run_id, metrics=metrics, samples=samples,
                      samples_per_s=run.data.metrics.get("samples_per_s"), reused=True)

@@ -5,7 +5,8 @@ One `nightly_eval` stage does, for its date:
 1. picks versions from the registry: the candidate alias (required), the champion alias (the
    baseline; absent on the first night), and optionally the N newest other versions;
 2. scores each on the suite, or reuses an earlier eval run of the same version and suite content
-   (`reuse_evals`; a re-run the same night never scores or logs twice);
+   (`reuse_evals`; a re-run the same night never scores or logs twice; a finished `sllm eval` of the same
+   registered version on the same suite digest, in any experiment of the store, is reused unless `never`);
 3. gates every metric that has a threshold: candidate against the champion, and against the
    previous nightly's candidate, with a paired bootstrap confidence interval over sample-level
    scores: a worsening beyond the threshold whose interval excludes zero is a regression, one
@@ -28,7 +29,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eval.eval_runs import TAG_NIGHTLY_DATE, eval_tags, find_eval, load_eval, log_eval, quote
+from eval.eval_runs import (
+    TAG_NIGHTLY_DATE,
+    eval_tags,
+    find_eval,
+    find_version_eval,
+    load_eval,
+    log_eval,
+    quote,
+    score_keys,
+)
 from eval.results import GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint, WorstSample
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError
@@ -110,6 +120,13 @@ def champion_is_candidate(client: Any, stage: Any) -> bool:
 # ------------------------------------------------------------------------------------------ scoring
 
 
+def _when(ms: int | None) -> str:
+    """An MLflow timestamp (ms) as 'YYYY-MM-DD HH:MM UTC'."""
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def evaluate_version(client: Any, ctx: StageContext, stage: Any, suite: Suite, digest: str, role: str, mv: Any,
                      *, date: str, experiment_id: str) -> ModelEval:
     """Reuse an earlier eval run of this version on this suite content, or score it now and log a run."""
@@ -125,8 +142,17 @@ def evaluate_version(client: Any, ctx: StageContext, stage: Any, suite: Suite, d
         if prev is not None:
             log.info("nightly: %s v%s (%s): reusing eval run %s", stage.registered_model, mv.version, role,
                      prev.info.run_id)
+        else:  # scored by `sllm eval` (any experiment of the store): same version, same suite content, finished
+            prev = find_version_eval(client, digest=digest, name=stage.registered_model, version=str(mv.version),
+                                     model_id=version_model_id(mv), sample_limit=None,
+                                     nightly_runs=stage.reuse_evals == "always")
+            if prev is not None:
+                log.info("nightly: %s v%s (%s): reusing `sllm eval` run %s (same version, suite digest %s, "
+                         "finished %s); not scoring again", stage.registered_model, mv.version, role,
+                         prev.info.run_id, digest[:12], _when(prev.info.end_time))
+        if prev is not None:
             return load_eval(client, prev, role=role, name=stage.registered_model, version=str(mv.version),
-                             aliases=aliases, source_run_id=mv.run_id)
+                             aliases=aliases, source_run_id=mv.run_id, keys=score_keys(suite))
     if not version_model_id(mv):
         raise ArtifactNotFoundError(f"{stage.registered_model} v{mv.version}: no logged model to load")
     resolved = ResolvedModel(path=download_logged_model(version_model_id(mv), ctx.tracking_uri or ""),
