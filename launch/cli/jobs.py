@@ -145,9 +145,16 @@ def _print_memory(p: Any) -> None:
     memories = plan_memory(p.spec, p.profile)
     console.rule("memory per training process (predicted from the model config; no weights loaded)")
     if not memories:
-        console.print("nothing predicted: no training stages, or only vision-language ones (not modelled yet)")
+        console.print("nothing predicted: no training stages")
         return
-    if getattr(p.profile, "gpu_memory_gb", None) is None:
+    if _cpu_only_local(p.profile):
+        from sllm_lib.memory import GB
+
+        need = max((m.total + m.cpu_total) * max(1, p.profile.world_size) for m in memories)
+        verdict = "fits" if need <= host_memory_bytes() else "does NOT fit: `sllm submit` refuses it (--force overrides)"
+        console.print(f"cluster {p.profile.name!r} is this machine's CPU: the largest stage needs {need / GB:.1f} GB "
+                      f"of its {host_memory_bytes() / GB:.1f} GB; {verdict}", highlight=False)
+    elif getattr(p.profile, "gpu_memory_gb", None) is None:
         console.print(f"cluster {p.profile.name!r} sets no gpu_memory_gb: nothing to compare with", highlight=False)
     suggestions = {m.stage: suggest(p.spec, p.profile, m) for m in memories}
     for item in render_plan(memories, suggestions):
@@ -161,7 +168,12 @@ def _check_memory(p: Any, *, force: bool, cluster: str) -> None:
     """
     from launch.ray_jobs import IN_JOB_ENV
 
-    if getattr(p.profile, "gpu_memory_gb", None) is None or os.environ.get(IN_JOB_ENV):
+    if os.environ.get(IN_JOB_ENV):
+        return
+    if _cpu_only_local(p.profile):
+        _check_host_memory(p, force=force, cluster=cluster)
+        return
+    if getattr(p.profile, "gpu_memory_gb", None) is None:
         return
     from sllm_lib.errors import PlanError
     from sllm_lib.memory import GB, plan_memory, suggest
@@ -191,6 +203,51 @@ def _check_memory(p: Any, *, force: bool, cluster: str) -> None:
     raise PlanError("memory check failed; nothing was submitted:\n" + "\n".join(problems)
                     + f"\nsee `sllm plan {p.spec_path} --cluster {cluster} --memory` for the breakdown, "
                       f"or pass --force to submit anyway")
+
+
+def _cpu_only_local(profile: Any) -> bool:
+    return profile.kind == "local" and not profile.gpus
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine (what a CPU-only local profile trains in)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_host_memory(p: Any, *, force: bool, cluster: str) -> None:
+    """On a CPU-only local profile every training process runs here, in fp32: refuse (PlanError) a stage the
+    planner predicts to need more than this machine's memory, before anything is submitted, unless --force."""
+    from sllm_lib.errors import PlanError
+    from sllm_lib.memory import GB, plan_memory
+
+    try:
+        memories = plan_memory(p.spec, p.profile, device="cpu")
+    except SllmError as exc:
+        log.warning("memory check skipped: %s", exc)
+        return
+    host = host_memory_bytes()
+    procs = max(1, p.profile.world_size)
+    problems = []
+    for m in memories:
+        need = (m.total + m.cpu_total) * procs
+        if need > host:
+            big = sorted(m.rows, key=lambda r: r.bytes, reverse=True)[:3]
+            terms = ", ".join(f"{r.name} {r.bytes / GB:.1f} GB" for r in big)
+            problems.append(f"stage {m.stage!r} is predicted to need {need / GB:.1f} GB of memory "
+                            f"({procs} process{'es' if procs > 1 else ''}, fp32 on the CPU; largest: {terms}); "
+                            f"this machine has {host / GB:.1f} GB")
+    if not problems:
+        return
+    if force:
+        for line in problems:
+            log.warning("--force: submitting anyway: %s", line)
+        return
+    model = p.spec.model.base if p.spec.model is not None else "(none)"
+    raise PlanError(
+        f"{p.spec_path}: model {model} does not fit cluster profile {p.profile.name!r} (CPU only, this machine); "
+        f"nothing was submitted:\n" + "\n".join(problems)
+        + f"\nsubmit it to a GPU cluster profile (`--cluster slurm_a100_2x8`; `sllm plan {p.spec_path} --cluster "
+          f"slurm_a100_2x8 --memory` for the breakdown), or pass --force to run it here anyway")
 
 
 def _via_ray_jobs(profile: Any) -> bool:
