@@ -130,7 +130,20 @@ def _evaluations(client: Any, name: str, version: str) -> list[dict[str, Any]]:
         tags = r.data.tags
         out.append({"run_id": r.info.run_id, "suite": tags.get("sllm.eval.suite", "?"), "status": r.info.status,
                     "date": tags.get("sllm.nightly.date", ""),
-                    "metrics": {k: v for k, v in r.data.metrics.items() if "/" in k}})
+                    "metrics": task_scores(r.data.metrics)})
+    return out
+
+
+def task_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """The `task/metric` scores of an evaluation run, sorted: metrics the registry knows, without the
+    `eval/SUITE/...` copies, cache and data counters or runtimes logged beside them."""
+    from sllm_lib.metrics.registry import metric_spec
+
+    out = {}
+    for key in sorted(metrics):
+        parts = key.split("/")
+        if len(parts) == 2 and parts[0] not in ("cache", "data", "eval", "final", "train") and metric_spec(parts[1]):
+            out[key] = metrics[key]
     return out
 
 
@@ -160,7 +173,7 @@ def lineage_tree(lin: ModelLineage) -> Any:
     if lin.evaluations:
         evals = tree.add("[magenta]evaluated by[/]")
         for e in lin.evaluations:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in list(e["metrics"].items())[:6])
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in e["metrics"].items())
             when = f" nightly {e['date']}" if e["date"] else ""
             evals.add(f"suite {escape(e['suite'])}{when}: run {e['run_id']} {e['status']}  {escape(shown)}")
     return tree

@@ -10,44 +10,15 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import time
 import zlib
 from pathlib import Path
 
-import pytest
-
 from eval.report import write_report
+from tests.browser import chromium, run_chromium
 from tests.unit.eval.test_report import KOREAN_REF, make_result
 
 WIDTH, HEIGHT = 1280, 2400
-TIMEOUT_S = 90
-
-
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("SLLM_REQUIRE_SERVICES") == "1":
-            pytest.fail("chromium is not installed and SLLM_REQUIRE_SERVICES=1: run `bash scripts/browser_deps.sh` "
-                        "(as root) to install chromium and fonts-nanum")
-        pytest.skip("chromium not installed (bash scripts/browser_deps.sh)")
-    return exe
-
-
-def _run_chromium(exe: str, tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    profile = tmp_path / f"profile-{name}"  # a fresh profile per run: runs never share state
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--no-default-browser-check", "--disable-extensions", "--disable-sync", "--hide-scrollbars",
-           "--force-device-scale-factor=1", f"--user-data-dir={profile}", *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              env={**os.environ, "HOME": str(tmp_path), "LANG": "C.UTF-8"})
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"headless chromium ({name}) did not finish in {TIMEOUT_S}s: {' '.join(cmd)}\n"
-                    f"stderr: {(exc.stderr or b'')[-2000:]!r}")
-    if proc.returncode != 0:
-        pytest.fail(f"headless chromium ({name}) exited {proc.returncode}: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def _png_info(data: bytes) -> tuple[int, int, int, int]:
@@ -114,15 +85,15 @@ def _colour_stats(data: bytes, step: int = 7) -> tuple[int, float, int]:
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path):
-    exe = _chromium()
+    exe = chromium()
     result = make_result()
     paths = write_report(result, tmp_path / "report")
     url = paths["html"].resolve().as_uri()
     shot = tmp_path / "screenshot.png"
 
     t0 = time.monotonic()
-    _run_chromium(exe, tmp_path, "screenshot", f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", url)
-    dom = _run_chromium(exe, tmp_path, "dom", f"--window-size={WIDTH},{HEIGHT}", "--dump-dom", url).stdout
+    run_chromium(exe, tmp_path, "screenshot", f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", url)
+    dom = run_chromium(exe, tmp_path, "dom", f"--window-size={WIDTH},{HEIGHT}", "--dump-dom", url).stdout
     elapsed = time.monotonic() - t0
 
     # the screenshot: the requested size, and an actual page (colours, text, the red banner), not a blank one
