@@ -378,6 +378,19 @@ class _Runs:
         self.client.update_run(entry.run_id, status="SCHEDULED")  # the worker marks it RUNNING when it starts
         return entry.run_id
 
+    def describe_pipeline(self, parent_id: str, run_ids: dict[str, str]) -> None:
+        """The pipeline run's description: its stage runs in order as links, and what it registered."""
+        from sllm_lib.tracking.tracker import TAG_NOTE, run_link, ui_link
+
+        spec = self.plan.spec
+        lines = [f"sllm pipeline of job **{spec.name}** on cluster profile `{self.plan.profile.name}`.", "",
+                 "Stages: " + " → ".join(f"[{n}]({run_link(self.exp_id, rid)})" for n, rid in run_ids.items()) + "."]
+        regs = [s.register_as for s in spec.stages if getattr(s, "register_as", None)]
+        if regs:
+            lines += ["", "Registers: " + ", ".join(
+                f"[{r.name}@{r.alias}]({ui_link(f'models/{r.name}')})" for r in regs) + "."]
+        self._tracker(parent_id).set_tags({TAG_NOTE: "\n".join(lines)})
+
     def close(self, run_id: str, *, ok: bool, output: str | None = None) -> None:
         from sllm_lib.tracking.tracker import TAG_OUTPUT
 
@@ -595,6 +608,7 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
         _cancel_rest(plan, state, runs, pending)
         runs.close(parent_id, ok=False)
         raise
+    runs.describe_pipeline(parent_id, run_ids)
     runs.close(parent_id, ok=True)
     return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results, run_ids=run_ids,
                            reused=reused, wall_s=time.perf_counter() - t0, experiment_id=runs.exp_id)

@@ -121,6 +121,10 @@ def test_stage_outputs_are_logged_models_linked_in_mlflow(tmp_path: Path) -> Non
     assert f"(#/experiments/{exp.experiment_id}/models/{adapter.model_id}{view})" in merged.tags["mlflow.note.content"]
     assert f"(#/experiments/{exp.experiment_id}/runs/{merge_run.info.run_id}{view})" in version.description
     assert merge_run.data.tags["sllm.upstream_run_ids"] == text_run.info.run_id  # the same ids lineage walks
+    pipeline_note = client.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
+    assert (f"[text](#/experiments/{exp.experiment_id}/runs/{text_run.info.run_id}{view}) → "
+            f"[merge](#/experiments/{exp.experiment_id}/runs/{merge_run.info.run_id}{view})") in pipeline_note
+    assert f"[it-model@candidate](#/models/it-model{view})" in pipeline_note
 
     lin = walk_lineage(outcome.tracking_uri, "it-model@candidate")
     assert lin.model_id == merged.model_id and lin.source_model_ids == [adapter.model_id]
