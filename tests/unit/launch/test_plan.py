@@ -240,7 +240,9 @@ def test_submit_checks_nothing_without_gpu_memory_and_passes_a_fitting_plan(cli,
                         lambda p, wait: submitted.append(p) or SimpleNamespace(submitted={}))
     assert cli("submit", str(DEMO), "--cluster", gpu_profile(tmp_path, 40), "--detach").exit_code == 0
     monkeypatch.setattr(memory, "plan_memory", lambda *a, **k: pytest.fail("planned without gpu_memory_gb"))
-    assert cli("submit", str(DEMO), "--detach").exit_code == 0
+    unknown = tmp_path / "gpu-unknown.yaml"  # GPUs of unknown size: nothing to compare a plan with
+    unknown.write_text(yaml.safe_dump({"kind": "local", "name": "one-gpu", "gpus": 1}))
+    assert cli("submit", str(DEMO), "--cluster", str(unknown), "--detach").exit_code == 0
     assert len(submitted) == 2
 
 
