@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sllm_lib.errors import SllmError
+from sllm_lib.spec.base import RecordKind
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Launch multi-stage fine-tuning pipelines.")
@@ -144,4 +145,4 @@ def _spec_cache(spec_path: Path, set_: list[str] | None) -> tuple[Any, Any]:
     return spec, FeatureCache(**kwargs)
 
 
-KindOpt = typer.Option(..., "--kind", help="text_qa | asr | speech_qa | classification")
+KindOpt = typer.Option(..., "--kind", help=" | ".join(get_args(RecordKind)))

@@ -60,7 +60,9 @@ def data_convert_aihub(root: Path = typer.Argument(..., help="An AI-Hub TL folde
 def data_stats(path: Path, kind: str = KindOpt,
                model: str = typer.Option("tiny:voxtral", help="Whose tokenizer counts tokens."),
                batch_size: int = typer.Option(8, help="Batch size for the padding-share estimate."),
-               labels: Optional[str] = typer.Option(None, help="classification: the label set, comma-separated.")
+               labels: Optional[str] = typer.Option(None, help="classification: the label set, comma-separated."),
+               trust_remote_code: bool = typer.Option(
+                   False, help="Let --model's own tokenizer code run (models such as EXAONE ship one).")
                ) -> None:
     """Token-length percentiles (prompt, target, total) and the padding share with/without length grouping."""
     from sllm_lib.data.records import read_records
@@ -71,7 +73,15 @@ def data_stats(path: Path, kind: str = KindOpt,
 
     label_set = [x.strip() for x in labels.split(",")] if labels else None
     res = read_records(path, kind, on_bad_record="skip", labels=label_set)  # type: ignore[arg-type]
-    tok, _ = load_tokenizer_and_features(resolve_model_path(ModelSpec(base=model)))
+    try:
+        tok, _ = load_tokenizer_and_features(resolve_model_path(ModelSpec(base=model)),
+                                             trust_remote_code=trust_remote_code)
+    except SllmError:
+        raise
+    except Exception as exc:  # transformers' own errors: a missing tokenizer file, remote code not allowed
+        hint = "" if trust_remote_code else "; if the model ships its own tokenizer code, add --trust-remote-code"
+        raise SllmError(f"--model {model}: its tokenizer could not be loaded ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}){hint}") from None
     stats = dataset_length_stats(res, lambda t: len(tok.encode(t, add_special_tokens=False)))
     table = Table(title=f"{path} ({len(res.records)} records, tokens by {model})")
     cols = ["count", "min", "mean", "p50", "p90", "p95", "p99", "max"]

@@ -207,7 +207,7 @@ def read_records(
             records.append(record)
     if bad and on_bad_record == "fail":
         raise DataError(_format_problems(file, bad))
-    if bad:
+    if bad and records:  # (every line bad: the reasons are the error below, not a warning before it)
         _warn_skipped(file, bad)
     duplicates = 0
     if dedup:
@@ -215,9 +215,11 @@ def read_records(
         if duplicates:
             log.info("%s: removed %d duplicate records", file, duplicates)
     if not records:
-        raise DataError(
-            f"{file}: no valid records ({len(bad)} bad, {n_lines} lines read)"
-        )
+        if bad:
+            listed = "\n".join(f"  {problem}" for problem in bad[:MAX_LISTED_PROBLEMS])
+            more = f"\n  ... and {len(bad) - MAX_LISTED_PROBLEMS} more" if len(bad) > MAX_LISTED_PROBLEMS else ""
+            raise DataError(f"{file}: no valid records ({n_lines} lines read, all bad):\n{listed}{more}")
+        raise DataError(f"{file}: no valid records ({n_lines} lines read)")
     log.debug("%s: read %d %s records", file, len(records), kind)
     return ReadResult(file, kind, records, bad, duplicates)
 

@@ -69,7 +69,10 @@ class SlurmProfile(Strict):
     additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
     signal_delay_s: int = Field(default=120, ge=0)
     max_num_timeout: int = Field(default=3, ge=0, description="Requeues allowed after timeout/preemption.")
-    folder: str = Field(default="runs/slurm", description="submitit log/pickle folder.")
+    folder: str | None = Field(
+        default=None, deprecated=True,
+        description="Ignored (kept so older profiles still load): submitit's logs and pickles go to "
+                    "<run dir>/slurm/<stage>/<job id>/, beside the stage they belong to.")
     gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
 
     @property

@@ -198,8 +198,17 @@ def test_missing_data_file(tmp_path: Path) -> None:
 
 def test_file_with_no_valid_records_fails_even_in_skip_mode(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "qa.jsonl", ["garbage", "{}"])
-    with pytest.raises(DataError, match="no valid records"):
+    with pytest.raises(DataError, match="no valid records") as err:
         read_records(path, "text_qa", on_bad_record="skip")
+    assert f"{path}:1:" in str(err.value) and f"{path}:2:" in str(err.value)  # the reasons are in the error
+
+
+def test_a_wrong_label_set_names_each_label_in_the_error(tmp_path: Path, caplog) -> None:
+    path = write_jsonl(tmp_path / "cls.jsonl", ['{"text": "a", "label": "x"}', '{"text": "b", "label": "y"}'])
+    with pytest.raises(DataError, match="no valid records") as err:
+        read_records(path, "classification", labels=["p", "q"], on_bad_record="skip")
+    assert "expected one of ['p', 'q'] (got 'x')" in str(err.value) and "(got 'y')" in str(err.value)
+    assert "skipped" not in caplog.text  # no warning before the error saying the same thing
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(DataError, match="no valid records"):

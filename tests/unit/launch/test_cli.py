@@ -296,6 +296,20 @@ def test_data_stats_prints_percentiles_and_padding_share() -> None:
     assert "padding share at batch size 8: random" in out and "length-grouped" in out
 
 
+def test_data_stats_with_a_model_whose_tokenizer_cannot_load_is_a_clean_error(tmp_path: Path) -> None:
+    import json
+
+    folder = tmp_path / "remote-code-model"  # a config naming code that is not there, and no tokenizer files
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "exaone", "architectures": ["ExaoneForCausalLM"],
+                                                    "auto_map": {"AutoConfig": "configuration_exaone.ExaoneConfig"}}))
+    res = sllm("data", "stats", str(REPO / "data" / "sample" / "text_qa_train.jsonl"), "--kind", "text_qa",
+               "--model", str(folder))
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"--model {folder}: its tokenizer could not be loaded" in res.stderr
+    assert "--trust-remote-code" in res.stderr
+
+
 def test_plan_on_ray_renders_trainers_without_touching_a_cluster() -> None:
     result, out = run_harness(["plan", "jobs/demo_sllm_tiny.yaml", "--cluster", "ray_local", "--no-show-spec"])
     assert result["code"] in (0, None), out
