@@ -190,19 +190,29 @@ def _check_memory(p: Any, *, force: bool, cluster: str) -> None:
             s = suggest(p.spec, p.profile, m)
             fix = f"cheapest change that fits: {s.describe()}" if s is not None else \
                 "no combination of ZeRO, checkpointing, micro-batch, offload and 4-bit fits"
-            big = sorted(m.rows, key=lambda r: r.bytes, reverse=True)[:3]
-            terms = ", ".join(f"{r.name} {r.bytes / GB:.1f} GB" for r in big)
             problems.append(f"stage {m.stage!r} is predicted to need {m.total / GB:.1f} GB per GPU; cluster "
-                            f"{p.profile.name!r} has {m.available_bytes / GB:.1f} GB (largest: {terms}); {fix}")
-    if not problems:
-        return
-    if force:
-        for line in problems:
-            log.warning("--force: submitting anyway: %s", line)
+                            f"{p.profile.name!r} has {m.available_bytes / GB:.1f} GB (largest: {_largest(m)}); {fix}")
+    if _forced_or_fine(problems, force):
         return
     raise PlanError("memory check failed; nothing was submitted:\n" + "\n".join(problems)
                     + f"\nsee `sllm plan {p.spec_path} --cluster {cluster} --memory` for the breakdown, "
                       f"or pass --force to submit anyway")
+
+
+def _largest(m: Any, n: int = 3) -> str:
+    """The n largest memory terms of a stage's plan, for a refusal message."""
+    from sllm_lib.memory import GB
+
+    big = sorted(m.rows, key=lambda r: r.bytes, reverse=True)[:n]
+    return ", ".join(f"{r.name} {r.bytes / GB:.1f} GB" for r in big)
+
+
+def _forced_or_fine(problems: list[str], force: bool) -> bool:
+    """True when nothing is in the way: no problem, or --force (each problem then logged as a warning)."""
+    if force:
+        for line in problems:
+            log.warning("--force: submitting anyway: %s", line)
+    return force or not problems
 
 
 def _cpu_only_local(profile: Any) -> bool:
@@ -231,16 +241,10 @@ def _check_host_memory(p: Any, *, force: bool, cluster: str) -> None:
     for m in memories:
         need = (m.total + m.cpu_total) * procs
         if need > host:
-            big = sorted(m.rows, key=lambda r: r.bytes, reverse=True)[:3]
-            terms = ", ".join(f"{r.name} {r.bytes / GB:.1f} GB" for r in big)
             problems.append(f"stage {m.stage!r} is predicted to need {need / GB:.1f} GB of memory "
-                            f"({procs} process{'es' if procs > 1 else ''}, fp32 on the CPU; largest: {terms}); "
+                            f"({procs} process{'es' if procs > 1 else ''}, fp32 on the CPU; largest: {_largest(m)}); "
                             f"this machine has {host / GB:.1f} GB")
-    if not problems:
-        return
-    if force:
-        for line in problems:
-            log.warning("--force: submitting anyway: %s", line)
+    if _forced_or_fine(problems, force):
         return
     model = p.spec.model.base if p.spec.model is not None else "(none)"
     raise PlanError(

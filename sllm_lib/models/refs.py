@@ -17,6 +17,7 @@ from typing import Any
 
 from sllm_lib.errors import ArtifactNotFoundError
 from sllm_lib.files import new_temp_folder, publish_folder, sllm_home
+from sllm_lib.tracking.lineage import version_model_id  # noqa: F401  (also this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ class ResolvedModel:
         if self.name:
             return f"{self.name} v{self.version}" + "".join(f" @{a}" for a in self.aliases)
         return str(self.path)
-
-
-def version_model_id(mv: Any) -> str | None:
-    """The logged-model id of a registry version (older stores leave model_id empty; the source has it)."""
-    mid = getattr(mv, "model_id", None)
-    if mid:
-        return mid
-    src = getattr(mv, "source", "") or ""
-    return src[len("models:/"):] if src.startswith("models:/") and src.count("/") == 1 else None
 
 
 def download_logged_model(model_id: str, tracking_uri: str) -> Path:
