@@ -13,6 +13,7 @@ from sllm_lib.memory.accounting import (
 from sllm_lib.memory.constants import (
     AUDIO_CHUNK_S, GB, GROUP_LABELS, LOSS_BYTES_PER_LOGIT, MARGIN_FIXED_BYTES, MARGIN_FRACTION, MEL_FRAMES, Device
 )
+from sllm_lib.errors import SllmError
 from sllm_lib.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class StageMemory:
     params_trainable: int
     setting: str
     notes: tuple[str, ...] = ()
+    uncounted: str | None = None  # what the total leaves out (a registry teacher): the verdict covers the rest
 
     @property
     def total(self) -> int:
@@ -137,17 +139,50 @@ def stage_memory(stage: Any, index: int, account: ModelAccount, profile: Any, *,
     rows += _training_state_rows(rules, ds, world, n_train, grad_bytes, cpu)
     rows += _activation_rows(stage, account, rules, notes)
     rows += _bucket_rows(stage, account.text["h"], rules)
+    uncounted = None
     if stage.kind == "distill":
-        # the teacher (a registry model, folder or hub id) is only resolvable at run time: its frozen weights and
-        # its fp32 logits come on top; left out rather than guessed
-        notes.append(f"distill: teacher {stage.teacher!r} not counted (its weights in the training dtype plus "
-                     f"micro-batch x seq x vocab x 4 B of logits)")
+        teacher_rows, teacher_note = _teacher_rows(stage, rules)
+        rows += teacher_rows
+        if teacher_note:
+            notes.append(teacher_note)
+            uncounted = f"teacher {stage.teacher}"
     rows.append(_margin(rows, device))
     return StageMemory(stage=stage.name, index=index, kind=stage.kind, rows=tuple(rows), cpu_rows=tuple(cpu),
                        world_size=world, device=device,
                        available_bytes=int(profile.gpu_memory_gb * GB) if profile.gpu_memory_gb else None,
                        params_total=account.numel, params_trainable=n_train, setting=_setting(stage, world, device),
-                       notes=tuple(notes))
+                       notes=tuple(notes), uncounted=uncounted)
+
+
+TEACHER_BYTES_PER_LOGIT = 8  # the teacher's logits in fp32 and the log-probabilities the KL term takes of them
+
+
+def _teacher_rows(stage: Any, rules: DtypeRules) -> tuple[list[MemoryRow], str | None]:
+    """A distill stage's teacher: frozen weights in the training dtype (every rank holds a whole copy: it is not
+    wrapped by ZeRO) and its logits per micro-batch. A registry reference resolves only at run time (it needs
+    the tracking store): then the stage's verdict says the teacher is not counted, rather than guessing it."""
+    from sllm_lib.models.refs import is_registry_ref
+    from sllm_lib.spec import ModelSpec
+
+    ref = stage.teacher
+    if is_registry_ref(ref):
+        return [], (f"distill: teacher {ref!r} is a registry model, resolved at run time: NOT counted (add its "
+                    f"weights in the training dtype and micro-batch x seq x vocab x {TEACHER_BYTES_PER_LOGIT} B of "
+                    f"logits); the verdict is for the student alone")
+    try:
+        teacher = account_model(ModelSpec(base=ref, trust_remote_code=stage.teacher_trust_remote_code))
+    except SllmError as exc:
+        return [], f"distill: teacher {ref!r} NOT counted, its config is not available here ({exc}); the verdict " \
+                   f"is for the student alone"
+    t = stage.train
+    weights = teacher.numel * rules.float_param
+    tokens = t.per_device_bsz * t.max_seq_len
+    logits = tokens * teacher.text["vocab"] * TEACHER_BYTES_PER_LOGIT
+    return [MemoryRow("teacher: weights (frozen)", weights,
+                      f"{teacher.numel / 1e6:,.1f}M params of {ref}, {'fp32' if rules.float_param == 4 else '16-bit'}"
+                      f", a whole copy per rank"),
+            MemoryRow("teacher: logits", logits, f"{tokens:,} tokens x {teacher.text['vocab']:,} vocab x "
+                                                 f"{TEACHER_BYTES_PER_LOGIT} B (fp32 logits + log-probs)")], None
 
 
 def _split(n: int, world: int, partitioned: bool) -> int:

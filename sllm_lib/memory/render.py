@@ -10,6 +10,7 @@ from sllm_lib.memory.suggestions import Suggestion
 
 def render_stage(m: StageMemory) -> Any:
     """A rich Table of one stage's rows, total, available memory and verdict."""
+    from rich.markup import escape
     from rich.table import Table
 
     title = (f"{m.stage} ({m.kind}): {_count(m.params_total)} params, {_count(m.params_trainable)} trainable, "
@@ -24,6 +25,8 @@ def render_stage(m: StageMemory) -> Any:
     table.add_row("[bold]total[/]", f"[bold]{_gb(m.total)}[/]", "")
     if m.available_bytes is not None:
         verdict = "[green]fits[/]" if m.fits else "[red]does NOT fit[/]"
+        if m.uncounted:
+            verdict += f" [yellow](without the {escape(m.uncounted)}, not counted)[/]"
         table.add_row("available", _gb(m.available_bytes), f"{verdict} ({100 * m.total / m.available_bytes:.0f} %)")
     if m.cpu_rows:
         table.add_section()

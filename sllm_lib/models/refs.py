@@ -111,6 +111,14 @@ def resolve_model(ref: str, tracking_uri: str) -> ResolvedModel:
                                 f"and not a run id")
 
 
+def is_registry_ref(ref: str) -> bool:
+    """A reference only the tracking store can resolve: models:/NAME@ALIAS, NAME@ALIAS, models:/NAME/VERSION or a
+    merge run id (a folder, a tiny preset or a hub id is not)."""
+    if Path(ref).expanduser().is_dir():
+        return False
+    return ref.startswith("models:/") or "@" in ref or bool(_RUN_ID_RE.match(ref))
+
+
 def model_ref_path(ref: str, tracking_uri: str) -> Path:
     """Any model reference as a local folder: a tiny preset (built once), a folder, a registry reference or a merge
     run id (`resolve_model`), else a hub id (downloaded into the hub cache; needs network the first time)."""
@@ -118,7 +126,7 @@ def model_ref_path(ref: str, tracking_uri: str) -> Path:
 
     if ref.startswith(TINY_PREFIX):
         return materialize_tiny(ref[len(TINY_PREFIX):])
-    if Path(ref).expanduser().is_dir() or ref.startswith("models:/") or "@" in ref or _RUN_ID_RE.match(ref):
+    if Path(ref).expanduser().is_dir() or is_registry_ref(ref):
         return resolve_model(ref, tracking_uri).path
     try:
         from huggingface_hub import snapshot_download

@@ -414,3 +414,27 @@ def test_unmodelled_vision_architecture_is_refused_by_name(tmp_path: Path) -> No
          "train": {"max_steps": 1}}]}, source="<test>", base_dir=tmp_path)
     with pytest.raises(JobSpecError, match=r"'idefics3' is not modelled.*--force"):
         plan_memory(spec, gpus(1, 80))
+
+
+def test_distill_counts_a_teacher_it_can_resolve_and_says_when_it_cannot() -> None:
+    """A folder/preset/hub teacher: its frozen weights (a whole copy per rank) and its logits are rows of the plan;
+    a registry teacher (resolved at run time) is named as not counted, in the notes and beside the verdict."""
+    distill = {"kind": "distill", "trainable": ["llm"], "lora": None, "teacher": "tiny:llama",
+               "train": {"max_steps": 10, "per_device_bsz": 4, "max_seq_len": 128}}
+    (m,) = plan_memory(job("tiny:llama-half", distill), gpus(2, 24.0))
+    teacher = account_model(ModelSpec(base="tiny:llama"))
+    rules = DtypeRules.of(parse_job_spec({"name": "x", "model": {"base": "tiny:llama-half"}, "stages": [
+        {"name": "s", **distill, "data": {"train": [{"kind": "text_qa", "path": str(SAMPLE / "text_qa_train.jsonl")}]}}
+    ]}, source="<t>", base_dir=REPO).stages[0], "gpu")
+    assert m.row("teacher: weights (frozen)").bytes == teacher.numel * rules.float_param
+    assert m.row("teacher: logits").bytes == 4 * 128 * teacher.text["vocab"] * 8
+    assert m.uncounted is None and not any("teacher" in n for n in m.notes)
+
+    (r,) = plan_memory(job("tiny:llama-half", {**distill, "teacher": "medqa-tiny@candidate"}), gpus(2, 24.0))
+    assert r.uncounted == "teacher medqa-tiny@candidate"
+    assert any("NOT counted" in n for n in r.notes)
+    assert not any(row.name.startswith("teacher") for row in r.rows)
+    def counted(x: StageMemory) -> int:
+        return sum(row.bytes for row in x.rows if "margin" not in row.name)  # the margin is a share of the rest
+
+    assert counted(r) == counted(m) - m.row("teacher: weights (frozen)").bytes - m.row("teacher: logits").bytes
