@@ -14,20 +14,16 @@ from launch.cli.common import ClusterOpt, SetOpt, _exit_on_regression, _load, _p
 from sllm_lib.errors import SllmError
 
 
-def _is_profile(raw: Any) -> bool:
-    return isinstance(raw, dict) and "stages" not in raw and raw.get("kind") in {"local", "slurm", "ray"}
-
-
 @app.command()
 def validate(paths: list[Path] = typer.Argument(..., help="Job specs or cluster profiles."),
              set_: Optional[list[str]] = SetOpt) -> None:
     """Validate job specs and cluster profiles; print OK or every problem (exit 2)."""
-    from sllm_lib.spec import load_cluster_profile, load_job_spec, read_yaml, spec_hash
+    from sllm_lib.spec import load_cluster_profile, load_job_spec, looks_like_profile, read_yaml, spec_hash
 
     failed: list[str] = []
     for path in paths:
         try:
-            if _is_profile(read_yaml(path)):
+            if looks_like_profile(read_yaml(path)):
                 prof = load_cluster_profile(path)
                 console.print(f"OK {path}: cluster profile {prof.name!r} ({prof.kind})")
             else:

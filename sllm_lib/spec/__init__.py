@@ -23,8 +23,8 @@ from sllm_lib.spec.yaml_io import read_yaml
 from sllm_lib.spec.overrides import apply_overrides
 from sllm_lib.spec.graph import find_cycle, graph_problems, stage_with, sweep_problems, topo_order
 from sllm_lib.spec.load import (
-    dump_resolved_yaml, find_cluster_profile, json_schema, load_cluster_profile, load_job_spec, parse_job_spec,
-    spec_hash, spec_to_dict
+    dump_resolved_yaml, find_cluster_profile, json_schema, load_cluster_profile, load_job_spec, looks_like_profile,
+    parse_job_spec, spec_hash, spec_to_dict
 )
 
 __all__ = [
@@ -37,5 +37,5 @@ __all__ = [
     "SweepSpec", "TrackingSpec", "ClusterProfile", "LocalProfile", "RayProfile", "SlurmProfile", "raise_problems",
     "validation_problems", "read_yaml", "apply_overrides", "find_cycle", "graph_problems", "stage_with",
     "sweep_problems", "topo_order", "dump_resolved_yaml", "find_cluster_profile", "json_schema",
-    "load_cluster_profile", "load_job_spec", "parse_job_spec", "spec_hash", "spec_to_dict"
+    "load_cluster_profile", "load_job_spec", "looks_like_profile", "parse_job_spec", "spec_hash", "spec_to_dict"
 ]

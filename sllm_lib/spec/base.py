@@ -2,17 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import types
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 
 
 RecordKind = Literal["text_qa", "asr", "speech_qa", "classification", "vision"]
 TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
 
+NAME_MAX = 100  # characters of a job, stage or profile name: it becomes a folder name and part of MLflow names
+
 
 class Strict(BaseModel):
-    """The base of every spec model: unknown keys are errors (pydantic's default drops them silently), and a
-    validated spec is frozen. Suites and other YAML files sllm reads use it too."""
+    """The base of every spec model: unknown keys are errors (pydantic's default drops them silently), a number
+    field refuses a boolean (pydantic would read `true` as 1), and a validated spec is frozen. Suites and other
+    YAML files sllm reads use it too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = [k for k, v in data.items() if isinstance(v, bool) and isinstance(k, str)
+                   and _wants_number_not_bool(cls, k)]
+            if bad:  # (a field validator cannot do this: pydantic forbids one on a union's `kind` tag)
+                raise PydanticCustomError(
+                    "bool_for_number", "{field}: expected a number, not a boolean ({value})",
+                    {"field": bad[0], "value": str(data[bad[0]]).lower()})
+        return data
+
+
+@functools.lru_cache(maxsize=None)
+def _wants_number_not_bool(model: type[BaseModel], field: str) -> bool:
+    """The field takes an int or a float, and no bool anywhere in its type."""
+    info = model.model_fields.get(field)
+    if info is None:
+        return False
+    found: set[type] = set()
+
+    def walk(annotation: Any) -> None:
+        if annotation in (int, float, bool):
+            found.add(annotation)
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType, typing.Annotated):
+            for arg in typing.get_args(annotation):
+                walk(arg)
+
+    walk(info.annotation)
+    return bool(found & {int, float}) and bool not in found

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sllm_lib.spec.base import Strict
+from sllm_lib.spec.base import NAME_MAX, Strict
 from sllm_lib.spec.stages import StageSpec
 
 
@@ -51,7 +51,7 @@ class CacheSpec(Strict):
     dir: str | None = Field(default=None, description="Deprecated spelling of uri for a local directory.")
     local_dir: str | None = Field(default=None, description="Local disk tier in front of an s3:// cache; "
                                                             "default $SLLM_HOME/feature-cache.")
-    local_cap_gb: float | None = Field(default=20.0, gt=0, description="Size cap of the local tier (LRU eviction).")
+    local_cap_gb: float | None = Field(default=20.0, gt=0, le=1e6, description="Size cap of the local tier (LRU eviction).")
     endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, Ceph, rclone...); default AWS. "
                                                                "Credentials come from the environment or profile.")
     required: bool = Field(default=False, description="Fail when the cache is unreachable instead of computing "
@@ -66,7 +66,7 @@ class SweepSpec(Strict):
     )
     metric: str = Field(default="val_loss", description="Result metric that picks the point later stages use.")
     mode: Literal["min", "max"] = "min"
-    max_parallel: int | None = Field(default=None, gt=0, description="Points running at once (SLURM array %N).")
+    max_parallel: int | None = Field(default=None, gt=0, le=10_000, description="Points running at once (SLURM array %N).")
 
     @field_validator("grid")
     @classmethod
@@ -85,7 +85,8 @@ class SweepSpec(Strict):
 
 
 class JobSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Job name (runs/<name>/...).")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=NAME_MAX,
+                      description="Job name (runs/<name>/...): letters, digits, _ . -, at most 100 characters.")
     description: str = ""
     cluster: str = Field(default="local", description="Cluster profile name (cluster_configs/<name>.yaml) or path.")
     model: ModelSpec | None = Field(default=None, description="Base model; required by training, merge and eval stages.")

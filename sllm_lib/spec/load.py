@@ -3,6 +3,7 @@ every problem reported at once); the canonical form, hash and JSON schema of a s
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -122,12 +123,47 @@ def load_job_spec(path: str | Path, overrides: list[str] | None = None) -> JobSp
     return parse_job_spec(raw, source=str(path), base_dir=path.parent.resolve(), overrides=overrides)
 
 
+PROFILE_KINDS = ("local", "slurm", "ray")
+# keys only a cluster profile has: a file with one of them and no `stages` is read as a profile (and told that
+# its `kind` is missing) rather than as a job spec missing its stages
+_PROFILE_ONLY_KEYS = frozenset({"nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "account",
+                                "qos", "constraint", "setup", "timeout_min", "mem_gb", "address", "num_workers",
+                                "resources_per_worker", "storage_path", "isolation", "gpus", "cpus", "jobs_api",
+                                "runtime_env", "max_failures", "signal_delay_s", "max_num_timeout"})
+
+
+def looks_like_profile(raw: Any) -> bool:
+    """A parsed YAML file that is meant as a cluster profile: a mapping without `stages` that has a `kind` (of any
+    value: a wrong one is the profile's first problem) or keys only profiles have."""
+    if not isinstance(raw, dict) or "stages" in raw:
+        return False
+    return "kind" in raw or bool(_PROFILE_ONLY_KEYS & {k for k in raw if isinstance(k, str)})
+
+
+def _kind_problem(raw: dict[str, Any]) -> str | None:
+    """A profile's `kind`, checked before anything else: every other field depends on it."""
+    kind = raw.get("kind")
+    allowed = ", ".join(repr(k) for k in PROFILE_KINDS)
+    if "kind" not in raw:
+        near = [k for k in raw if isinstance(k, str) and k.strip().lower() == "kind"]
+        found = f"; found {_show(near[0])}, did you mean 'kind'?" if near else ""
+        return f"kind: required, one of {allowed}{found}"
+    if not isinstance(kind, str) or kind not in PROFILE_KINDS:
+        close = difflib.get_close_matches(kind, PROFILE_KINDS, n=1) if isinstance(kind, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"kind: expected one of {allowed} (got {_show(kind)}){hint}"
+    return None
+
+
 def load_cluster_profile(path: str | Path) -> LocalProfile | SlurmProfile | RayProfile:
     """Load and validate a cluster profile YAML (raises JobSpecError naming file and field)."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise_problems(str(path), [f"<root>: expected a mapping of profile fields (got {type(raw).__name__})"])
+    kind_problem = _kind_problem(raw)
+    if kind_problem:
+        raise_problems(str(path), [kind_problem])
     try:
         return _profile_adapter().validate_python(raw)
     except ValidationError as exc:

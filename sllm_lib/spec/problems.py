@@ -59,6 +59,29 @@ def _unwrap_model(annotation: Any) -> Any:
     return None
 
 
+# The names other trainers give a field -> ours: an unknown key that is one of these gets the right name as its
+# hint (difflib alone answers `learning_rate` with 'logging_steps').
+_SYNONYMS: dict[str, str] = {
+    "learning_rate": "lr", "learningrate": "lr", "batch_size": "per_device_bsz",
+    "per_device_train_batch_size": "per_device_bsz", "train_batch_size": "per_device_bsz",
+    "micro_batch_size": "per_device_bsz", "bsz": "per_device_bsz", "num_train_epochs": "epochs",
+    "num_epochs": "epochs", "epoch": "epochs", "gradient_accumulation_steps": "grad_accum",
+    "gradient_accumulation": "grad_accum", "accumulation_steps": "grad_accum", "warmup": "warmup_steps",
+    "num_warmup_steps": "warmup_steps", "max_length": "max_seq_len", "max_seq_length": "max_seq_len",
+    "seq_len": "max_seq_len", "cutoff_len": "max_seq_len", "steps": "max_steps", "num_steps": "max_steps",
+    "lora_r": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+    "lr_scheduler_type": "lr_scheduler", "scheduler": "lr_scheduler", "grad_clip": "max_grad_norm",
+    "clip_grad_norm": "max_grad_norm", "fp16": "precision", "bf16": "precision", "dtype": "precision",
+    "model_name_or_path": "base", "model_name": "base", "model_id": "base", "checkpointing": "gradient_checkpointing",
+}
+
+
+def _tags_of(ctx: dict[str, Any]) -> list[str]:
+    """The expected tags of a discriminated union error, as a list."""
+    text = str(ctx.get("expected_tags", ""))
+    return [t.strip().strip("'") for t in text.split(",") if t.strip()] or list(STAGE_TYPES)  # (not-found: none)
+
+
 _SHOW_MAX = 80  # characters of a bad value quoted in a message
 _LINE_MAX = 1000  # characters of one problem line
 
@@ -113,19 +136,29 @@ def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
         parent = _model_at(root, raw_loc[:-1])
         hint = ""
         if parent is not None:
-            close = difflib.get_close_matches(key, list(parent.model_fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(parent.model_fields)}"
+            fields = list(parent.model_fields)
+            usual = _SYNONYMS.get(key.strip().lower().replace("-", "_"))
+            close = [usual] if usual in fields else difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(fields)}"
         return f"{where}: unknown key{hint}"
+    if typ == "bool_for_number":
+        return f"{_dotted((*loc, ctx.get('field', '?')))}: expected a number, not a boolean (got {ctx.get('value')})"
     if typ == "invalid_key":  # YAML reads `1:`, `null:`, `2024-01-01:` or `true:` as a non-text key
         return f"{_dotted(loc[:-1])}: key {_show(err.get('input'))} is not text; quote it"
-    if typ == "union_tag_invalid":
-        disc = str(ctx.get("discriminator", "'kind'"))
+    if typ in ("union_tag_invalid", "union_tag_not_found"):
+        disc = str(ctx.get("discriminator", "'kind'")).strip("'")
         data = err.get("input")
-        tag = data.get(disc.strip("'")) if isinstance(data, dict) else ctx.get("tag")
-        return (f"{where}: Input tag {_show(tag)} found using {disc} does not match any of the expected tags: "
-                f"{ctx.get('expected_tags', '')}")
-    if typ == "union_tag_not_found":
-        return f"{where}: {err['msg']}"
+        kinds = _tags_of(ctx)
+        listed = ", ".join(kinds)
+        if typ == "union_tag_not_found" or not isinstance(data, dict) or disc not in data:
+            near = [k for k in data if isinstance(k, str) and k.strip().lower() == disc] if isinstance(data, dict) \
+                else []
+            found = f"; found {_show(near[0])}, did you mean {disc!r}?" if near else ""
+            return f"{where}: {disc!r} is required (one of: {listed}){found}"
+        tag = data.get(disc)
+        close = difflib.get_close_matches(tag, kinds, n=1, cutoff=0.6) if isinstance(tag, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{_dotted((*loc, disc))}: unknown {disc} {_show(tag)}{hint} (one of: {listed})"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]

@@ -8,21 +8,21 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from sllm_lib.spec.base import Strict
+from sllm_lib.spec.base import NAME_MAX, Strict
 
 
 class LocalProfile(Strict):
     kind: Literal["local"]
-    name: str = "local"
+    name: str = Field(default="local", min_length=1, max_length=NAME_MAX)
     isolation: Literal["subprocess", "inprocess"] = Field(
         default="subprocess", description="subprocess: one process per stage (memory freed); inprocess: for tests."
     )
-    gpus: int = Field(default=0, ge=0, description="GPUs visible to a stage (0 = CPU).")
-    cpus: int | None = Field(default=None, gt=0, description="Threads per process (OMP_NUM_THREADS); default all "
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs visible to a stage (0 = CPU).")
+    cpus: int | None = Field(default=None, gt=0, le=4096, description="Threads per process (OMP_NUM_THREADS); default all "
                                                              "cores shared by the processes.")
     nproc: int = Field(default=1, gt=0, le=64, description="Processes per training stage (torch.distributed on "
                                                            "127.0.0.1; one per GPU when gpus > 0).")
-    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, le=4096, description="Memory of one GPU, for the memory planner.")
 
     @model_validator(mode="after")
     def _nproc_fits_gpus(self) -> LocalProfile:
@@ -42,18 +42,18 @@ SUBMITTING_PYTHON = "submitting"  # SlurmProfile.python: the interpreter that ru
 
 class SlurmProfile(Strict):
     kind: Literal["slurm"]
-    name: str
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    nodes: int = Field(default=1, gt=0)
-    gpus_per_node: int = Field(default=0, ge=0)
+    nodes: int = Field(default=1, gt=0, le=10_000)
+    gpus_per_node: int = Field(default=0, ge=0, le=64)
     tasks_per_node: int | None = Field(
         default=None, gt=0, description="Processes per node; default one per GPU (1 on CPU nodes)."
     )
-    cpus_per_task: int = Field(default=1, gt=0)
-    mem_gb: int | None = Field(default=None, gt=0)
-    timeout_min: int = Field(default=60, gt=0)
+    cpus_per_task: int = Field(default=1, gt=0, le=4096)
+    mem_gb: int | None = Field(default=None, gt=0, le=65_536)
+    timeout_min: int = Field(default=60, gt=0, le=525_600)
     constraint: str | None = None
     exclusive: bool = False
     setup: list[str] = Field(default_factory=list, description="Shell lines run before each job (module load, ...).")
@@ -67,13 +67,13 @@ class SlurmProfile(Strict):
                     "machine's environment, such as the single-node test cluster.",
     )
     additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
-    signal_delay_s: int = Field(default=120, ge=0)
-    max_num_timeout: int = Field(default=3, ge=0, description="Requeues allowed after timeout/preemption.")
+    signal_delay_s: int = Field(default=120, ge=0, le=3600)
+    max_num_timeout: int = Field(default=3, ge=0, le=1000, description="Requeues allowed after timeout/preemption.")
     folder: str | None = Field(
         default=None, deprecated=True,
         description="Ignored (kept so older profiles still load): submitit's logs and pickles go to "
                     "<run dir>/slurm/<stage>/<job id>/, beside the stage they belong to.")
-    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, le=4096, description="Memory of one GPU, for the memory planner.")
 
     @property
     def world_size(self) -> int:
@@ -94,16 +94,16 @@ class SlurmProfile(Strict):
 
 class RayProfile(Strict):
     kind: Literal["ray"]
-    name: str
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     address: str = Field(
         default="local",
         description="'local' (sllm starts a private head on 127.0.0.1 and stops it after the run), 'auto' (the "
                     "cluster in RAY_ADDRESS or on this node), HOST:PORT (a head's GCS), ray://HOST:PORT (Ray "
                     "Client) or http(s)://HOST:8265 (the Ray Jobs API: the whole plan runs on the cluster).",
     )
-    num_workers: int = Field(default=1, gt=0, description="Training processes per stage (one per GPU).")
+    num_workers: int = Field(default=1, gt=0, le=100_000, description="Training processes per stage (one per GPU).")
     use_gpu: bool = False
-    gpu_memory_gb: float | None = Field(default=None, gt=0, description="Memory of one GPU, for the memory planner.")
+    gpu_memory_gb: float | None = Field(default=None, gt=0, le=4096, description="Memory of one GPU, for the memory planner.")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Per worker, e.g. {CPU: 8, GPU: 1}; default {CPU: 1} (+ GPU: 1 with use_gpu)."
     )
@@ -117,8 +117,8 @@ class RayProfile(Strict):
         default=None, description="Where Ray Train keeps checkpoints: a shared folder or s3://bucket/prefix "
                                   "(endpoint and credentials as for the feature cache); default <run dir>/ray.",
     )
-    max_failures: int = Field(default=0, ge=-1, description="Worker-group restarts from the latest checkpoint.")
-    num_to_keep: int | None = Field(default=2, gt=0, description="Checkpoints Ray Train keeps per stage.")
+    max_failures: int = Field(default=0, ge=-1, le=1000, description="Worker-group restarts from the latest checkpoint.")
+    num_to_keep: int | None = Field(default=2, gt=0, le=10_000, description="Checkpoints Ray Train keeps per stage.")
     placement_timeout_s: float = Field(
         default=120.0, gt=0, description="Bound on waiting for the workers to be placed (then the stage fails)."
     )

@@ -9,17 +9,17 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from sllm_lib.spec.base import RecordKind, Strict, TrainableGroup
+from sllm_lib.spec.base import NAME_MAX, RecordKind, Strict, TrainableGroup
 
 
 class DatasetRef(Strict):
     kind: RecordKind = Field(description="Record type of the JSONL file: text_qa, asr, speech_qa or classification.")
     path: str = Field(description="JSONL file; relative paths are resolved against the spec file's folder.")
-    weight: float = Field(default=1.0, gt=0, description="Sampling weight in a multitask mixture.")
+    weight: float = Field(default=1.0, gt=0, le=1e6, description="Sampling weight in a multitask mixture.")
     on_bad_record: Literal["fail", "skip"] = Field(
         default="fail", description="fail: stop on the first bad file; skip: drop bad records, count and log them."
     )
-    max_records: int | None = Field(default=None, gt=0, description="Use only the first N records.")
+    max_records: int | None = Field(default=None, gt=0, le=1_000_000_000, description="Use only the first N records.")
     task: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                              description="classification: the task's name (metric prefix); default the file's stem.")
     labels: list[str] | None = Field(default=None, description="classification: the label set; a record with "
@@ -65,7 +65,7 @@ class DataSpec(Strict):
 
 class LoraSpec(Strict):
     r: int = Field(default=16, gt=0, le=1024, description="LoRA rank.")
-    alpha: int = Field(default=32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    alpha: int = Field(default=32, gt=0, le=100_000, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
     targets: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -129,23 +129,23 @@ class DeepSpeedSpec(Strict):
 
 
 class TrainSpec(Strict):
-    per_device_bsz: int = Field(default=1, gt=0, description="Micro-batch size per device.")
-    grad_accum: int = Field(default=1, gt=0, description="Gradient accumulation steps.")
-    epochs: float | None = Field(default=None, gt=0, description="Epochs (ignored when max_steps is set).")
-    max_steps: int | None = Field(default=None, gt=0, description="Optimizer steps; wins over epochs.")
+    per_device_bsz: int = Field(default=1, gt=0, le=65_536, description="Micro-batch size per device.")
+    grad_accum: int = Field(default=1, gt=0, le=65_536, description="Gradient accumulation steps.")
+    epochs: float | None = Field(default=None, gt=0, le=10_000, description="Epochs (ignored when max_steps is set).")
+    max_steps: int | None = Field(default=None, gt=0, le=1_000_000_000, description="Optimizer steps; wins over epochs.")
     lr: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, le=1_000_000_000, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1e6)
     seed: int = Field(default=42, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="bf16", description="bf16/fp16 fall back to fp32 on CPU.")
     gradient_checkpointing: bool = False
-    save_steps: int = Field(default=50, gt=0, description="Write a resumable checkpoint every N optimizer steps.")
-    save_total_limit: int = Field(default=2, gt=0, description="Complete checkpoints kept per stage.")
-    logging_steps: int = Field(default=5, gt=0, description="One status line and one tracker write every N steps.")
+    save_steps: int = Field(default=50, gt=0, le=1_000_000_000, description="Write a resumable checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(default=2, gt=0, le=10_000, description="Complete checkpoints kept per stage.")
+    logging_steps: int = Field(default=5, gt=0, le=1_000_000_000, description="One status line and one tracker write every N steps.")
     group_by_length: bool = Field(default=True, description="Length-grouped batches (less padding).")
-    max_seq_len: int = Field(default=2048, gt=0, description="Longer examples are truncated (audio tokens kept).")
+    max_seq_len: int = Field(default=2048, gt=0, le=1_048_576, description="Longer examples are truncated (audio tokens kept).")
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainSpec:
@@ -158,9 +158,9 @@ class TrainSpec(Strict):
 
 class GenerationSpec(Strict):
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
-    batch_size: int = Field(default=4, gt=0)
+    batch_size: int = Field(default=4, gt=0, le=65_536)
     do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0, le=100)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -186,7 +186,8 @@ class _StageBase(Strict):
     model_family: ClassVar[Literal["speech", "causal", "vision"] | None] = None
     """The architecture a training stage needs: the speech LLM, a text-only causal LM, or a VLM."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique stage name.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=NAME_MAX,
+                      description="Unique stage name: letters, digits, _ . -, at most 100 characters.")
     from_stage: str | None = Field(
         default=None, description="Upstream stage whose output (adapter chain or merged model) this stage starts from."
     )
@@ -355,7 +356,8 @@ def render_vision_prompt(record: dict[str, Any], *, prompt: str = VISION_PROMPT,
 
 
 class RegisterSpec(Strict):
-    name: str = Field(min_length=1, description="Registered model name in the MLflow model registry.")
+    name: str = Field(min_length=1, max_length=NAME_MAX,
+                      description="Registered model name in the MLflow model registry.")
     alias: str = Field(default="candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -447,7 +449,7 @@ class CompressionTargets(Strict):
     """The bar a compressed model is held to against its uncompressed baseline (the seed project's targets)."""
 
     size_reduction: float = Field(default=0.5, ge=0, lt=1, description="Smaller on disk by at least this share.")
-    speedup: float = Field(default=2.0, gt=0, description="At least this many times faster per generated token.")
+    speedup: float = Field(default=2.0, gt=0, le=1e6, description="At least this many times faster per generated token.")
     memory_reduction: float = Field(default=0.7, ge=0, lt=1, description="Model memory smaller by this share.")
 
 
@@ -490,7 +492,7 @@ class SuiteEvalStage(_StageBase):
                     "merge stage; default: the output of from_stage (a merge stage).",
     )
     suite: str = Field(description="Suite YAML (eval/suites/...); relative paths resolve against the spec's folder.")
-    sample_limit: int | None = Field(default=None, gt=0, description="Override the suite's per-task sample limit.")
+    sample_limit: int | None = Field(default=None, gt=0, le=100_000_000, description="Override the suite's per-task sample limit.")
 
     @model_validator(mode="after")
     def _needs_model(self) -> SuiteEvalStage:

@@ -66,6 +66,27 @@ class _SpecLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {_show(node.value, 40)} as {what}{reason}", node.start_mark) from exc
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key written twice in one mapping is an error naming both lines (PyYAML keeps the last silently: a
+        stage's `lr` written twice would train with the second value without a word)."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults`: its keys may be overridden on purpose
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except (TypeError, yaml.YAMLError):
+                    continue  # an unhashable key: the base class reports it
+                if key in seen:
+                    first = seen[key]
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {_show(key, 40)} appears twice in one mapping (first at line "
+                                    f"{first.line + 1}, column {first.column + 1}); keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
     def construct_yaml_int(self, node: Any) -> int:
         value = super().construct_yaml_int(node)
         if value.bit_length() > 14_000:  # ~4,300 decimal digits, as for a decimal literal (hex ones have no limit)

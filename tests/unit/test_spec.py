@@ -193,10 +193,15 @@ def test_unknown_key_without_close_match_lists_allowed_keys(tmp_path: Path) -> N
         (lambda r: r["stages"][3]["datasets"][0].update(metric=["cer"]),
          "stages[3].datasets[0].metric: unknown key; did you mean 'metrics'?"),
         (lambda r: r["model"].update(revison="main"), "model.revison: unknown key; did you mean 'revision'?"),
-        (lambda r: r["stages"][0]["lora"].update(rank=8),
-         "stages[0].lora.rank: unknown key; allowed keys: r, alpha, dropout, targets"),
+        (lambda r: r["stages"][0]["lora"].update(rank=8), "stages[0].lora.rank: unknown key; did you mean 'r'?"),
+        (lambda r: r["stages"][0]["lora"].update(size=8),
+         "stages[0].lora.size: unknown key; allowed keys: r, alpha, dropout, targets"),
+        (lambda r: r["stages"][0]["train"].update(learning_rate=1e-4),
+         "stages[0].train.learning_rate: unknown key; did you mean 'lr'?"),  # difflib alone: 'logging_steps'
+        (lambda r: r["stages"][0]["train"].update(gradient_accumulation_steps=4),
+         "stages[0].train.gradient_accumulation_steps: unknown key; did you mean 'grad_accum'?"),
     ],
-    ids=["dataset-ref", "merge-stage", "eval-dataset", "model", "lora"],
+    ids=["dataset-ref", "merge-stage", "eval-dataset", "model", "lora-synonym", "lora", "lr-synonym", "accum-synonym"],
 )
 def test_unknown_key_in_nested_models_hides_union_tag(tmp_path: Path, mutate, expected: str) -> None:
     # the discriminator tag (text_sft/merge/eval) is not part of the user-facing dotted path
@@ -288,10 +293,17 @@ def test_empty_stage_list(tmp_path: Path) -> None:
 def test_unknown_stage_kind_lists_expected_tags(tmp_path: Path) -> None:
     path = mutated(tmp_path, lambda r: r["stages"][2].update(kind="mrge"))
     (line,) = problem_lines(spec_error(path))
-    assert line.startswith("stages[2]: ")
-    assert "'mrge'" in line
+    assert line.startswith("stages[2].kind: unknown kind 'mrge'; did you mean 'merge'? (one of: ")
     for tag in ("text_sft", "asr_adapter", "multitask", "merge", "eval"):
-        assert f"'{tag}'" in line
+        assert f" {tag}," in line or f" {tag})" in line
+
+
+def test_misspelt_kind_key_is_named(tmp_path: Path) -> None:
+    stage = lambda r: r["stages"][2]  # noqa: E731
+    path = mutated(tmp_path, lambda r: stage(r).update(KIND=stage(r).pop("kind")))
+    (line,) = problem_lines(spec_error(path))
+    assert line.startswith("stages[2]: 'kind' is required (one of: text_sft, ")
+    assert line.endswith("; found 'KIND', did you mean 'kind'?")
 
 
 def test_bad_stage_name(tmp_path: Path) -> None:
@@ -692,7 +704,17 @@ def test_profile_unknown_kind(tmp_path: Path) -> None:
 
 def test_profile_without_kind(tmp_path: Path) -> None:
     msg = profile_error(write_text(tmp_path, "k.yaml", "name: x\n"))
-    assert "discriminator 'kind'" in msg
+    assert problem_lines(msg) == ["kind: required, one of 'local', 'slurm', 'ray'"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("kind: {a: 1}\nname: x\n", "kind: expected one of 'local', 'slurm', 'ray' (got {'a': 1})"),
+    ("kind: [slurm]\nname: x\n", "kind: expected one of 'local', 'slurm', 'ray' (got ['slurm'])"),
+    ("kind: slrum\nname: x\n", "kind: expected one of 'local', 'slurm', 'ray' (got 'slrum'); did you mean 'slurm'?"),
+    ("Kind: slurm\nname: x\n", "kind: required, one of 'local', 'slurm', 'ray'; found 'Kind', did you mean 'kind'?"),
+])
+def test_profile_kind_is_checked_first(tmp_path: Path, text: str, expected: str) -> None:
+    assert problem_lines(profile_error(write_text(tmp_path, "k.yaml", text))) == [expected]
 
 
 def test_slurm_profile_unknown_key(tmp_path: Path) -> None:
@@ -813,3 +835,58 @@ def test_nightly_cannot_hang_off_a_model_stage(tmp_path) -> None:
             {"name": "m", "kind": "merge", "from_stage": "n"},
             {"name": "n", "kind": "nightly_eval", "suite": "s.yaml", "registered_model": "m", "from_stage": "m"},
         ], model={"base": "tiny:voxtral"})
+
+
+# ------------------------------------------------------------------------------------------ strict values (issue 22)
+
+
+def test_a_key_written_twice_is_an_error_naming_both_places(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, minimal_raw())
+    text = path.read_text(encoding="utf-8").replace("lr: ", "lr: 0.5\n    lr: ", 1)
+    assert text.count("lr: ") == 2
+    path.write_text(text, encoding="utf-8")
+    msg = spec_error(path)
+    assert "key 'lr' appears twice in one mapping (first at line" in msg and "keep one" in msg
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path) -> None:
+    from sllm_lib.spec import read_yaml
+
+    path = write_text(tmp_path, "m.yaml", "a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  x: 3\n")
+    assert read_yaml(path) == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda r: r["stages"][0]["train"].update(warmup_steps=True),
+     "stages[0].train.warmup_steps: expected a number, not a boolean (got true)"),
+    (lambda r: r["stages"][0]["data"]["train"][0].update(weight=False),
+     "stages[0].data.train[0].weight: expected a number, not a boolean (got false)"),
+    (lambda r: r["stages"][0]["lora"].update(r=True), "stages[0].lora.r: expected a number, not a boolean (got true)"),
+])
+def test_a_boolean_is_not_a_number(tmp_path: Path, mutate, expected: str) -> None:
+    assert problem_lines(spec_error(mutated(tmp_path, mutate))) == [expected]
+
+
+def test_boolean_fields_still_take_booleans(tmp_path: Path) -> None:
+    spec = load_job_spec(mutated(tmp_path, lambda r: r["stages"][0]["train"].update(gradient_checkpointing=True)))
+    assert spec.stages[0].train.gradient_checkpointing is True
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda r: r["stages"][0]["data"]["train"][0].update(weight=1e30), "stages[0].data.train[0].weight"),
+    (lambda r: r["stages"][0]["train"].update(max_steps=10**12), "stages[0].train.max_steps"),
+    (lambda r: r["stages"][0]["train"].update(max_seq_len=10**9), "stages[0].train.max_seq_len"),
+    (lambda r: r.update(name="j" * 101), "name"),
+    (lambda r: r["stages"][0].update(name="s" * 101), "stages[0].name"),
+])
+def test_absurd_magnitudes_and_long_names_are_refused(tmp_path: Path, mutate, field: str) -> None:
+    (line,) = problem_lines(spec_error(mutated(tmp_path, mutate)))
+    assert line.startswith(f"{field}: ") and ("less than or equal" in line or "at most 100 characters" in line), line
+    assert len(line) < 300  # a long value is shown clipped
+
+
+def test_profile_magnitudes_are_bounded(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "s.yaml", "kind: slurm\nname: c\nmem_gb: 1000000000\ngpus_per_node: 1000\n")
+    lines = problem_lines(profile_error(path))
+    assert any(x.startswith("mem_gb: Input should be less than or equal to 65536") for x in lines), lines
+    assert any(x.startswith("gpus_per_node: Input should be less than or equal to 64") for x in lines), lines

@@ -709,8 +709,7 @@ def test_unprintable_key_is_escaped_so_the_message_can_be_printed(tmp_path: Path
 
 def test_unknown_stage_kind_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
     (line,) = problem_lines(spec_error(demo_with(tmp_path, "kind: merge", 'kind: "me\\nrge"')))
-    assert line.startswith("stages[3]: Input tag 'me\\nrge' found using 'kind' does not match any of the expected "
-                           "tags: 'text_sft', 'asr_adapter'")
+    assert line.startswith("stages[3].kind: unknown kind 'me\\nrge'; did you mean 'merge'? (one of: text_sft, ")
 
 
 def test_huge_bad_value_is_clipped_with_its_length(tmp_path: Path) -> None:
