@@ -19,7 +19,7 @@ from typing import Any
 from launch.executor import Executor, JobHandle, LaunchRequest, get_executor
 from launch.state import STATE_FILE, PipelineState, StageEntry
 from sllm_lib.errors import PlanError, SllmError
-from sllm_lib.files import read_manifest
+from sllm_lib.files import folder_problems, read_manifest
 from sllm_lib.spec import JobSpec, dump_resolved_yaml, spec_hash, spec_to_dict, topo_order
 from sllm_lib.stage import StageResult
 
@@ -90,6 +90,9 @@ def build_plan(spec: JobSpec, spec_path: Path, profile: Any) -> Plan:
     """The stage DAG in run order with each stage's inputs (touches nothing)."""
     spec = resolve_dates(spec)
     h = spec_hash(spec)
+    problems = folder_problems(Path(spec.output_dir) / spec.name / h[:12], "output_dir")
+    if problems:  # the run folder is the first thing submit makes: refused here, before plan or submit goes on
+        raise PlanError(f"{spec_path}: " + "; ".join(problems))
     run_dir = (Path(spec.output_dir) / spec.name / h[:12]).resolve()
     plan = Plan(spec=spec, spec_path=spec_path, spec_hash=h, run_dir=run_dir, profile=profile)
     for name in topo_order(spec):
@@ -521,12 +524,14 @@ def _run_sweep(plan: Plan, state: PipelineState, runs: _Runs, executor: Executor
     return result, slots[best].run_id
 
 
-def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
+def submit_pipeline(plan: Plan, *, wait: bool = True, dry_run: bool = False) -> PipelineOutcome | None:
     """Run every stage of `plan` through the profile's executor; record lineage in MLflow.
 
     Executors with dependencies (SLURM) get every stage at once, each chained `afterok` on its
     upstream jobs; others (local) run one stage after the other. With `wait=False` (SLURM only) the
-    call returns once everything is submitted; `sllm status` later reconciles states and runs.
+    call returns once everything is submitted; `sllm status` later reconciles states and runs. With `dry_run`
+    every check runs (data, secrets, tracking server, registry references, the scheduler's own pre-flight) and
+    the call returns None before the first MLflow run, folder or job is created.
 
     Raises:
         PlanError: pre-flight found bad inputs (nothing was created).
@@ -535,12 +540,12 @@ def submit_pipeline(plan: Plan, *, wait: bool = True) -> PipelineOutcome:
     preflight(plan.spec)
     executor = get_executor(plan.profile)
     try:
-        return _submit(plan, executor, wait=wait)
+        return _submit(plan, executor, wait=wait, dry_run=dry_run)
     finally:
         executor.close()  # e.g. the private Ray head of `address: local`
 
 
-def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
+def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False) -> PipelineOutcome | None:
     t0 = time.perf_counter()
     spec = plan.spec
     if not wait and not executor.supports_dependencies:
@@ -555,6 +560,10 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool) -> PipelineOutcome:
         registry_preflight(spec, uri)
     resolved = plan.run_dir / "spec.resolved.yaml"
     _executor_preflight(plan, executor, resolved, uri)
+    if dry_run:
+        log.info("dry run: every check passed; %d stages would run on %s -> %s (nothing was created)",
+                 len(plan.stages), plan.profile.name, plan.run_dir)
+        return None
     runs = _Runs(plan, uri)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resolved.write_text(dump_resolved_yaml(spec), encoding="utf-8")

@@ -145,3 +145,36 @@ def building_folder(final: Path, *, if_exists: Literal["replace", "keep"] = "rep
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# Folders of the system a run must never be written into (a spec's output_dir pointing here is refused up front).
+_SYSTEM_ROOTS = ("/dev", "/proc", "/sys", "/boot", "/etc", "/bin", "/sbin", "/usr", "/lib", "/lib64", "/run")
+_NAME_BYTES_MAX = 255  # one file or folder name (ext4, xfs, NFS)
+_PATH_BYTES_MAX = 4000  # a whole path, with room under PATH_MAX (4096) for the files inside a run folder
+
+
+def folder_problems(path: Path, field: str) -> list[str]:
+    """Why the folder `path` could not be created and written by this user (empty: it can), checked without
+    creating anything: a system folder, a name or path too long, a file where a folder must be, no write access.
+    `field` names the spec field the message blames."""
+    p = Path(os.path.normpath(path.expanduser() if path.is_absolute() or str(path).startswith("~")
+                              else Path.cwd() / path))
+    p = p.expanduser()
+    for root in _SYSTEM_ROOTS:
+        if p == Path(root) or Path(root) in p.parents:
+            return [f"{field}: {p} is inside the system folder {root}; choose a folder of your own"]
+    long = next((part for part in p.parts if len(part.encode()) > _NAME_BYTES_MAX), None)
+    if long is not None:
+        return [f"{field}: the name {long[:40]!r}… ({len(long.encode())} bytes) is longer than the file system "
+                f"allows ({_NAME_BYTES_MAX} bytes)"]
+    if len(str(p).encode()) > _PATH_BYTES_MAX:
+        return [f"{field}: the path {str(p)[:60]}… is {len(str(p).encode())} bytes long (at most {_PATH_BYTES_MAX})"]
+    existing = p
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a file" if existing.is_file() else ("a broken link" if existing.is_symlink() else "not a folder")
+        return [f"{field}: {existing} is {what}, so the folder {p} cannot be made there"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{field}: cannot create {p}: {existing} is not writable by this user"]
+    return []

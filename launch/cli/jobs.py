@@ -18,7 +18,10 @@ from sllm_lib.errors import SllmError
 def validate(paths: list[Path] = typer.Argument(..., help="Job specs or cluster profiles."),
              set_: Optional[list[str]] = SetOpt) -> None:
     """Validate job specs and cluster profiles; print OK or every problem (exit 2)."""
+    from launch.pipeline import preflight
+    from sllm_lib.files import folder_problems
     from sllm_lib.spec import load_cluster_profile, load_job_spec, looks_like_profile, read_yaml, spec_hash
+    from sllm_lib.spec.problems import raise_problems
 
     failed: list[str] = []
     for path in paths:
@@ -28,6 +31,10 @@ def validate(paths: list[Path] = typer.Argument(..., help="Job specs or cluster 
                 console.print(f"OK {path}: cluster profile {prof.name!r} ({prof.kind})")
             else:
                 spec = load_job_spec(path, set_ or [])
+                problems = folder_problems(Path(spec.output_dir) / spec.name, "output_dir")
+                if problems:  # what `submit` makes first, checked here: validate OK means submit can start
+                    raise_problems(str(path), problems)
+                preflight(spec)  # the datasets and the model folder, as plan and submit read them
                 console.print(f"OK {path}: job {spec.name!r}, {len(spec.stages)} stages, hash {spec_hash(spec)[:12]}")
         except SllmError as exc:
             failed.append(str(exc))
@@ -52,7 +59,9 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
          cluster: Optional[str] = ClusterOpt,
          show_spec: bool = typer.Option(True, "--show-spec/--no-show-spec", help="Print the resolved spec."),
          memory: bool = typer.Option(False, "--memory", help="Also print each training stage's predicted GPU "
-                                                             "memory (from the model config; no weights loaded).")
+                                                             "memory (from the model config; no weights loaded)."),
+         force: bool = typer.Option(False, "--force", help="Plan even if a stage is predicted not to fit (as "
+                                                           "submit --force).")
          ) -> None:
     """Validate, check inputs and print the stage plan without running or writing anything."""
     from launch.executor import LaunchRequest, get_executor
@@ -61,6 +70,8 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
 
     p = _load(spec_path, set_, cluster)
     preflight(p.spec)
+    if not memory:  # (with --memory the tables below say it, stage by stage)
+        _check_memory(p, force=force, cluster=cluster or p.spec.cluster)  # what submit refuses, plan refuses
     jobs_api = _via_ray_jobs(p.profile)
     # a Ray Jobs API profile: the plan runs inside one Ray job, against the cluster it lands on ("auto")
     executor = get_executor(p.profile.model_copy(update={"address": "auto"}) if jobs_api else p.profile)
@@ -112,18 +123,25 @@ def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional
            cluster: Optional[str] = ClusterOpt,
            detach: bool = typer.Option(False, "--detach", help="SLURM: return once every stage is submitted."),
            force: bool = typer.Option(False, "--force", help="Submit even if a stage is predicted not to fit "
-                                                             "the profile's gpu_memory_gb.")) -> None:
+                                                             "the profile's gpu_memory_gb."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Run every check submit makes (data, memory, "
+                                        "secrets, tracking server, registry, the scheduler's own test), then stop "
+                                        "before the first stage: nothing is created.")) -> None:
     """Run every stage of SPEC on the cluster profile, then print results and the model's lineage."""
     from launch.pipeline import submit_pipeline
 
     p = _load(spec_path, set_, cluster)
     _check_memory(p, force=force, cluster=cluster or p.spec.cluster)
-    if _via_ray_jobs(p.profile):
+    if _via_ray_jobs(p.profile) and not dry_run:
         _submit_ray_job(p, spec_path, set_ or [], cluster or p.spec.cluster, detach=detach)
         return
     console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]} on {p.profile.name}: "
                   f"{len(p.stages)} stages -> {p.run_dir}")
-    outcome = submit_pipeline(p, wait=not detach)
+    outcome = submit_pipeline(p, wait=not detach, dry_run=dry_run)
+    if outcome is None:
+        console.print(f"dry run OK: every check passed; {len(p.stages)} stages would run on {p.profile.name!r}; "
+                      f"nothing was created", highlight=False)
+        return
     if detach:
         for name, job_id in outcome.submitted.items():
             console.print(f"  {name}: job {job_id}")

@@ -17,10 +17,10 @@ from typing import Any
 from sllm_lib.errors import ArtifactNotFoundError, JobSpecError
 from sllm_lib.files import building_folder, sllm_home
 from sllm_lib.spec import ModelSpec, QuantSpec
+from sllm_lib.spec.base import TINY_PREFIX, TINY_PRESETS  # noqa: F401  (also this module's API)
 
 log = logging.getLogger(__name__)
 
-TINY_PREFIX = "tiny:"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]"]
 PRESET_VERSION = 3  # bump when a preset's construction changes (part of its folder name)
 
@@ -73,7 +73,6 @@ TINY_CHAT_TEMPLATE = (
     "{% elif m['role'] == 'user' %}[INST]{{ m['content'] }}[/INST]"
     "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
-TINY_PRESETS = ("voxtral", "llama", "llama-half", "llava")  # llama-half: one layer, a distillation student of tiny:llama
 
 
 def tiny_llava_config(*, vocab_size: int, image_token_index: int) -> Any:

@@ -14,6 +14,8 @@ from pydantic_core import PydanticCustomError
 RecordKind = Literal["text_qa", "asr", "speech_qa", "classification", "vision"]
 TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
 
+TINY_PREFIX = "tiny:"  # model.base: a tiny preset, random weights from a config (sllm_lib.models.builders builds it)
+TINY_PRESETS = ("voxtral", "llama", "llama-half", "llava")  # llama-half: one layer, a distillation student of tiny:llama
 NAME_MAX = 100  # characters of a job, stage or profile name: it becomes a folder name and part of MLflow names
 
 

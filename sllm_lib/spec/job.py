@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sllm_lib.spec.base import NAME_MAX, Strict
+from sllm_lib.spec.base import NAME_MAX, TINY_PREFIX, TINY_PRESETS, Strict
 from sllm_lib.spec.stages import StageSpec
+
+
+# a Hugging Face repo id: NAME or ORG/NAME, letters, digits and - _ . (at most 96 characters each)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
 
 
 class ModelSpec(Strict):
@@ -15,6 +20,25 @@ class ModelSpec(Strict):
         description="Base model: 'tiny:<preset>' (random weights from a config, no download), a local path, or a hub id."
     )
     revision: str | None = Field(default=None, description="Hub revision (commit, tag or branch).")
+
+    @field_validator("base")
+    @classmethod
+    def _base_form(cls, v: str) -> str:
+        """The form of a model reference, known before anything runs (whether a folder or hub id exists is the
+        pre-flight's and the stage's to find out)."""
+        what = ("expected 'tiny:<preset>', a model folder (starting with /, . or ~) or a hub id such as "
+                "'mistralai/Voxtral-Mini-3B-2507'")
+        if not v.strip():
+            raise ValueError(f"empty; {what}")
+        if v != v.strip():
+            raise ValueError(f"has spaces at its start or end; {what}")
+        if v.startswith(TINY_PREFIX):
+            if v[len(TINY_PREFIX):] not in TINY_PRESETS:
+                raise ValueError(f"unknown tiny preset; presets: {', '.join(TINY_PREFIX + p for p in TINY_PRESETS)}")
+        elif not v.startswith(("/", ".", "~")) and not _HUB_ID.match(v):
+            raise ValueError(what)
+        return v
+
     audio_token_id: int | None = Field(default=None, description="Override; Voxtral's config leaves it None.")
     trust_remote_code: bool = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import sys
 from typing import Annotated, Any, Literal, Union
@@ -92,6 +93,9 @@ class SlurmProfile(Strict):
         return shlex.quote(sys.executable) if self.python == SUBMITTING_PYTHON else self.python
 
 
+RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's built-in resource names
+
+
 class RayProfile(Strict):
     kind: Literal["ray"]
     name: str = Field(min_length=1, max_length=NAME_MAX)
@@ -144,6 +148,14 @@ class RayProfile(Strict):
         bad = {k: x for k, x in v.items() if not (x >= 0 and x < float("inf"))}
         if bad:
             raise ValueError(f"expected finite amounts >= 0, got {bad}")
+        for key in v:  # a custom resource is Ray's to allow; a near miss of a built-in one would never be scheduled
+            if key in RAY_RESOURCES:
+                continue
+            near = [r for r in RAY_RESOURCES if r.lower() == key.strip().lower()] or \
+                difflib.get_close_matches(key, RAY_RESOURCES, n=1, cutoff=0.75)
+            if near:
+                raise ValueError(f"resource {key!r} looks like Ray's {near[0]!r} (names are exact and case-sensitive; "
+                                 f"a custom resource must not be a near miss of {', '.join(RAY_RESOURCES)})")
         return v
 
     @property

@@ -315,3 +315,33 @@ def test_plan_on_ray_renders_trainers_without_touching_a_cluster() -> None:
     assert result["code"] in (0, None), out
     assert "TorchTrainer(2 x" in out and "TorchTrainer(1 x" in out and "gloo" in out  # training vs merge/eval
     assert "ray" not in result["heavy"]  # no head started, no Ray imported
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("kind: {a: 1}\nname: x\n", "kind: expected one of 'local', 'slurm', 'ray' (got {'a': 1})"),
+    ("kind: [slurm]\nname: x\n", "kind: expected one of 'local', 'slurm', 'ray' (got ['slurm'])"),
+    ("name: x\nnodes: 2\n", "kind: required, one of 'local', 'slurm', 'ray'"),  # was read as a job spec
+])
+def test_validate_a_profile_with_a_bad_kind_is_a_clean_error(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "profile.yaml"
+    path.write_text(text, encoding="utf-8")
+    res = sllm("validate", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert expected in res.stderr
+
+
+def test_validate_refuses_what_submit_could_not_start(tmp_path: Path) -> None:
+    """An output folder that cannot be made and a data file that does not read: validate says so, as submit would."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    raw = small_raw(str(SAMPLE / "text_qa_train.jsonl"))
+    raw["output_dir"] = str(a_file / "runs")
+    res = sllm("validate", str(write_spec(tmp_path, raw)))
+    assert res.returncode == 2 and f"output_dir: {a_file} is a file" in res.stderr, res.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n', encoding="utf-8")
+    raw = small_raw(str(bad))
+    raw["output_dir"] = str(tmp_path / "runs")
+    res = sllm("validate", str(write_spec(tmp_path, raw)))
+    assert res.returncode == 2 and f"{bad}:1" in res.stderr, res.stderr
+    assert not (tmp_path / "runs").exists()

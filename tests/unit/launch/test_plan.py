@@ -215,7 +215,7 @@ def test_submit_refuses_a_stage_that_does_not_fit_unless_forced(cli, monkeypatch
 
     submitted: list[Any] = []
     monkeypatch.setattr("launch.pipeline.submit_pipeline",
-                        lambda p, wait: submitted.append(p) or SimpleNamespace(submitted={}))
+                        lambda p, wait, dry_run=False: submitted.append(p) or SimpleNamespace(submitted={}))
     args = ["submit", str(DEMO), "--cluster", gpu_profile(tmp_path, 0.5), "--detach"]
     res = cli(*args)
     assert isinstance(res.exception, PlanError), res.output
@@ -237,7 +237,7 @@ def test_submit_checks_nothing_without_gpu_memory_and_passes_a_fitting_plan(cli,
 
     submitted: list[Any] = []
     monkeypatch.setattr("launch.pipeline.submit_pipeline",
-                        lambda p, wait: submitted.append(p) or SimpleNamespace(submitted={}))
+                        lambda p, wait, dry_run=False: submitted.append(p) or SimpleNamespace(submitted={}))
     assert cli("submit", str(DEMO), "--cluster", gpu_profile(tmp_path, 40), "--detach").exit_code == 0
     monkeypatch.setattr(memory, "plan_memory", lambda *a, **k: pytest.fail("planned without gpu_memory_gb"))
     unknown = tmp_path / "gpu-unknown.yaml"  # GPUs of unknown size: nothing to compare a plan with
