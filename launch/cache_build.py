@@ -57,7 +57,8 @@ def spec_audio(spec: Any) -> dict[str, list[str]]:
             name = Path(ref.path).stem
             if name in out:
                 continue
-            recs = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record).records
+            recs = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record,
+                                max_text_chars=ref.max_text_chars).records
             out[name] = list(dict.fromkeys(r["audio_path"] for r in recs))
     return out
 

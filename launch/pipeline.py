@@ -123,7 +123,8 @@ def preflight(spec: JobSpec) -> None:
                 continue
             seen.add(key)
             try:
-                read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
+                read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels,
+                             max_text_chars=ref.max_text_chars)
             except SllmError as exc:
                 problems.append(f"stage {s.name!r}: {exc}")
     base = spec.model.base if spec.model else ""

@@ -47,7 +47,8 @@ def generate_texts(model: Any, examples: list[Any], *, tokenizer: Any, chat: Any
 def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, features: Any, chat: Any,
                      gen: Any) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """Predictions and metrics for one dataset."""
-    data = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
+    data = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels,
+                        max_text_chars=ref.max_text_chars)
     kind = ref.kind
     if kind == "classification":  # asked as in training; the generated text is parsed back to a label
         data, kind = classification_as_text_qa(data, ref.instruction, ref.task_name), "text_qa"

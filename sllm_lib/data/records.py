@@ -156,6 +156,9 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE_RE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
+MAX_TEXT_CHARS = 32_768  # default longest text field of a record (DatasetRef.max_text_chars)
+
+
 def read_records(
     path: str | Path,
     kind: RecordKind,
@@ -164,6 +167,7 @@ def read_records(
     dedup: bool = True,
     check_audio: bool = True,
     labels: Sequence[str] | None = None,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> ReadResult:
     """Read, validate and normalise a JSONL record file.
 
@@ -194,7 +198,7 @@ def read_records(
     file = _existing_file(path)
     if kind == "classification" and not labels:
         raise DataError(f"{file}: classification records need the dataset's label set (labels: in the spec)")
-    validator = _RecordValidator(file, kind, check_audio=check_audio, labels=labels)
+    validator = _RecordValidator(file, kind, check_audio=check_audio, labels=labels, max_text_chars=max_text_chars)
     records: list[dict[str, Any]] = []
     bad: list[BadRecord] = []
     n_lines = 0
@@ -289,8 +293,9 @@ class _RecordValidator:
     """Validates and normalises single lines of one record file."""
 
     def __init__(self, file: Path, kind: RecordKind, *, check_audio: bool,
-                 labels: Sequence[str] | None = None) -> None:
+                 labels: Sequence[str] | None = None, max_text_chars: int = MAX_TEXT_CHARS) -> None:
         self.labels = list(labels) if labels else None
+        self.max_text_chars = max_text_chars
         self.base_dir = file.parent
         self.kind = kind
         self.required = REQUIRED_FIELDS[kind]
@@ -331,6 +336,9 @@ class _RecordValidator:
             return [f"field '{name}': expected a string (got {_preview(value)})"]
         if name == AUDIO_FIELD:
             return self._check_audio(record, value)
+        if len(value) > self.max_text_chars:
+            return [f"field '{name}': {len(value):,} characters, more than max_text_chars ({self.max_text_chars:,}); "
+                    f"fix the record, or raise the dataset's max_text_chars"]
         normalised = normalize_text(value) if name in TEXT_FIELDS else value.strip()
         if name in NON_EMPTY_FIELDS and not normalised:
             return [f"field '{name}': expected non-empty text (got {_preview(value)})"]

@@ -20,6 +20,9 @@ class DatasetRef(Strict):
         default="fail", description="fail: stop on the first bad file; skip: drop bad records, count and log them."
     )
     max_records: int | None = Field(default=None, gt=0, le=1_000_000_000, description="Use only the first N records.")
+    max_text_chars: int = Field(default=32_768, gt=0, le=10_000_000,
+                                description="Longest text field of a record, in characters; a longer one is a bad "
+                                            "line (file:line), as a runaway transcript or answer usually is.")
     task: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                              description="classification: the task's name (metric prefix); default the file's stem.")
     labels: list[str] | None = Field(default=None, description="classification: the label set; a record with "

@@ -192,7 +192,8 @@ def load_datasets(refs: list[DatasetRef]) -> list[ReadResult]:
     """Read and validate each dataset of a stage."""
     out = []
     for ref in refs:
-        res = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels)
+        res = read_records(ref.path, ref.kind, on_bad_record=ref.on_bad_record, labels=ref.labels,
+                           max_text_chars=ref.max_text_chars)
         if ref.kind == "classification":  # instruction tuning: the prompt asks, the label is the answer
             res = classification_as_text_qa(res, ref.instruction, ref.task_name)
         if ref.max_records:

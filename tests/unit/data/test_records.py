@@ -306,3 +306,21 @@ def test_read_result_shape(tmp_path: Path) -> None:
     assert isinstance(result, ReadResult)
     assert result.path == path.resolve()
     assert len(result) == 1
+
+
+def test_a_runaway_text_field_is_a_bad_line_at_its_file_and_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", [qa(0), qa(1, output="가" * 40_000), qa(2)])
+    with pytest.raises(DataError) as err:
+        read_records(path, "text_qa")
+    assert f"{path}:2: field 'output': 40,000 characters, more than max_text_chars (32,768)" in str(err.value)
+    res = read_records(path, "text_qa", on_bad_record="skip")
+    assert len(res.records) == 2 and [b.line for b in res.skipped] == [2]
+    assert len(read_records(path, "text_qa", max_text_chars=50_000).records) == 3  # the dataset may allow more
+
+
+def test_the_spec_carries_max_text_chars_to_the_reader(tmp_path: Path) -> None:
+    from sllm_lib.spec import DatasetRef
+
+    assert DatasetRef(kind="text_qa", path="x.jsonl").max_text_chars == 32_768
+    with pytest.raises(Exception, match="less than or equal to 10000000"):
+        DatasetRef(kind="text_qa", path="x.jsonl", max_text_chars=10**9)
