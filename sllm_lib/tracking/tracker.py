@@ -63,6 +63,7 @@ class Tracker(Protocol):
     def log_datasets(self, datasets: list[DatasetRecord]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def set_status(self, status: str) -> None: ...
+    def last_step(self, key: str) -> int | None: ...
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
                   alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
                   metrics: dict[str, float] | None = None, step: int = 0, files: str = "all",
@@ -104,6 +105,9 @@ class NullTracker:
     def set_status(self, status: str) -> None:
         pass
 
+    def last_step(self, key: str) -> int | None:
+        return None
+
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
                   alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
                   metrics: dict[str, float] | None = None, step: int = 0, files: str = "all",
@@ -139,6 +143,10 @@ class RecordingTracker:
 
     def set_status(self, status: str) -> None:
         self.tags["status"] = status
+
+    def last_step(self, key: str) -> int | None:
+        steps = [step for k, _, step in self.metrics if k == key and step is not None]
+        return max(steps) if steps else None
 
     def log_model(self, local_dir: str | Path, *, name: str, registered_name: str | None = None,
                   alias: str | None = None, model_type: str = "model", source_model_ids: Sequence[str] = (),
@@ -238,6 +246,17 @@ class MlflowTracker:
 
         self.bounded.call(f"set_status({status})", send, op="set_status", run_id=self.run_id,
                           payload={"status": status, "end_time": end})
+
+    def last_step(self, key: str) -> int | None:
+        """The highest step of metric `key` this run already has (None: none, or the server did not answer: a
+        resumed stage then logs its steps again rather than losing them)."""
+        try:
+            history = self.client.get_metric_history(self.run_id, key)
+        except Exception as exc:  # a read: never journaled; the caller logs everything, as before
+            log.warning("tracking: could not read %s's history of run %s (%s); a resumed stage may log some "
+                        "steps twice", key, self.run_id, exc)
+            return None
+        return max((m.step for m in history), default=None)
 
     def flush(self) -> Any:
         """At stage end: let a call in flight settle, then replay the journal if it has anything."""

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "sllm_complete.json"
 TRAINABLE_FILE = "trainable.safetensors"
+LOSS_SUM_FILE = "sllm_loss_sum.json"  # in a checkpoint: the training loss summed over its steps (a resume continues it)
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -62,6 +63,36 @@ def _holds_final_step(checkpoint: Path) -> bool:
     except (OSError, ValueError):
         return False
     return int(state.get("max_steps") or 0) > 0 and int(state["global_step"]) >= int(state["max_steps"])
+
+
+def checkpoint_loss_sum(checkpoint: Path) -> tuple[int, float]:
+    """(step, training loss summed over steps 1..step) of a complete checkpoint: its LOSS_SUM_FILE, or, for a
+    checkpoint written before that file existed, the logged interval means weighted by their lengths."""
+    try:
+        data = json.loads((checkpoint / LOSS_SUM_FILE).read_text(encoding="utf-8"))
+        return int(data["step"]), float(data["loss_sum"])
+    except (OSError, ValueError, KeyError):
+        pass
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    total, last = 0.0, 0
+    for h in state.get("log_history", []):
+        if "loss" in h and "step" in h:
+            total += float(h["loss"]) * (int(h["step"]) - last)
+            last = int(h["step"])
+    return int(state["global_step"]), total
+
+
+def _record_resume(ctx: StageContext, step: int) -> None:
+    """The resume itself in the stage's run: which attempt, from which step (tags and a train/resume event)."""
+    if not ctx.is_main:
+        return
+    attempts = ctx.stage_dir / "attempts.jsonl"
+    try:
+        attempt = max(1, sum(1 for line in attempts.read_text(encoding="utf-8").splitlines() if line.strip()))
+    except OSError:
+        attempt = 1
+    ctx.tracker.set_tags({"sllm.attempt": str(attempt), "sllm.resumed_from_step": str(step)})
+    ctx.tracker.log_metrics({"train/resume": float(attempt)}, step=step)
 
 
 def _trainer_class() -> type:
@@ -118,10 +149,19 @@ def _trainer_class() -> type:
                 )
             model.load_state_dict(state, strict=False)
 
+        prior_loss_sum: float = 0.0  # the training loss summed over the steps of earlier attempts (a resume)
+
+        def loss_sum(self) -> float:
+            """The training loss summed over every step so far, this attempt's and the earlier ones'."""
+            pending = getattr(self, "_tr_loss", None)  # steps not yet drained into the total at a logging step
+            return self.prior_loss_sum + self._total_loss_scalar + (float(pending.item()) if pending is not None
+                                                                    else 0.0)
+
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             super()._save_checkpoint(model, trial)
             ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            if self.args.should_save:
+            if self.args.should_save:  # the loss sum first: the marker makes the checkpoint complete
+                write_json_atomic(ckpt / LOSS_SUM_FILE, {"step": self.state.global_step, "loss_sum": self.loss_sum()})
                 write_json_atomic(ckpt / COMPLETE_MARKER, {"step": self.state.global_step, "time": time.time()})
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -246,6 +286,9 @@ def _status_callback(stage_name: str, ctx: StageContext, history: list[tuple[int
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.t_last, self.step_last = time.perf_counter(), state.global_step
+            # a resumed stage (re-run, requeue, Ray restart) logs into the same run: the steps an earlier attempt
+            # already logged (those after its last checkpoint, trained again now) are not logged a second time
+            self.logged_upto = ctx.tracker.last_step("train/loss") if ctx.is_main else None
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             if not logs or "loss" not in logs:
@@ -259,6 +302,8 @@ def _status_callback(stage_name: str, ctx: StageContext, history: list[tuple[int
             lr = float(logs.get("learning_rate", 0.0))
             log.info("stage=%s step %d/%d | loss %.3f | lr %.1e | %.0f ms/step", stage_name, state.global_step,
                      state.max_steps, logs["loss"], lr, dt)
+            if self.logged_upto is not None and state.global_step <= self.logged_upto:
+                return
             ctx.tracker.log_metrics({"train/loss": float(logs["loss"]), "train/lr": lr,
                                      "train/grad_norm": float(logs.get("grad_norm", 0.0) or 0.0)},
                                     step=state.global_step)
@@ -357,7 +402,7 @@ def _log_padding(stage: Any, ctx: StageContext, lengths: list[int]) -> None:
         else plain
     log.info("stage=%s %d examples | padding share %.1f%% (shuffled batches: %.1f%%)", stage.name, len(lengths),
              100 * used, 100 * plain)
-    if ctx.is_main:
+    if ctx.is_main and ctx.tracker.last_step("data/padding_share") is None:  # once per run, not per attempt
         ctx.tracker.log_metrics({"data/padding_share": used, "data/padding_share_shuffled": plain}, step=0)
 
 
@@ -439,21 +484,25 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         trainer.group_lengths = train_ds.lengths()
     _log_padding(stage, ctx, train_ds.lengths())
     resume = latest_complete_checkpoint(ctx.stage_dir / "checkpoints")
+    start_step, prior_sum = (0, 0.0) if resume is None else checkpoint_loss_sum(resume)
+    trainer.prior_loss_sum = prior_sum
     if resume is not None:
         log.info("stage=%s resuming from %s", stage.name, resume)
+        _record_resume(ctx, start_step)
     loop_s = 0.0
     if resume is not None and _holds_final_step(resume):
         # re-run after the last step was saved (e.g. a requeue racing the job's end): publish, don't train on
         log.info("stage=%s %s already holds the final step; publishing it", stage.name, resume)
         trainer._load_from_checkpoint(str(resume))
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
-        logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        train_loss = sum(logged) / len(logged) if logged else float("nan")
+        train_loss = prior_sum / start_step if start_step else float("nan")
     else:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        train_loss = out.training_loss
+        # the Trainer's training_loss averages this attempt's steps only; the stage's covers every step
+        steps_now = int(trainer.state.global_step) - start_step
+        train_loss = (prior_sum + out.training_loss * steps_now) / max(1, int(trainer.state.global_step))
         loop_s = float(out.metrics.get("train_runtime", 0.0))
     hf_ds = getattr(trainer.args, "hf_deepspeed_config", None)
     if hf_ds is not None and ctx.is_main:  # the config DeepSpeed ran with, "auto" values filled in
@@ -482,7 +531,8 @@ def _publish_training_output(
     metrics: dict[str, float], train_sets: list[ReadResult],
 ) -> StageResult:
     steps = int(trainer.state.global_step)
-    losses = [v for _, v in history] or [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    # the whole stage's: a resumed Trainer's log_history holds the earlier attempts' logs (from the checkpoint)
+    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h] or [v for _, v in history]
     result = StageResult(stage=stage.name, kind=stage.kind, output_dir=str(ctx.output_dir), steps=steps,
                          loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                          metrics=metrics)

@@ -131,14 +131,14 @@ def test_stage_outputs_are_logged_models_linked_in_mlflow(tmp_path: Path) -> Non
     assert lin.root.models == [merged.model_id] and lin.root.upstream[0].models == [adapter.model_id]
 
 
-def _run_text_stage(spec_path: Path, stage_dir: Path):
+def _run_text_stage(spec_path: Path, stage_dir: Path, tracker=None):
     from sllm_lib.spec import load_job_spec
     from sllm_lib.tracking.tracker import RecordingTracker
     from sllm_lib.stage import StageContext
     from sllm_lib.training.runner import run_training_stage
 
     job = load_job_spec(spec_path)
-    tracker = RecordingTracker()
+    tracker = tracker if tracker is not None else RecordingTracker()
     ctx = StageContext(job=job, spec_hash="h", stage_dir=stage_dir, tracker=tracker)
     result = run_training_stage(job.stage("text"), ctx)
     losses = {step: v for k, v, step in tracker.metrics if k == "train/loss"}
@@ -169,6 +169,34 @@ def test_resume_from_latest_complete_checkpoint_repeats_no_step(tmp_path: Path) 
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
     assert (stage_dir / "output" / "manifest.json").is_file()
+
+
+def test_a_resumed_stage_has_one_metric_point_per_step_and_the_whole_stage_loss(tmp_path: Path) -> None:
+    """Killed after step 5 with the last complete checkpoint at step 3 (the step-6 checkpoint half-written), then
+    run again in the same tracking run: every step is in the run's history once, train_loss and loss first -> last
+    equal the uninterrupted run's, and the resume is recorded (issue 22)."""
+    from sllm_lib.tracking.tracker import RecordingTracker
+    from sllm_lib.training.runner import checkpoint_loss_sum
+
+    spec_path = _spec(tmp_path)
+    straight, _ = _run_text_stage(spec_path, tmp_path / "a")
+
+    stage_dir = tmp_path / "b"
+    run = RecordingTracker()  # one MLflow run across both attempts
+    _run_text_stage(spec_path, stage_dir, run)
+    ckpts = stage_dir / "checkpoints"
+    assert checkpoint_loss_sum(ckpts / "checkpoint-3")[0] == 3
+    shutil.rmtree(ckpts / "checkpoint-6")
+    shutil.rmtree(stage_dir / "output")
+    resumed, _ = _run_text_stage(spec_path, stage_dir, run)
+
+    steps = [step for key, _, step in run.metrics if key == "train/loss"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 4..6 were trained twice, logged once
+    assert [step for key, _, step in run.metrics if key == "data/padding_share"] == [0]
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-5)
+    assert (resumed.loss_first, resumed.loss_last) == pytest.approx((straight.loss_first, straight.loss_last), rel=1e-5)
+    assert run.tags["sllm.resumed_from_step"] == "3"
+    assert [(v, step) for key, v, step in run.metrics if key == "train/resume"] == [(1.0, 3)]
 
 
 def test_4bit_lora_stage_trains_then_merges_into_an_unquantized_base(tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ def test_worker_failure_resumes_from_checkpoint_with_equal_result(ray_head, tmp_
     a, b = clean.results["text"], faulty.results["text"]
     assert a.steps == b.steps == 8
     assert b.loss_last == pytest.approx(a.loss_last, rel=1e-6)
+    assert b.loss_first == pytest.approx(a.loss_first, rel=1e-6)  # the whole stage's, not the restart's (issue 22)
+    assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
     ta, tb = _trained_tensors(clean), _trained_tensors(faulty)
     assert ta.keys() == tb.keys() and ta
     for fname in ta:

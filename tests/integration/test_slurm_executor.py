@@ -40,13 +40,21 @@ def _write_spec(tmp: Path, stages: list[dict], base: str = "tiny:voxtral") -> Pa
     return path
 
 
-def _request(tmp: Path, stage: dict) -> LaunchRequest:
+def _request(tmp: Path, stage: dict, *, tracked: bool = False) -> LaunchRequest:
+    """The stage's request; `tracked`: with an MLflow run of its own in a sqlite store under `tmp`."""
     spec_path = _write_spec(tmp, [stage])
     resolved = tmp / "spec.resolved.yaml"
     resolved.write_text(dump_resolved_yaml(load_job_spec(spec_path)), encoding="utf-8")
+    uri, run_id = "", None
+    if tracked:
+        from mlflow import MlflowClient
+
+        uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("sl", artifact_location=(tmp / "art").as_uri())).info.run_id
     return LaunchRequest(job_name="sl", stage=stage["name"], spec_path=str(resolved), spec_hash="h",
-                         run_dir=str(tmp), stage_dir=str(tmp / "stages" / stage["name"]), tracking_uri="",
-                         tracking_strict=False, run_id=None)
+                         run_dir=str(tmp), stage_dir=str(tmp / "stages" / stage["name"]), tracking_uri=uri,
+                         tracking_strict=False, run_id=run_id)
 
 
 def _wait_log(path: Path, needle: str, job, timeout_s: float = 180) -> None:
@@ -63,15 +71,17 @@ def _adapter(out_dir: Path) -> dict:
     return load_file(str(out_dir / "adapter" / "adapter_model.safetensors"))
 
 
-def _uninterrupted_adapter(tmp: Path, stage: dict) -> dict:
-    """The same stage run straight through in this process (same seed)."""
+def _uninterrupted_adapter(tmp: Path, stage: dict, results: list | None = None) -> dict:
+    """The same stage run straight through in this process (same seed); its StageResult appended to `results`."""
     from sllm_lib.stage import StageContext
     from sllm_lib.training.runner import run_training_stage
 
     ref = tmp / "reference"
     ref.mkdir()
     job = load_job_spec(_write_spec(ref, [stage]))
-    run_training_stage(job.stage(stage["name"]), StageContext(job=job, spec_hash="h", stage_dir=ref / "stage"))
+    result = run_training_stage(job.stage(stage["name"]), StageContext(job=job, spec_hash="h", stage_dir=ref / "stage"))
+    if results is not None:
+        results.append(result)
     return _adapter(ref / "stage" / "output")
 
 
@@ -169,8 +179,10 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_adapter(slurm_cluster
 
 def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(slurm_cluster, tmp_path: Path) -> None:
     # submitit ignores the SIGTERM that precedes the kill (KillWait=2 s here): the stage must outlast it
+    from mlflow import MlflowClient
+
     stage = _text_stage(steps=400, save_steps=5)
-    req = _request(tmp_path, stage)
+    req = _request(tmp_path, stage, tracked=True)
     job = SlurmExecutor(_profile()).submit(req)
     _wait_log(req.log_file, "step 12/400", job)
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
@@ -179,7 +191,15 @@ def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(slurm_cluster, tm
     log_text = req.log_file.read_text()
     assert log_text.count("starting (run") == 2 and "resuming from" in log_text
     assert "step 400/400" in log_text.split("resuming from")[1]  # the second attempt trained to the end
-    _assert_same_adapter(_adapter(Path(req.stage_dir) / "output"), _uninterrupted_adapter(tmp_path, stage))
+    straight: list = []
+    _assert_same_adapter(_adapter(Path(req.stage_dir) / "output"), _uninterrupted_adapter(tmp_path, stage, straight))
+    # the run's history: every step once across both attempts, and the whole stage's loss (issue 22)
+    client = MlflowClient(req.tracking_uri)
+    assert [m.step for m in client.get_metric_history(req.run_id, "train/loss")] == list(range(1, 401))
+    assert result.metrics["train_loss"] == pytest.approx(straight[0].metrics["train_loss"], rel=1e-5)
+    assert result.loss_first == pytest.approx(straight[0].loss_first, rel=1e-6)
+    tags = client.get_run(req.run_id).data.tags
+    assert tags["sllm.attempt"] == "2" and int(tags["sllm.resumed_from_step"]) % 5 == 0
 
 
 def test_cancel(slurm_cluster, tmp_path: Path) -> None:
