@@ -328,8 +328,11 @@ def test_unknown_hub_model_says_what_to_do() -> None:
 
 
 def test_local_folder_and_tiny_presets(tmp_path: Path) -> None:
-    with pytest.raises(JobSpecError, match="unknown tiny preset"):
-        load_model_config(ModelSpec(base="tiny:nope"))
+    with pytest.raises(ValueError, match="unknown tiny preset"):  # the spec refuses it first
+        ModelSpec(base="tiny:nope")
+    with pytest.raises(JobSpecError, match="unknown tiny preset"):  # and the loader still does (unvalidated input)
+        load_model_config(ModelSpec.model_construct(base="tiny:nope", revision=None, audio_token_id=None,
+                                                    trust_remote_code=False))
     with pytest.raises(ArtifactNotFoundError, match="no config.json"):
         load_model_config(ModelSpec(base=str(tmp_path)))
     (tmp_path / "config.json").write_text(bundled_config_path("meta-llama/Llama-3.2-1B-Instruct").read_text())
