@@ -188,8 +188,18 @@ class SlurmExecutor(ExecutorBase):
         return ex
 
     def render(self, req: LaunchRequest) -> str:
-        """The sbatch script of this stage (pure: nothing is written or submitted)."""
-        ex = self._executor(req, self._folder(req))
+        """The sbatch script of this stage (pure: nothing is written or submitted; no SLURM needed, so `sllm plan`
+        shows the script on a laptop)."""
+        if shutil.which("srun") is None:
+            from unittest import mock
+
+            submitit = _import_submitit()
+            # submitit's SlurmExecutor refuses to be built without srun on PATH (its affinity() check in
+            # __init__), even though writing the script needs no cluster: pretend for this construction only
+            with mock.patch.object(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2)):
+                ex = self._executor(req, self._folder(req))
+        else:
+            ex = self._executor(req, self._folder(req))
         inner = ex._executor  # submitit's SlurmExecutor renders the script; AutoExecutor only forwards
         return inner._make_submission_file_text(inner._submitit_command_str, "<uid>")
 

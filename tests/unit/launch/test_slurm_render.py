@@ -99,3 +99,23 @@ def test_blank_python_is_refused(tmp_path) -> None:
     path.write_text("kind: slurm\nname: t\npython: '  '\n", encoding="utf-8")
     with pytest.raises(JobSpecError, match=r"python.*blank"):
         load_cluster_profile(path)
+
+
+@pytest.mark.parametrize(("profile", "stage", "after"), CASES)
+def test_render_needs_no_slurm_on_this_machine(profile: str, stage: str, after: list[str], tmp_path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sllm plan --cluster slurm_...` on a laptop: the same script, without srun on PATH (submitit's own
+    constructor refuses that); submitting still needs SLURM (preflight says sbatch is missing)."""
+    import shutil
+
+    from sllm_lib.errors import SubmissionError
+
+    with_slurm = _render(profile, stage, after)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no srun, no sbatch
+    assert shutil.which("srun") is None
+    assert _render(profile, stage, after) == with_slurm
+    prof = load_cluster_profile(REPO / "cluster_configs" / f"{profile}.yaml")
+    with pytest.raises(SubmissionError, match="sbatch not found on PATH"):
+        SlurmExecutor(prof).preflight(LaunchRequest(
+            job_name="j", stage=stage, spec_path="x", spec_hash="h", run_dir=str(tmp_path), stage_dir=str(tmp_path),
+            tracking_uri="", tracking_strict=False, run_id=None))
