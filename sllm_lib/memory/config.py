@@ -29,7 +29,6 @@ def load_model_config(model: ModelSpec) -> tuple[Any, str]:
         JobSpecError: an unknown tiny preset.
         ArtifactNotFoundError: no config found locally; the message says what to do.
     """
-    from transformers import AutoConfig
 
     base = model.base
     if base.startswith("tiny:"):
