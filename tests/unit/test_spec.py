@@ -890,3 +890,27 @@ def test_profile_magnitudes_are_bounded(tmp_path: Path) -> None:
     lines = problem_lines(profile_error(path))
     assert any(x.startswith("mem_gb: Input should be less than or equal to 65536") for x in lines), lines
     assert any(x.startswith("gpus_per_node: Input should be less than or equal to 64") for x in lines), lines
+
+
+def _real_size_specs() -> list[Path]:
+    import yaml
+
+    out = []
+    for path in sorted((REPO / "jobs").glob("*.yaml")):
+        base = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model") or {}).get("base", "")
+        if base and not base.startswith("tiny:"):
+            out.append(path)
+    return out
+
+
+def test_the_shipped_real_size_specs_are_found() -> None:
+    assert {p.name for p in _real_size_specs()} >= {"sllm_voxtral_3stage.yaml", "medqa_exaone_qlora.yaml",
+                                                    "aac_vlm_phi35.yaml", "compress_medqa_exaone.yaml"}
+
+
+@pytest.mark.parametrize("path", _real_size_specs(), ids=lambda p: p.name)
+def test_a_real_size_spec_defaults_to_a_gpu_cluster(path: Path) -> None:
+    """A bare `sllm submit` of a shipped real-size spec never targets the CPU of the machine it is typed on."""
+    spec = load_job_spec(path)
+    profile = find_cluster_profile(spec.cluster, spec_path=path)
+    assert profile.kind != "local" or profile.gpus, f"{path.name}: cluster {spec.cluster!r} is this machine's CPU"
