@@ -39,7 +39,8 @@ from eval.eval_runs import (
     quote,
     score_keys,
 )
-from eval.results import GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint, WorstSample
+from eval.results import (VERDICT_LABELS, GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint,
+                          WorstSample)
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError
 from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
@@ -374,6 +375,7 @@ def _publish(stage: Any, ctx: StageContext, client: Any, result: NightlyResult, 
     write_report(result, tmp)
     n_reg = sum(g.status == "regression" for g in result.gates)
     metrics = {"nightly/regression": 1.0 if result.regression else 0.0, "nightly/regressed_gates": float(n_reg),
+               "nightly/no_baseline": 1.0 if result.verdict == "no_baseline" else 0.0,
                "nightly/gates": float(len(result.gates)), "nightly/promoted": 1.0 if result.promoted else 0.0,
                **{f"{CANDIDATE_PREFIX}{k}": v for k, v in cand.metrics.items()}}
     final = publish_output(tmp, ctx, {"stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash,
@@ -388,15 +390,16 @@ def _publish(stage: Any, ctx: StageContext, client: Any, result: NightlyResult, 
             tmp_copy = dest / f".{name}.tmp"
             shutil.copyfile(final / name, tmp_copy)
             tmp_copy.replace(dest / name)
-    verdict = "regression" if result.regression else "pass"
+    verdict = result.verdict
     ctx.tracker.set_tags({TAG_NIGHTLY_DATE: result.date, TAG_NIGHTLY_SUITE: result.suite,
                           TAG_NIGHTLY_MODEL: result.registered_model, TAG_NIGHTLY_VERDICT: verdict,
                           TAG_NIGHTLY_CANDIDATE: cand.version, TAG_NIGHTLY_CHAMPION: champ.version if champ else ""})
     ctx.tracker.log_metrics(metrics)
     for name in REPORT_FILES:
         ctx.tracker.log_artifact(final / name, "nightly")
-    log.info("nightly %s: %s (%d of %d gates regressed) -> %s", result.date, verdict.upper(), n_reg,
-             len(result.gates), final / "report.html")
+    log.info("nightly %s: %s (%s) -> %s", result.date, VERDICT_LABELS[verdict],
+             "no gate has a baseline: first night, nothing gated" if verdict == "no_baseline"
+             else f"{n_reg} of {len(result.gates)} gates regressed", final / "report.html")
     return StageResult(stage=stage.name, kind=stage.kind, output_dir=str(final), metrics=metrics,
                        extras={"date": result.date, "verdict": verdict, "report": str(final / "report.html"),
                                "candidate_version": cand.version,

@@ -24,7 +24,7 @@ from datetime import date as _date
 from pathlib import Path
 from typing import Any
 
-from eval.results import GateResult, ModelEval, NightlyResult, TrendPoint
+from eval.results import VERDICT_LABELS, GateResult, ModelEval, NightlyResult, TrendPoint
 from sllm_lib.files import write_text_atomic
 from sllm_lib.metrics.registry import metric_scale
 
@@ -281,6 +281,7 @@ section > h2 { font-size: 16px; margin: 0 0 10px; }
   display: flex; align-items: center; gap: 14px; flex-wrap: wrap; }
 .verdict.regression { background: var(--reg); color: #fff; }
 .verdict.pass { background: var(--pass); color: #fff; }
+.verdict.no-baseline { background: var(--nob); color: #fff; }
 .verdict .detail { font-weight: 400; font-size: 14px; opacity: .95; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 12px 0 0; }
 dl.facts dt { color: var(--muted); }
@@ -327,11 +328,13 @@ footer { color: var(--muted); font-size: 12px; margin-top: 18px; }
 
 def _summary_html(result: NightlyResult) -> str:
     regression = bool(result.regression)
-    verdict_cls = "regression" if regression else "pass"
-    verdict_txt = "REGRESSION" if regression else "PASS"
+    verdict_cls = "regression" if regression else ("no-baseline" if result.verdict == "no_baseline" else "pass")
+    verdict_txt = VERDICT_LABELS[result.verdict]
     n_reg = sum(g.status == "regression" for g in result.gates)
     if regression:
         detail = f"{n_reg} gate{'s' if n_reg != 1 else ''} regressed" if n_reg else "regression flagged"
+    elif result.verdict == "no_baseline":
+        detail = "first night: no gate has a baseline to compare with, so nothing was gated"
     else:
         detail = "no gate regressed"
     detail += "; champion promoted" if result.promoted else "; champion not promoted"
@@ -530,7 +533,7 @@ def _worst_html(result: NightlyResult) -> str:
 
 def render_html(result: NightlyResult) -> str:
     """The whole report as one self-contained HTML document (inline CSS and SVG, no scripts, no remote URLs)."""
-    verdict = "REGRESSION" if result.regression else "PASS"
+    verdict = VERDICT_LABELS[result.verdict]
     title = f"{verdict} · nightly eval {result.date} · {result.suite}"
     sections = [_summary_html(result), _models_html(result), _gates_html(result), _trends_html(result),
                 _tasks_html(result), _worst_html(result)]
@@ -562,7 +565,8 @@ def _md(text: Any, limit: int = 0) -> str:
 def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 5) -> str:
     """A short summary for chat or email: verdict, gates (all if few, else the non-passing ones), worst
     samples, models, notes."""
-    verdict = "❌ **REGRESSION**" if result.regression else "✅ **PASS**"
+    verdict = {"regression": "❌ **REGRESSION**", "no_baseline": "➖ **NO BASELINE** (first night: nothing gated)",
+               "pass": "✅ **PASS**"}[result.verdict]
     promoted = "champion promoted" if result.promoted else "champion not promoted"
     counts = Counter(g.status for g in result.gates)
     lines = [

@@ -99,6 +99,10 @@ class WorstSample:
     loss: float  # oriented: how much worse the candidate is on this sample (> 0)
 
 
+Verdict = Literal["regression", "no_baseline", "pass"]
+VERDICT_LABELS: dict[str, str] = {"regression": "REGRESSION", "no_baseline": "NO BASELINE", "pass": "PASS"}
+
+
 @dataclass
 class NightlyResult:
     """Everything one nightly evaluation found; the report is rendered from this alone."""
@@ -115,6 +119,16 @@ class NightlyResult:
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.95
     nightly_run_id: str | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        """regression: a gate regressed; no_baseline: nothing could be gated (the first night: no champion yet,
+        or a champion without any of the gated scores), which is not a pass; pass: gated, and nothing regressed."""
+        if self.regression:
+            return "regression"
+        if all(g.status == "no_baseline" for g in self.gates):
+            return "no_baseline"
+        return "pass"
 
     def model(self, role: str) -> ModelEval | None:
         """The first model picked for `role`, if any."""

@@ -87,7 +87,12 @@ def _exit_on_regression(outcome: Any) -> None:
         bad = r.metrics.get("nightly/regression", 0.0) > 0
         regressed |= bad
         ex = r.extras
-        verdict = "[red bold]REGRESSION[/]" if bad else "[green bold]PASS[/]"
+        if bad:
+            verdict = "[red bold]REGRESSION[/]"
+        elif r.metrics.get("nightly/no_baseline", 0.0) > 0:  # the first night gates nothing: not a pass
+            verdict = "[bold]NO BASELINE[/] (first night: nothing gated)"
+        else:
+            verdict = "[green bold]PASS[/]"
         console.print(f"nightly {ex.get('date')}: {verdict}  candidate v{ex.get('candidate_version')} vs champion "
                       f"v{ex.get('champion_version') or '-'}, {r.metrics.get('nightly/regressed_gates', 0):.0f} of "
                       f"{r.metrics.get('nightly/gates', 0):.0f} gates regressed"

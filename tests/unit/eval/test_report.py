@@ -178,10 +178,27 @@ def test_empty_result_renders():
     page = render_html(empty)
     for sid in ("summary", "models", "gates", "trends", "tasks", "worst"):
         assert f'id="{sid}"' in page
-    assert 'class="verdict pass"' in page
+    assert 'class="verdict no-baseline"' in page and "NO BASELINE" in page  # nothing gated is not a pass
     assert page.count('class="trend-plot"') == 1
     md = render_markdown(empty)
-    assert "PASS" in md
+    assert "NO BASELINE" in md and "PASS" not in md
+
+
+def test_a_first_night_is_not_a_pass(result: NightlyResult):
+    """Every gate without a baseline (no champion yet): the verdict says so in the report, the summary and the
+    title, and is not PASS; one gate with a baseline that did not regress is a PASS."""
+    import dataclasses
+
+    first = dataclasses.replace(result, regression=False, promoted=False,
+                                gates=[dataclasses.replace(g, status="no_baseline") for g in result.gates])
+    assert first.verdict == "no_baseline"
+    page, md = render_html(first), render_markdown(first)
+    assert "<title>NO BASELINE" in page and 'class="verdict no-baseline"' in page
+    assert "first night: no gate has a baseline" in page
+    assert "NO BASELINE" in md and "PASS" not in md.splitlines()[2]
+    passed = dataclasses.replace(first, gates=[dataclasses.replace(first.gates[0], status="pass"), *first.gates[1:]])
+    assert passed.verdict == "pass" and 'class="verdict pass"' in render_html(passed)
+    assert dataclasses.replace(result, regression=True).verdict == "regression"
 
 
 def test_markdown_summary(result: NightlyResult):
