@@ -93,13 +93,23 @@ class StageJob:
 class SlurmJob:
     """JobHandle over a submitit job."""
 
+    STATE_REFRESH_S = 1.0  # the most often state() asks sacct itself
+
     def __init__(self, req: LaunchRequest, job: Any) -> None:
         self.req = req
         self.job = job
         self.job_id = str(job.job_id)
+        self._checked = float("-inf")
 
     def state(self) -> JobState:
-        raw = str(self.job.state).split()[0].upper()
+        """The job's state now. submitit's `job.state` reads a cache it refreshes on a back-off (2, 4, 8 ... 60 s
+        after the latest submission, core.InfoWatcher.update_if_long_enough), so a job already training could read
+        PENDING for up to a minute (seen in the soak of the executor contract): ask sacct, at most once a second."""
+        now = time.monotonic()
+        mode = "standard"
+        if now - self._checked >= self.STATE_REFRESH_S:
+            mode, self._checked = "force", now
+        raw = str(self.job.watcher.get_state(self.job.job_id, mode=mode)).split()[0].upper()
         return _STATES.get(raw, JobState.PENDING)
 
     def result(self, timeout_s: float | None = None) -> StageResult:
