@@ -8,15 +8,15 @@ One `nightly_eval` stage does, for its date:
    (`reuse_evals`; a re-run the same night never scores or logs twice; a finished `sllm eval` of the same
    registered version on the same suite digest, in any experiment of the store, is reused unless `never`);
 3. gates every metric that has a threshold: candidate against the champion, and against the
-   previous nightly's candidate, with a paired bootstrap confidence interval over sample-level
-   scores: a worsening beyond the threshold whose interval excludes zero is a regression, one
-   whose interval includes zero is noise;
+   previous nightly's candidate, with a paired test over sample-level scores, and decides GO / NO-GO /
+   INCONCLUSIVE under the stage's gate policy (eval/gates.py);
 4. writes report.html / summary.md / result.json (stage output and MLflow artifacts), logs the
    candidate's metrics on the stage run (the trend plots read these back over past nights);
-5. with `promote`, moves the champion alias to the candidate when no gate regressed.
+5. with `promote`, moves the champion alias to the candidate on GO (and, with no champion yet, makes the
+   candidate the first one unless the policy says `promote_first: false`).
 
-The stage's result carries `nightly/regression` (1.0 or 0.0); `sllm submit`/`sllm nightly` exit 3
-on a regression.
+The stage's result carries `nightly/regression` (1.0 on NO-GO) and `nightly/inconclusive`; `sllm submit` /
+`sllm nightly` exit 3 on NO-GO and 4 on INCONCLUSIVE.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ from eval.eval_runs import (
     quote,
     score_keys,
 )
-from eval.results import (VERDICT_LABELS, GateResult, ModelEval, NightlyResult, SampleScore, TrendPoint,
-                          WorstSample)
+from eval.gates import decide, describe_policy, gate, gate_rules
+from eval.results import VERDICT_LABELS, GateResult, ModelEval, NightlyResult, TrendPoint, WorstSample
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError
+from sllm_lib.spec import GatePolicySpec
 from sllm_lib.stage import StageContext, StageResult, new_output_tmp, publish_output
 
 log = logging.getLogger(__name__)
@@ -183,57 +184,6 @@ def evaluate_version(client: Any, ctx: StageContext, stage: Any, suite: Suite, d
 # ------------------------------------------------------------------------------------------ gates
 
 
-def gated_metrics(suite: Suite, overrides: dict[str, float]) -> list[tuple[str, str, float]]:
-    """(task, metric, threshold) for every metric with a threshold (suite, then stage overrides)."""
-    out = []
-    for t in suite.tasks:
-        for m in t.metric_names():
-            thr = overrides.get(f"{t.name}/{m}", overrides.get(m, t.thresholds.get(m)))
-            if thr is not None:
-                out.append((t.name, m, float(thr)))
-    return out
-
-
-def _paired(cand: list[SampleScore], base: list[SampleScore], metric: str) -> tuple[list[float], list[float]]:
-    by_id = {s.id: s for s in base if metric in s.scores}
-    pairs = [(c.scores[metric], by_id[c.id].scores[metric]) for c in cand
-             if metric in c.scores and c.id in by_id and by_id[c.id].reference == c.reference]
-    return [a for a, _ in pairs], [b for _, b in pairs]
-
-
-def gate(task: str, metric: str, threshold: float, cand: ModelEval, base: ModelEval | None, *,
-         baseline: str, bootstrap: Any) -> GateResult:
-    """One gate: oriented improvement, its paired bootstrap interval, and the verdict."""
-    from sllm_lib.metrics.bootstrap import paired_bootstrap
-    from sllm_lib.metrics.registry import is_higher_better
-
-    hib = is_higher_better(metric)
-    key = f"{task}/{metric}"
-    cv = cand.metrics.get(key, float("nan"))
-    row = dict(task=task, metric=metric, baseline=baseline, candidate_value=cv, threshold=threshold,
-               higher_is_better=hib)
-    if base is None or key not in base.metrics:
-        return GateResult(**row, baseline_label=base.label if base else "-", baseline_value=None, improvement=None,
-                          ci_low=None, ci_high=None, status="no_baseline")
-    a, b = _paired(cand.samples.get(task, []), base.samples.get(task, []), metric)
-    bv = base.metrics[key]
-    improvement = (cv - bv) if hib else (bv - cv)  # corpus scores; the interval comes from paired samples
-    if not a:
-        return GateResult(**row, baseline_label=base.label, baseline_value=bv, improvement=improvement, ci_low=None,
-                          ci_high=None, status="no_baseline")
-    bs = paired_bootstrap(a, b, higher_is_better=hib, n_resamples=bootstrap.resamples,
-                          confidence=bootstrap.confidence, seed=bootstrap.seed)
-    lo, hi = bs.ci_low, bs.ci_high
-    if improvement < -threshold:
-        status = "regression" if hi < 0 else "within_noise"
-    elif improvement > 0 and lo > 0:
-        status = "improved"
-    else:
-        status = "pass"
-    return GateResult(**row, baseline_label=base.label, baseline_value=bv, improvement=improvement, ci_low=lo,
-                      ci_high=hi, status=status, n_samples=len(a))
-
-
 def worst_samples(cand: ModelEval, base: ModelEval | None, gates: list[GateResult], k: int) -> list[WorstSample]:
     """The k samples where the candidate lost most to the champion, on the metrics that regressed
     (or, with no regression, on every gated metric)."""
@@ -335,12 +285,14 @@ def run_nightly(stage: Any, ctx: StageContext) -> StageResult:
     champ = next((m for m in models if m.role == "champion"), None)
     past = past_nightlies(client, exp, stage, suite, before=date, limit=stage.trend_nights)
     prev = previous_candidate(client, past[0]) if (past and stage.compare_previous) else None
+    policy = stage.policy or GatePolicySpec.legacy()
     gates: list[GateResult] = []
-    for task, metric, thr in gated_metrics(suite, stage.thresholds):
-        gates.append(gate(task, metric, thr, cand, champ, baseline="champion", bootstrap=stage.bootstrap))
+    for rule in gate_rules(suite, stage.thresholds, policy):
+        gates.append(gate(rule, cand, champ, baseline="champion", bootstrap=stage.bootstrap, policy=policy))
         if prev is not None:
-            gates.append(gate(task, metric, thr, cand, prev, baseline="previous_nightly", bootstrap=stage.bootstrap))
-    regression = any(g.status == "regression" for g in gates)
+            gates.append(gate(rule, cand, prev, baseline="previous_nightly", bootstrap=stage.bootstrap,
+                              policy=policy))
+    verdict, reasons = decide(gates, policy)
     notes: list[str] = []
     if champ is None:
         notes.append(f"no @{stage.champion_alias} version" + (
@@ -349,21 +301,24 @@ def run_nightly(stage: Any, ctx: StageContext) -> StageResult:
         notes.append("the suite sets no thresholds: nothing is gated")
     promoted = False
     if stage.promote:
-        if regression:
-            notes.append(f"not promoted: {sum(g.status == 'regression' for g in gates)} gate(s) regressed")
-        elif champion_is_candidate(client, stage):
+        first = champ is None and not champion_is_candidate(client, stage)
+        if champion_is_candidate(client, stage):
             notes.append(f"v{cand.version} is already @{stage.champion_alias}")
-        else:
+        elif verdict == "go" or (first and policy.promote_first and verdict != "no_go"):
             client.set_registered_model_alias(stage.registered_model, stage.champion_alias, cand.version)
             promoted = True
-            notes.append(f"promoted v{cand.version} to @{stage.champion_alias}")
+            notes.append(f"promoted v{cand.version} to @{stage.champion_alias}" + (
+                "" if verdict == "go" else " as the first champion (nothing to gate it against; promote_first)"))
             log.info("nightly: promoted %s v%s to @%s", stage.registered_model, cand.version, stage.champion_alias)
+        else:
+            notes.append(f"not promoted: the verdict is {VERDICT_LABELS[verdict]}, promotion needs GO")
     result = NightlyResult(date=date, suite=suite.name, registered_model=stage.registered_model,
                            models=models + ([prev] if prev is not None else []), gates=gates,
                            trends=trends(past, date, cand), worst_samples=worst_samples(cand, champ, gates,
                                                                                         stage.worst_samples),
-                           regression=regression, promoted=promoted, notes=notes,
-                           confidence=stage.bootstrap.confidence, nightly_run_id=ctx.run_id)
+                           regression=verdict == "no_go", promoted=promoted, notes=notes,
+                           confidence=stage.bootstrap.confidence, nightly_run_id=ctx.run_id, verdict=verdict,
+                           reasons=reasons, policy=describe_policy(policy, written=stage.policy is not None))
     return _publish(stage, ctx, client, result, cand, champ, digest)
 
 
@@ -375,7 +330,7 @@ def _publish(stage: Any, ctx: StageContext, client: Any, result: NightlyResult, 
     write_report(result, tmp)
     n_reg = sum(g.status == "regression" for g in result.gates)
     metrics = {"nightly/regression": 1.0 if result.regression else 0.0, "nightly/regressed_gates": float(n_reg),
-               "nightly/no_baseline": 1.0 if result.verdict == "no_baseline" else 0.0,
+               "nightly/inconclusive": 1.0 if result.verdict == "inconclusive" else 0.0,
                "nightly/gates": float(len(result.gates)), "nightly/promoted": 1.0 if result.promoted else 0.0,
                **{f"{CANDIDATE_PREFIX}{k}": v for k, v in cand.metrics.items()}}
     final = publish_output(tmp, ctx, {"stage": stage.name, "kind": stage.kind, "spec_hash": ctx.spec_hash,
@@ -397,10 +352,10 @@ def _publish(stage: Any, ctx: StageContext, client: Any, result: NightlyResult, 
     ctx.tracker.log_metrics(metrics)
     for name in REPORT_FILES:
         ctx.tracker.log_artifact(final / name, "nightly")
-    log.info("nightly %s: %s (%s) -> %s", result.date, VERDICT_LABELS[verdict],
-             "no gate has a baseline: first night, nothing gated" if verdict == "no_baseline"
-             else f"{n_reg} of {len(result.gates)} gates regressed", final / "report.html")
+    log.info("nightly %s: %s (%s; %d of %d gates regressed) -> %s", result.date, VERDICT_LABELS[verdict],
+             "; ".join(result.reasons[:3]) or "-", n_reg, len(result.gates), final / "report.html")
     return StageResult(stage=stage.name, kind=stage.kind, output_dir=str(final), metrics=metrics,
-                       extras={"date": result.date, "verdict": verdict, "report": str(final / "report.html"),
+                       extras={"date": result.date, "verdict": verdict, "reasons": result.reasons,
+                               "report": str(final / "report.html"),
                                "candidate_version": cand.version,
                                "champion_version": champ.version if champ else None, "promoted": result.promoted})

@@ -30,7 +30,7 @@ from sllm_lib.metrics.registry import metric_scale
 
 __all__ = ["render_html", "render_markdown", "write_report", "STATUS_ORDER", "STATUS_LABELS"]
 
-STATUS_ORDER = ("regression", "within_noise", "pass", "improved", "no_baseline")
+STATUS_ORDER = ("regression", "within_noise", "insufficient", "pass", "improved", "no_baseline")
 """Gate statuses, worst first: tables list gates in this order."""
 
 STATUS_LABELS = {
@@ -38,8 +38,12 @@ STATUS_LABELS = {
     "within_noise": "within noise",
     "pass": "pass",
     "improved": "improved",
+    "insufficient": "too few samples",
     "no_baseline": "no baseline",
 }
+TIER_ORDER = ("critical", "supporting", "advisory")
+VERDICT_CLASS = {"go": "go", "no_go": "no-go", "inconclusive": "inconclusive"}
+VERDICT_MD = {"go": "✅ **GO**", "no_go": "❌ **NO-GO**", "inconclusive": "➖ **INCONCLUSIVE**"}
 
 FONT_STACK = ('"Noto Sans CJK KR", "Noto Sans KR", "NanumGothic", "NanumBarunGothic", "Apple SD Gothic Neo", '
               '"Malgun Gothic", "Segoe UI", "Helvetica Neue", Arial, sans-serif')
@@ -103,8 +107,25 @@ def _scaled(metric: str) -> str:
 
 
 def _sorted_gates(gates: list[GateResult]) -> list[GateResult]:
+    """Tier first (critical, supporting, advisory), then status worst first."""
     rank = {s: i for i, s in enumerate(STATUS_ORDER)}
-    return sorted(gates, key=lambda g: (rank.get(g.status, len(rank)), g.task, g.metric, g.baseline))
+    tier = {t: i for i, t in enumerate(TIER_ORDER)}
+    return sorted(gates, key=lambda g: (tier.get(g.tier, len(tier)), rank.get(g.status, len(rank)), g.task, g.metric,
+                                        g.baseline))
+
+
+def _threshold(g: GateResult) -> str:
+    """The allowed worsening in metric units, with the relative form it came from ("5% = 0.0150")."""
+    if g.threshold_spec.endswith("%"):
+        return f"{g.threshold_spec} = {_num(g.threshold)}" if _finite(g.threshold) else g.threshold_spec
+    return _num(g.threshold)
+
+
+def _evidence(g: GateResult) -> str:
+    """The paired test that decided, as a short text: McNemar's p and discordant pairs, or the bootstrap."""
+    if g.test == "mcnemar" and g.p_value is not None:
+        return f"McNemar p={g.p_value:.3g} (+{g.wins}/−{g.losses})"
+    return "bootstrap" if g.ci_low is not None else "—"
 
 
 def _direction(result: NightlyResult, task: str, metric: str) -> bool | None:
@@ -279,9 +300,14 @@ section { background: var(--card); border: 1px solid var(--line); border-radius:
 section > h2 { font-size: 16px; margin: 0 0 10px; }
 .verdict { border-radius: 8px; padding: 12px 16px; font-weight: 700; font-size: 20px; letter-spacing: .02em;
   display: flex; align-items: center; gap: 14px; flex-wrap: wrap; }
-.verdict.regression { background: var(--reg); color: #fff; }
-.verdict.pass { background: var(--pass); color: #fff; }
-.verdict.no-baseline { background: var(--nob); color: #fff; }
+.verdict.no-go { background: var(--reg); color: #fff; }
+.verdict.go { background: var(--pass); color: #fff; }
+.verdict.inconclusive { background: var(--noise); color: #fff; }
+ul.reasons { margin: 8px 0 0; padding-left: 20px; }
+.tier { font-size: 12px; font-weight: 600; }
+.tier.supporting { color: var(--noise); }
+.tier.advisory { color: var(--muted); font-weight: 400; }
+tr.tier-advisory td { opacity: .75; }
 .verdict .detail { font-weight: 400; font-size: 14px; opacity: .95; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 12px 0 0; }
 dl.facts dt { color: var(--muted); }
@@ -304,6 +330,7 @@ tr.status-within_noise td:first-child { box-shadow: inset 4px 0 0 var(--noise); 
 .status.pass { background: var(--pass-bg); color: var(--pass); border: 1px solid #86efac; }
 .status.improved { background: var(--imp-bg); color: var(--imp); border: 1px solid #93c5fd; }
 .status.no_baseline { background: var(--nob-bg); color: var(--nob); border: 1px solid #cbd5e1; }
+.status.insufficient { background: var(--noise-bg); color: var(--nob); border: 1px dashed #94a3b8; }
 .ci { color: var(--muted); }
 svg.cibar { vertical-align: middle; margin-left: 6px; }
 .muted { color: var(--muted); }
@@ -327,16 +354,10 @@ footer { color: var(--muted); font-size: 12px; margin-top: 18px; }
 
 
 def _summary_html(result: NightlyResult) -> str:
-    regression = bool(result.regression)
-    verdict_cls = "regression" if regression else ("no-baseline" if result.verdict == "no_baseline" else "pass")
-    verdict_txt = VERDICT_LABELS[result.verdict]
+    verdict_cls = VERDICT_CLASS.get(result.verdict, "inconclusive")
+    verdict_txt = VERDICT_LABELS.get(result.verdict, result.verdict)
     n_reg = sum(g.status == "regression" for g in result.gates)
-    if regression:
-        detail = f"{n_reg} gate{'s' if n_reg != 1 else ''} regressed" if n_reg else "regression flagged"
-    elif result.verdict == "no_baseline":
-        detail = "first night: no gate has a baseline to compare with, so nothing was gated"
-    else:
-        detail = "no gate regressed"
+    detail = (f"{n_reg} gate{'s' if n_reg != 1 else ''} regressed" if n_reg else "no gate regressed")
     detail += "; champion promoted" if result.promoted else "; champion not promoted"
     counts = Counter(g.status for g in result.gates)
     count_html = " ".join(
@@ -353,15 +374,21 @@ def _summary_html(result: NightlyResult) -> str:
         ("Gates", f'<span class="counts">{count_html}</span>'),
         ("Confidence", _e(_pct(result.confidence))),
     ]
+    if result.policy:
+        facts.append(("Gate policy", "<br>".join(_e(line) for line in result.policy)))
     if result.nightly_run_id:
         facts.append(("Nightly run", f'<span class="mono">{_e(result.nightly_run_id)}</span>'))
+    reasons = ""
+    if result.reasons:
+        reasons = ('<ul class="reasons" data-verdict="' + verdict_cls + '">'
+                   + "".join(f"<li>{_e(r)}</li>" for r in result.reasons) + "</ul>")
     notes = ""
     if result.notes:
         notes = '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in result.notes) + "</ul>"
     return (
         '<section id="summary"><h2>Summary</h2>'
         f'<div class="verdict {verdict_cls}" data-verdict="{verdict_cls}"><span>{verdict_txt}</span>'
-        f'<span class="detail">{_e(detail)}</span></div>'
+        f'<span class="detail">{_e(detail)}</span></div>{reasons}'
         '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
         f"{notes}</section>"
     )
@@ -414,8 +441,11 @@ def _gates_html(result: NightlyResult) -> str:
         '<section id="gates"><h2>Gates</h2>'
         '<p class="muted">Improvement is oriented so that positive is better (for CER/WER: baseline − candidate); '
         f"the interval is a paired bootstrap {_e(_pct(result.confidence))} CI. A gate regresses when the "
-        "candidate is worse than the baseline by more than the threshold and the interval excludes zero. Each metric "
-        "shows its scale from the metric registry (BLEU, ROUGE, CER, Distinct: fractions, 0-1).</p>"
+        "candidate is worse than the baseline by more than the threshold (metric units, or a share of the baseline) "
+        "and the paired test says worse: the interval excludes zero, or for 0/1 metrics McNemar's exact test is "
+        f"significant at {_e(_pct(1 - result.confidence))}. Tiers: a critical regression is NO-GO, a supporting one "
+        "makes the night INCONCLUSIVE, advisory rows never gate. Each metric shows its scale from the metric "
+        "registry (BLEU, ROUGE, CER, Distinct: fractions, 0-1).</p>"
     )
     if not result.gates:
         return head + '<p class="empty">No gates were evaluated.</p></section>'
@@ -425,19 +455,22 @@ def _gates_html(result: NightlyResult) -> str:
         ci = (f'<span class="ci">[{_num(g.ci_low, True)}, {_num(g.ci_high, True)}]</span>'
               if g.ci_low is not None or g.ci_high is not None else "")
         status = _e(g.status)
+        tier = _e(g.tier)
         rows.append(
-            f'<tr class="gate status-{status}" data-status="{status}">'
+            f'<tr class="gate status-{status} tier-{tier}" data-status="{status}" data-tier="{tier}">'
+            f'<td><span class="tier {tier}">{tier}</span></td>'
             f"<td>{_e(g.task)}</td><td>{_e(_scaled(g.metric))} <span class=\"muted\" title=\"{'higher' if g.higher_is_better else 'lower'} is better\">{arrow}</span></td>"
             f'<td>{_e(g.baseline)}<br><span class="muted">{_e(g.baseline_label)}</span></td>'
             f'<td class="num">{_num(g.candidate_value)}</td><td class="num">{_num(g.baseline_value)}</td>'
             f'<td class="num">{_num(g.improvement, True)} {ci}{_ci_bar(g)}</td>'
-            f'<td class="num">{_num(g.threshold)}</td><td class="num">{g.n_samples or "—"}</td>'
+            f'<td class="num">{_e(_threshold(g))}</td><td class="num">{g.n_samples or "—"}</td>'
+            f'<td>{_e(_evidence(g))}</td>'
             f'<td><span class="status {status}">{_e(STATUS_LABELS.get(g.status, g.status))}</span></td></tr>'
         )
     return head + (
-        "<table><thead><tr><th>Task</th><th>Metric</th><th>Baseline</th><th class=\"num\">Candidate</th>"
+        "<table><thead><tr><th>Tier</th><th>Task</th><th>Metric</th><th>Baseline</th><th class=\"num\">Candidate</th>"
         f'<th class="num">Baseline value</th><th class="num">Improvement [{_e(_pct(result.confidence))} CI]</th>'
-        '<th class="num">Threshold</th><th class="num">n</th><th>Status</th></tr></thead><tbody>'
+        '<th class="num">Threshold</th><th class="num">n</th><th>Test</th><th>Status</th></tr></thead><tbody>'
         + "".join(rows) + "</tbody></table></section>"
     )
 
@@ -523,7 +556,7 @@ def _worst_html(result: NightlyResult) -> str:
             f'<td class="num">{_num(w.loss)}</td></tr>'
         )
     return head + (
-        "<table><thead><tr><th>Task</th><th>Metric</th><th>Id</th><th>Reference</th><th>Candidate</th>"
+        "<table><thead><tr><th>Tier</th><th>Task</th><th>Metric</th><th>Id</th><th>Reference</th><th>Candidate</th>"
         '<th>Baseline</th><th class="num">Cand. score</th><th class="num">Base score</th><th class="num">Loss</th>'
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
     )
@@ -533,7 +566,7 @@ def _worst_html(result: NightlyResult) -> str:
 
 def render_html(result: NightlyResult) -> str:
     """The whole report as one self-contained HTML document (inline CSS and SVG, no scripts, no remote URLs)."""
-    verdict = VERDICT_LABELS[result.verdict]
+    verdict = VERDICT_LABELS.get(result.verdict, result.verdict)
     title = f"{verdict} · nightly eval {result.date} · {result.suite}"
     sections = [_summary_html(result), _models_html(result), _gates_html(result), _trends_html(result),
                 _tasks_html(result), _worst_html(result)]
@@ -565,8 +598,7 @@ def _md(text: Any, limit: int = 0) -> str:
 def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 5) -> str:
     """A short summary for chat or email: verdict, gates (all if few, else the non-passing ones), worst
     samples, models, notes."""
-    verdict = {"regression": "❌ **REGRESSION**", "no_baseline": "➖ **NO BASELINE** (first night: nothing gated)",
-               "pass": "✅ **PASS**"}[result.verdict]
+    verdict = VERDICT_MD.get(result.verdict, result.verdict)
     promoted = "champion promoted" if result.promoted else "champion not promoted"
     counts = Counter(g.status for g in result.gates)
     lines = [
@@ -575,6 +607,8 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
         f"{verdict} — {promoted}",
         "",
     ]
+    if result.reasons:
+        lines += [f"- {_md(r)}" for r in result.reasons] + [""]
     if result.gates:
         lines.append("Gates: " + ", ".join(f"{counts[s]} {STATUS_LABELS[s]}" for s in STATUS_ORDER if counts[s]))
         lines.append("")
@@ -582,17 +616,17 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
         shown = gates if len(gates) <= max_gates else [g for g in gates if g.status != "pass"]
         if shown:
             lines += [
-                f"| task | metric | baseline | candidate | baseline value | improvement [{_pct(result.confidence)} CI] "
-                "| threshold | status |",
-                "|---|---|---|---:|---:|---:|---:|---|",
+                f"| tier | task | metric | baseline | candidate | baseline value "
+                f"| improvement [{_pct(result.confidence)} CI] | threshold | test | status |",
+                "|---|---|---|---|---:|---:|---:|---:|---|---|",
             ]
             for g in shown:
                 ci = f" [{_num(g.ci_low, True)}, {_num(g.ci_high, True)}]" if g.ci_low is not None else ""
                 status = f"**{g.status}**" if g.status == "regression" else g.status
                 lines.append(
-                    f"| {_md(g.task)} | {_md(_scaled(g.metric))} | {_md(g.baseline)} ({_md(g.baseline_label)}) "
+                    f"| {_md(g.tier)} | {_md(g.task)} | {_md(_scaled(g.metric))} | {_md(g.baseline)} ({_md(g.baseline_label)}) "
                     f"| {_num(g.candidate_value)} | {_num(g.baseline_value)} | {_num(g.improvement, True)}{ci} "
-                    f"| {_num(g.threshold)} | {status} |"
+                    f"| {_md(_threshold(g))} | {_md(_evidence(g))} | {status} |"
                 )
         if len(shown) < len(gates):
             lines.append(f"\n{len(gates) - len(shown)} passing gate(s) not shown.")
@@ -617,6 +651,8 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
         lines.append("")
     if result.notes:
         lines += ["### Notes", ""] + [f"- {_md(n)}" for n in result.notes] + [""]
+    if result.policy:
+        lines += ["### Gate policy", ""] + [f"- {_md(p)}" for p in result.policy] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

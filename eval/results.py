@@ -10,11 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-GateStatus = Literal["regression", "within_noise", "pass", "improved", "no_baseline"]
-"""regression: worse beyond the threshold and the confidence interval excludes zero;
-within_noise: worse beyond the threshold but the interval includes zero;
-pass: not worse beyond the threshold; improved: better and the interval excludes zero;
-no_baseline: nothing to compare against (first night, or a metric the baseline lacks)."""
+GateStatus = Literal["regression", "within_noise", "pass", "improved", "insufficient", "no_baseline"]
+"""regression: worse beyond the threshold and the paired test says worse (bootstrap interval below zero, or
+McNemar's p below 1 - confidence); within_noise: worse beyond the threshold but the test cannot tell;
+pass: not worse beyond the threshold; improved: better and the test says so; insufficient: fewer paired
+samples than the policy's min_items; no_baseline: nothing to compare against (first night, or a metric the
+baseline lacks). See eval/gates.py."""
+
+Verdict = Literal["go", "no_go", "inconclusive"]
+VERDICT_LABELS: dict[str, str] = {"go": "GO", "no_go": "NO-GO", "inconclusive": "INCONCLUSIVE"}
 
 
 @dataclass
@@ -57,7 +61,9 @@ class GateResult:
     """One metric of one task, candidate against one baseline.
 
     `improvement` is oriented so that positive is better (for CER/WER it is baseline - candidate);
-    `ci_low`/`ci_high` bound the improvement (paired bootstrap over samples).
+    `ci_low`/`ci_high` bound the improvement (paired bootstrap over samples). `threshold` is the allowed
+    worsening in metric units against this baseline (`threshold_spec` as written: "0.01" or "5%"). `test` is the
+    paired test that decided: "bootstrap", or "mcnemar" with its `p_value` and discordant `wins`/`losses`.
     """
 
     task: str
@@ -73,6 +79,13 @@ class GateResult:
     higher_is_better: bool
     status: GateStatus
     n_samples: int = 0
+    tier: str = "critical"
+    threshold_spec: str = ""
+    min_items: int = 1
+    test: str = "bootstrap"
+    p_value: float | None = None
+    wins: int | None = None
+    losses: int | None = None
 
 
 @dataclass
@@ -99,10 +112,6 @@ class WorstSample:
     loss: float  # oriented: how much worse the candidate is on this sample (> 0)
 
 
-Verdict = Literal["regression", "no_baseline", "pass"]
-VERDICT_LABELS: dict[str, str] = {"regression": "REGRESSION", "no_baseline": "NO BASELINE", "pass": "PASS"}
-
-
 @dataclass
 class NightlyResult:
     """Everything one nightly evaluation found; the report is rendered from this alone."""
@@ -114,21 +123,14 @@ class NightlyResult:
     gates: list[GateResult] = field(default_factory=list)
     trends: dict[str, list[TrendPoint]] = field(default_factory=dict)  # "task/metric" -> points, oldest first
     worst_samples: list[WorstSample] = field(default_factory=list)
-    regression: bool = False
+    regression: bool = False  # the verdict is NO-GO (kept for readers of result.json)
     promoted: bool = False
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.95
     nightly_run_id: str | None = None
-
-    @property
-    def verdict(self) -> Verdict:
-        """regression: a gate regressed; no_baseline: nothing could be gated (the first night: no champion yet,
-        or a champion without any of the gated scores), which is not a pass; pass: gated, and nothing regressed."""
-        if self.regression:
-            return "regression"
-        if all(g.status == "no_baseline" for g in self.gates):
-            return "no_baseline"
-        return "pass"
+    verdict: Verdict = "inconclusive"  # eval/gates.py decide(): GO, NO-GO or INCONCLUSIVE
+    reasons: list[str] = field(default_factory=list)  # why, worst first
+    policy: list[str] = field(default_factory=list)  # the gate policy, as the report shows it
 
     def model(self, role: str) -> ModelEval | None:
         """The first model picked for `role`, if any."""
@@ -148,4 +150,6 @@ class NightlyResult:
             worst_samples=[WorstSample(**w) for w in d.get("worst_samples", [])],
             regression=d.get("regression", False), promoted=d.get("promoted", False), notes=list(d.get("notes", [])),
             confidence=d.get("confidence", 0.95), nightly_run_id=d.get("nightly_run_id"),
+            verdict=d.get("verdict") or ("no_go" if d.get("regression") else "inconclusive"),
+            reasons=list(d.get("reasons", [])), policy=list(d.get("policy", [])),
         )

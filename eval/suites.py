@@ -10,7 +10,8 @@ A suite is a YAML file (eval/suites/*.yaml)::
         type: asr                      # asr | speech_qa | text_qa | classification
         data: ../../data/sample/asr_val.jsonl
         metrics: [cer, wer]
-        thresholds: {cer: 0.01}        # allowed worsening before a nightly gate fails
+        thresholds: {cer: 0.01, wer: "5%"}   # allowed worsening before a nightly gate fails (units or % of baseline)
+        tiers: {wer: supporting}       # critical (default) | supporting | advisory: see docs/nightly.md
 
 Data paths resolve against the suite file's folder. Loading checks names against the metric
 registry, so a typo fails at `sllm validate`/`plan` time, never after an hour of generation.
@@ -28,7 +29,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from sllm_lib.errors import JobSpecError
 from sllm_lib.metrics.registry import DEFAULT_METRICS
-from sllm_lib.spec import GenerationSpec, Strict, raise_problems, read_yaml, validation_problems
+from sllm_lib.spec import GateTier, GenerationSpec, Strict, Threshold, raise_problems, read_yaml, validation_problems
 
 TaskType = Literal["asr", "speech_qa", "text_qa", "classification"]
 
@@ -53,7 +54,10 @@ class SuiteTask(Strict):
     labels: list[str] | None = Field(default=None, min_length=2, description="Allowed labels (classification).")
     sample_limit: int | None = Field(default=None, gt=0)
     generation: GenerationOverride = Field(default_factory=GenerationOverride)
-    thresholds: dict[str, float] = Field(default_factory=dict, description="metric -> allowed worsening (>= 0).")
+    thresholds: dict[str, Threshold] = Field(
+        default_factory=dict, description="metric -> allowed worsening: metric units (>= 0) or '5%' of the baseline.")
+    tiers: dict[str, GateTier] = Field(default_factory=dict,
+                                       description="metric -> gate tier (critical, supporting, advisory).")
 
     @model_validator(mode="after")
     def _check(self) -> SuiteTask:
@@ -61,9 +65,6 @@ class SuiteTask(Strict):
             raise ValueError("a classification task needs labels: [..] (the allowed answers)")
         if self.type != "classification" and self.labels:
             raise ValueError(f"labels apply to classification tasks only (this task is {self.type})")
-        bad = {k: v for k, v in self.thresholds.items() if v < 0}
-        if bad:
-            raise ValueError(f"thresholds must be >= 0 (an allowed worsening), got {bad}")
         return self
 
     @property
@@ -98,7 +99,11 @@ class Suite(Strict):
 
     def digest(self) -> str:
         """Content hash of the suite's settings and of every dataset file's bytes (eval reuse key)."""
-        h = hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode())
+        settings = self.model_dump(mode="json")
+        for t in settings["tasks"]:  # a suite written before tiers existed keeps its digest (and its reusable evals)
+            if not t["tiers"]:
+                del t["tiers"]
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for t in self.tasks:
             with open(t.data, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
@@ -116,9 +121,13 @@ def _metric_problems(suite: Suite) -> list[str]:
                 problems.append(f"tasks[{i}].metrics: unknown metric {m!r} (valid: {', '.join(sorted(METRIC_SPECS))})")
             elif METRIC_SPECS[m].needs == "labels" and t.type != "classification":
                 problems.append(f"tasks[{i}].metrics: {m!r} needs labels; only classification tasks have them")
-        for k in [*t.thresholds, *t.metric_options]:
+        for k in [*t.thresholds, *t.metric_options, *t.tiers]:
             if k not in t.metric_names():
                 problems.append(f"tasks[{i}]: settings for {k!r}, which is not among this task's metrics")
+        for k in t.tiers:
+            if k in t.metric_names() and k not in t.thresholds:
+                problems.append(f"tasks[{i}].tiers: {k!r} has a tier but no threshold; only thresholded metrics "
+                                f"are gated (add thresholds: {{{k}: 0.0}} to gate it)")
         if not Path(t.data).is_file():
             problems.append(f"tasks[{i}].data: no such file {t.data}")
     return problems

@@ -164,6 +164,12 @@ def _suite_problems(stage: Any) -> list[str]:
             read_records(t.data, t.record_kind, on_bad_record="fail")
     except SllmError as exc:
         return [f"stage {stage.name!r}: {exc}"]
+    if stage.kind == "nightly_eval":
+        from eval.gates import policy_problems
+
+        found = policy_problems(suite, stage.thresholds, stage.policy)
+        if found:
+            return [f"stage {stage.name!r}: {p}" for p in found]
     if stage.kind == "suite_eval" and stage.model and stage.model.startswith("/") and not (
             Path(stage.model) / "config.json").is_file():
         return [f"stage {stage.name!r}: model {stage.model} is not a model folder (no config.json)"]

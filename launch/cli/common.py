@@ -72,34 +72,36 @@ def _load(spec_path: Path, set_: list[str] | None, cluster: str | None) -> Any:
 
 
 REGRESSION_EXIT = 3
+"""Exit code of `sllm submit`/`sllm nightly` when a nightly's verdict is NO-GO (errors exit 2)."""
+INCONCLUSIVE_EXIT = 4
+"""Exit code when a nightly's verdict is INCONCLUSIVE (too little evidence, or nothing to compare with)."""
 
 
-"""Exit code of `sllm submit`/`sllm nightly` when a nightly gate regressed (errors exit 2)."""
+def _exit_on_verdict(outcome: Any) -> None:
+    """Print each nightly stage's verdict, its reasons and its report; exit 3 on NO-GO, else 4 on INCONCLUSIVE."""
+    from eval.results import VERDICT_LABELS
 
-
-def _exit_on_regression(outcome: Any) -> None:
-    """Print each nightly stage's verdict and report; exit 3 if any regressed."""
-    regressed = False
+    worst = "go"
     for s in outcome.plan.stages:
         if s.kind != "nightly_eval":
             continue
         r = outcome.results[s.name]
-        bad = r.metrics.get("nightly/regression", 0.0) > 0
-        regressed |= bad
         ex = r.extras
-        if bad:
-            verdict = "[red bold]REGRESSION[/]"
-        elif r.metrics.get("nightly/no_baseline", 0.0) > 0:  # the first night gates nothing: not a pass
-            verdict = "[bold]NO BASELINE[/] (first night: nothing gated)"
-        else:
-            verdict = "[green bold]PASS[/]"
-        console.print(f"nightly {ex.get('date')}: {verdict}  candidate v{ex.get('candidate_version')} vs champion "
-                      f"v{ex.get('champion_version') or '-'}, {r.metrics.get('nightly/regressed_gates', 0):.0f} of "
-                      f"{r.metrics.get('nightly/gates', 0):.0f} gates regressed"
-                      + (", promoted" if ex.get("promoted") else ""))
+        verdict = ex.get("verdict") or ("no_go" if r.metrics.get("nightly/regression", 0.0) > 0 else "go")
+        if verdict == "no_go" or (verdict == "inconclusive" and worst == "go"):
+            worst = verdict
+        style = {"go": "green bold", "no_go": "red bold"}.get(verdict, "yellow bold")
+        console.print(f"nightly {ex.get('date')}: [{style}]{VERDICT_LABELS.get(verdict, verdict)}[/]  candidate "
+                      f"v{ex.get('candidate_version')} vs champion v{ex.get('champion_version') or '-'}, "
+                      f"{r.metrics.get('nightly/regressed_gates', 0):.0f} of {r.metrics.get('nightly/gates', 0):.0f} "
+                      "gates regressed" + (", promoted" if ex.get("promoted") else ""), highlight=False)
+        for reason in ex.get("reasons") or []:
+            console.print(f"  - {reason}", highlight=False, markup=False)
         console.print(f"report: {ex.get('report')}", highlight=False)
-    if regressed:
+    if worst == "no_go":
         raise typer.Exit(REGRESSION_EXIT)
+    if worst == "inconclusive":
+        raise typer.Exit(INCONCLUSIVE_EXIT)
 
 
 def _print_outcome(outcome: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from launch.cli.common import ClusterOpt, SetOpt, _exit_on_regression, _load, _print_outcome, app, console, log
+from launch.cli.common import ClusterOpt, SetOpt, _exit_on_verdict, _load, _print_outcome, app, console, log
 from sllm_lib.errors import SllmError
 
 
@@ -34,7 +34,10 @@ def validate(paths: list[Path] = typer.Argument(..., help="Job specs or cluster 
                 problems = folder_problems(Path(spec.output_dir) / spec.name, "output_dir")
                 if problems:  # what `submit` makes first, checked here: validate OK means submit can start
                     raise_problems(str(path), problems)
-                preflight(spec)  # the datasets and the model folder, as plan and submit read them
+                try:
+                    preflight(spec)  # the datasets and the model folder, as plan and submit read them
+                except SllmError as exc:
+                    raise type(exc)(f"{path}: {exc}") from exc
                 console.print(f"OK {path}: job {spec.name!r}, {len(spec.stages)} stages, hash {spec_hash(spec)[:12]}")
         except SllmError as exc:
             failed.append(str(exc))
@@ -149,7 +152,7 @@ def submit(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional
                       f"sllm cancel {p.run_dir}", highlight=False)
         return
     _print_outcome(outcome)
-    _exit_on_regression(outcome)
+    _exit_on_verdict(outcome)
 
 
 def _print_memory(p: Any) -> None:

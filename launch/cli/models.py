@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from launch.cli.common import ClusterOpt, SetOpt, _exit_on_regression, _load, _print_outcome, app, console
+from launch.cli.common import ClusterOpt, SetOpt, _exit_on_verdict, _load, _print_outcome, app, console
 from sllm_lib.errors import SllmError
 
 
@@ -83,9 +83,9 @@ def nightly(spec_path: Path = typer.Argument(..., metavar="SPEC", help="A job wi
                                                                        "(jobs/nightly_eval.yaml)."),
             set_: Optional[list[str]] = SetOpt, cluster: Optional[str] = ClusterOpt,
             date: Optional[str] = typer.Option(None, help="Nightly date YYYY-MM-DD (default: today, UTC)."),
-            promote: bool = typer.Option(False, "--promote", help="Move champion to the candidate if every gate passes."),
+            promote: bool = typer.Option(False, "--promote", help="Move champion to the candidate on GO."),
             ) -> None:
-    """Run a nightly evaluation job: exit 0 on pass, 3 on a regression, 2 on an error.
+    """Run a nightly evaluation job: exit 0 on GO, 3 on NO-GO, 4 on INCONCLUSIVE, 2 on an error.
 
     Equivalent to `sllm submit SPEC` with the nightly stage's date/promote set; a re-run for the same
     date reuses that night's result (nothing is scored or logged twice).
@@ -102,7 +102,7 @@ def nightly(spec_path: Path = typer.Argument(..., metavar="SPEC", help="A job wi
     console.print(f"[bold]{p.spec.name}[/] hash {p.spec_hash[:12]} on {p.profile.name} -> {p.run_dir}")
     outcome = submit_pipeline(p)
     _print_outcome(outcome)
-    _exit_on_regression(outcome)
+    _exit_on_verdict(outcome)
 
 
 @app.command()

@@ -66,6 +66,8 @@ class MetricSpec:
             is no upper bound (CER/WER count insertions, so they can pass 1).
             Every sllm score is a fraction: BLEU is 0-1 (sacrebleu's 0-100 / 100)
             like ROUGE, CER and Distinct; the reports show it (:attr:`scale`).
+        binary_per_sample: Its per-sample values are 0 or 1 and its score is their mean (accuracy, exact
+            match): a nightly gate tests it with McNemar's exact test rather than the bootstrap.
     """
 
     name: str
@@ -76,6 +78,7 @@ class MetricSpec:
     required_options: tuple[str, ...] = ()
     result_name: str = ""
     value_range: tuple[float, float | None] = (0.0, 1.0)
+    binary_per_sample: bool = False
 
     def __post_init__(self) -> None:
         if not self.result_name:
@@ -175,11 +178,12 @@ METRIC_SPECS: dict[str, MetricSpec] = {
         MetricSpec("bleu", True, "text", _bleu, ("tokenize", *NORMALIZER_OPTIONS)),
         MetricSpec("distinct_1", True, "text", _distinct(1), _TOKENIZER_OPT),
         MetricSpec("distinct_2", True, "text", _distinct(2), _TOKENIZER_OPT),
-        MetricSpec("exact_match", True, "text", _exact, NORMALIZER_OPTIONS),
+        MetricSpec("exact_match", True, "text", _exact, NORMALIZER_OPTIONS, binary_per_sample=True),
         MetricSpec("keyword_match", True, "text", _keyword, ("keywords", *NORMALIZER_OPTIONS)),
-        MetricSpec("accuracy", True, "labels", _classification("accuracy"), _LABEL_OPTS),
+        MetricSpec("accuracy", True, "labels", _classification("accuracy"), _LABEL_OPTS, binary_per_sample=True),
         MetricSpec("macro_f1", True, "labels", _classification("macro_f1"), _LABEL_OPTS),
-        MetricSpec("unparseable_rate", False, "labels", _classification("unparseable_rate"), _LABEL_OPTS),
+        MetricSpec("unparseable_rate", False, "labels", _classification("unparseable_rate"), _LABEL_OPTS,
+                   binary_per_sample=True),
         MetricSpec("bertscore_f1", True, "model", _bertscore_f1, _BERT_OPTS, required_options=("model_path",),
                    value_range=(-1.0, 1.0)),  # cosine similarities
         MetricSpec("embedding_similarity", True, "model", _embedding_similarity, ("model_path", "batch_size", "device"),

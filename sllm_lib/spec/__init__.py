@@ -8,11 +8,11 @@ Importing this package must stay cheap (no torch): `sllm validate` uses it. The 
 
 from __future__ import annotations
 
-from sllm_lib.spec.base import RecordKind, Strict, TrainableGroup
+from sllm_lib.spec.base import GateTier, RecordKind, Strict, Threshold, TrainableGroup, parse_threshold
 from sllm_lib.spec.stages import (
     DEFAULT_PRUNE_TARGETS, MODEL_FOLDER_KINDS, MODEL_KINDS, STAGE_MODELS, STAGE_TYPES, TRAIN_KINDS,
     VISION_INSTRUCTION, VISION_PROMPT, AsrAdapterStage, BootstrapSpec, CausalSftStage, CompressionTargets,
-    DataSpec, DatasetRef, DeepSpeedSpec, DistillStage, EvalDatasetRef, EvalStage, GenerationSpec, LoraSpec,
+    DataSpec, DatasetRef, DeepSpeedSpec, DistillStage, EvalDatasetRef, EvalStage, GatePolicySpec, GenerationSpec, LoraSpec,
     MergeStage, MultitaskStage, NightlyEvalStage, PruneStage, QuantSpec, QuantizeStage, RegisterSpec, StageSpec,
     SuiteEvalStage, TextSftStage, TrainSpec, VisionSftStage, render_vision_prompt
 )
@@ -28,10 +28,10 @@ from sllm_lib.spec.load import (
 )
 
 __all__ = [
-    "RecordKind", "Strict", "TrainableGroup", "DEFAULT_PRUNE_TARGETS", "MODEL_FOLDER_KINDS", "MODEL_KINDS",
+    "GateTier", "RecordKind", "Strict", "Threshold", "TrainableGroup", "parse_threshold", "DEFAULT_PRUNE_TARGETS", "MODEL_FOLDER_KINDS", "MODEL_KINDS",
     "STAGE_MODELS", "STAGE_TYPES", "TRAIN_KINDS", "VISION_INSTRUCTION", "VISION_PROMPT", "AsrAdapterStage",
     "BootstrapSpec", "CausalSftStage", "CompressionTargets", "DataSpec", "DatasetRef", "DeepSpeedSpec",
-    "DistillStage", "EvalDatasetRef", "EvalStage", "GenerationSpec", "LoraSpec", "MergeStage", "MultitaskStage",
+    "DistillStage", "EvalDatasetRef", "EvalStage", "GatePolicySpec", "GenerationSpec", "LoraSpec", "MergeStage", "MultitaskStage",
     "NightlyEvalStage", "PruneStage", "QuantSpec", "QuantizeStage", "RegisterSpec", "StageSpec", "SuiteEvalStage",
     "TextSftStage", "TrainSpec", "VisionSftStage", "render_vision_prompt", "CacheSpec", "JobSpec", "ModelSpec",
     "SweepSpec", "TrackingSpec", "ClusterProfile", "LocalProfile", "RayProfile", "SlurmProfile", "raise_problems",

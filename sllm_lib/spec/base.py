@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import re
 import types
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -17,6 +18,38 @@ TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
 TINY_PREFIX = "tiny:"  # model.base: a tiny preset, random weights from a config (sllm_lib.models.builders builds it)
 TINY_PRESETS = ("voxtral", "llama", "llama-half", "llava")  # llama-half: one layer, a distillation student of tiny:llama
 NAME_MAX = 100  # characters of a job, stage or profile name: it becomes a folder name and part of MLflow names
+
+GateTier = Literal["critical", "supporting", "advisory"]
+"""How much a gated metric weighs in a nightly verdict: a critical regression is NO-GO and a critical metric without
+enough evidence is INCONCLUSIVE; a supporting regression only downgrades GO to INCONCLUSIVE; advisory never gates."""
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+
+
+def parse_threshold(value: float | str) -> tuple[float, bool]:
+    """A gate threshold as (amount, relative): 0.01 is an absolute allowed worsening in metric units, "5%" is
+    relative (5 % of the baseline's value)."""
+    if isinstance(value, str):
+        m = _RELATIVE.match(value)
+        if not m:
+            raise ValueError(f"expected a number >= 0 (metric units) or a percentage such as '5%', got {value!r}")
+        return float(m.group(1)) / 100.0, True
+    return float(value), False
+
+
+def _check_threshold(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number >= 0 (metric units) or a percentage such as '5%', got {value!r}")
+    amount, relative = parse_threshold(value)
+    if amount < 0:
+        raise ValueError(f"a threshold is an allowed worsening: >= 0, got {value!r}")
+    if relative and amount > 10:
+        raise ValueError(f"a relative threshold is at most 1000%, got {value!r}")
+    return value if relative else float(value)
+
+
+Threshold = Annotated[float | str, BeforeValidator(_check_threshold)]
+"""A gate's allowed worsening: a number in metric units (cer: 0.01) or a percentage of the baseline ("5%")."""
 
 
 class Strict(BaseModel):

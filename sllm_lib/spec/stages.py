@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from sllm_lib.spec.base import NAME_MAX, RecordKind, Strict, TrainableGroup
+from sllm_lib.spec.base import NAME_MAX, GateTier, RecordKind, Strict, Threshold, TrainableGroup
 
 
 class DatasetRef(Strict):
@@ -510,6 +510,36 @@ class BootstrapSpec(Strict):
     seed: int = 0
 
 
+class GatePolicySpec(Strict):
+    """How the nightly's gates make one verdict: GO, NO-GO or INCONCLUSIVE (docs/nightly.md, "Gate policy").
+
+    A stage without `policy:` keeps the original rules: every thresholded metric is critical, a loss inside the
+    noise or a metric the champion lacks does not block, and only a night with nothing compared is INCONCLUSIVE.
+    """
+
+    tiers: dict[str, GateTier] = Field(
+        default_factory=dict,
+        description="'task/metric' or 'metric' -> critical | supporting | advisory; beats the suite's tiers.")
+    default_tier: GateTier = Field(default="critical", description="Tier of a gated metric no tier names.")
+    min_items: int = Field(default=20, ge=1, le=1_000_000,
+                           description="Fewer paired samples than this on a gate is too little evidence.")
+    uncertain: Literal["inconclusive", "go"] = Field(
+        default="inconclusive",
+        description="What a critical gate without enough evidence does to the verdict: a loss beyond the threshold "
+                    "whose interval includes zero, fewer than min_items pairs, or no baseline value.")
+    paired_test: Literal["auto", "bootstrap"] = Field(
+        default="auto", description="auto: McNemar's exact test for per-sample 0/1 metrics (accuracy, exact match), "
+                                    "the paired bootstrap for the rest; bootstrap: the bootstrap for all.")
+    promote_first: bool = Field(
+        default=True, description="With --promote and no champion yet, the candidate becomes the first champion "
+                                  "although nothing could be gated (the night is INCONCLUSIVE all the same).")
+
+    @classmethod
+    def legacy(cls) -> GatePolicySpec:
+        """The rules of a nightly spec written before policies: what `policy:` absent means."""
+        return cls(min_items=1, uncertain="go", paired_test="bootstrap")
+
+
 class NightlyEvalStage(_StageBase):
     """Score the registry's candidate (and latest versions) against the champion; gate, report, maybe promote."""
 
@@ -524,14 +554,17 @@ class NightlyEvalStage(_StageBase):
                                  description="Also score the N newest versions not otherwise picked (reported only).")
     date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$",
                              description="Nightly date YYYY-MM-DD (UTC); default today. One result per date.")
-    thresholds: dict[str, float] = Field(
+    thresholds: dict[str, Threshold] = Field(
         default_factory=dict,
         description="Allowed worsening per metric before a gate fails, as 'task/metric' or 'metric' -> amount in "
-                    "metric units (e.g. cer: 0.01); overrides the suite's; default 0 (any significant loss).",
+                    "metric units (cer: 0.01) or relative to the baseline ('5%'); overrides the suite's.",
     )
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+    policy: GatePolicySpec | None = Field(
+        default=None, description="Gate tiers and evidence rules for the GO / NO-GO / INCONCLUSIVE verdict; "
+                                  "absent: every gate critical, the original rules (GatePolicySpec.legacy).")
     compare_previous: bool = Field(default=True, description="Also gate against the previous nightly's candidate.")
-    promote: bool = Field(default=False, description="Move the champion alias to the candidate when every gate passes.")
+    promote: bool = Field(default=False, description="Move the champion alias to the candidate when the verdict is GO.")
     reuse_evals: Literal["same_date", "always", "never"] = Field(
         default="same_date",
         description="Reuse an earlier evaluation of the same model version and suite: same_date (idempotent "

@@ -124,8 +124,8 @@ def test_degraded_candidate_is_a_regression_and_reruns_do_not_duplicate(tmp_path
     assert asr["candidate_value"] > asr["baseline_value"] and asr["ci_high"] < 0 and asr["n_samples"] == 8
     assert result["worst_samples"] and all(w["loss"] > 0 for w in result["worst_samples"])
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert "REGRESSION" in html and 'id="gates"' in html
-    assert "REGRESSION" in (out / "summary.md").read_text(encoding="utf-8")
+    assert "<title>NO-GO" in html and 'id="gates"' in html
+    assert "NO-GO" in (out / "summary.md").read_text(encoding="utf-8")
     client = MlflowClient(tracking_uri=uri)
     assert str(client.get_model_version_by_alias("it-model", "champion").version) == champ  # not promoted
 
@@ -175,6 +175,45 @@ def test_tie_passes_promotes_and_trend_spans_nights(tmp_path: Path, models) -> N
     assert all(m["reused"] for m in result["models"] if m["role"] in ("candidate", "champion"))
     client = MlflowClient(tracking_uri=uri)
     assert str(client.get_model_version_by_alias("it-model", "champion").version) == cand != champ
+
+
+def test_first_night_is_inconclusive_and_a_policy_decides(tmp_path: Path, models) -> None:
+    """No champion yet: INCONCLUSIVE, exit 4, and --promote makes the candidate the first champion. The next night
+    (babbling candidate vs that champion) under `policy: {min_items: 20}`: 8 paired samples per gate are too few
+    for a critical gate, so INCONCLUSIVE (exit 4) where the original rules say NO-GO (exit 3)."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "runs").mkdir()
+    uri = _uri(tmp_path)
+    first = _register(uri, models["silent"], "it-model", "candidate")
+    job = _job(tmp_path, promote=True)
+    assert _nightly(job, "--date", "2026-11-19") == 4
+    result = json.loads((tmp_path / "reports" / "2026-11-19" / "result.json").read_text(encoding="utf-8"))
+    assert result["verdict"] == "inconclusive" and result["promoted"] is True
+    assert result["reasons"] == ["no baseline to compare with (no champion yet, or it lacks every gated metric): "
+                                 "nothing was gated"]
+    assert any("as the first champion" in n for n in result["notes"])
+    client = MlflowClient(tracking_uri=uri)
+    assert str(client.get_model_version_by_alias("it-model", "champion").version) == first
+    run, = client.search_runs([client.get_experiment_by_name("nightly").experiment_id],
+                              "tags.`sllm.nightly.suite` = 'nightly_it' and tags.`sllm.nightly.date` = '2026-11-19'")
+    assert run.data.tags["sllm.nightly.verdict"] == "inconclusive" and run.data.metrics["nightly/inconclusive"] == 1
+
+    cand = _register(uri, models["random"], "it-model", "candidate")
+    strict = _job(tmp_path, promote=True, compare_previous=False,
+                  policy={"min_items": 20, "tiers": {"text_qa/rougeL": "advisory"}})
+    assert _nightly(strict, "--date", DATE) == 4
+    result = json.loads((tmp_path / "reports" / DATE / "result.json").read_text(encoding="utf-8"))
+    assert result["verdict"] == "inconclusive" and result["promoted"] is False
+    tiers = {(g["task"], g["metric"]): (g["tier"], g["status"]) for g in result["gates"]}
+    assert tiers == {("asr", "cer"): ("critical", "insufficient"), ("text_qa", "cer"): ("critical", "insufficient"),
+                     ("text_qa", "rougeL"): ("advisory", "insufficient")}
+    assert "asr/cer (critical) against the champion has 8 paired samples, the policy needs 20" in result["reasons"]
+    assert any("at least 20 paired samples" in line for line in result["policy"])
+    html = (tmp_path / "reports" / DATE / "report.html").read_text(encoding="utf-8")
+    assert "<title>INCONCLUSIVE" in html and 'data-tier="advisory"' in html
+    assert str(client.get_model_version_by_alias("it-model", "champion").version) == first != cand
+    assert _nightly(_job(tmp_path, compare_previous=False), "--date", "2026-11-21") == 3  # the original rules
 
 
 def test_missing_candidate_fails_before_anything_runs(tmp_path: Path) -> None:

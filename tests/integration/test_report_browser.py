@@ -80,7 +80,7 @@ def _colour_stats(data: bytes, step: int = 7) -> tuple[int, float, int]:
         px = [tuple(r[x * bpp:x * bpp + 3]) for r in rows[::step] for x in range(0, w, step)]
     bg = max(set(px), key=px.count)
     ink = sum(p != bg for p in px) / len(px)
-    red = sum(1 for r, g, b in px if r > 150 and g < 60 and b < 60)  # the REGRESSION banner (#b91c1c)
+    red = sum(1 for r, g, b in px if r > 150 and g < 60 and b < 60)  # the NO-GO banner (#b91c1c)
     return len(set(px)), ink, red
 
 
@@ -104,17 +104,17 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     assert len(data) > 60_000, f"screenshot is only {len(data)} bytes: blank page?"
     colours, ink, red = _colour_stats(data)
     assert colours > 50 and ink > 0.05, f"screenshot looks blank: {colours} colours, {ink:.1%} non-background"
-    assert red > 100, "no red REGRESSION banner in the screenshot"
+    assert red > 100, "no red NO-GO banner in the screenshot"
     if os.environ.get("SLLM_REPORT_SCREENSHOT"):  # keep a copy to look at
         shutil.copyfile(shot, os.environ["SLLM_REPORT_SCREENSHOT"])
 
     # the DOM after rendering: every section, and what each must show
     assert dom.strip(), "chromium --dump-dom printed nothing"
     summary = re.search(r'<section id="summary">(.*?)</section>', dom, re.S)
-    assert summary and 'class="verdict regression"' in summary.group(1) and "REGRESSION" in summary.group(1)
+    assert summary and 'class="verdict no-go"' in summary.group(1) and "NO-GO" in summary.group(1)
     gates = re.search(r'<section id="gates">(.*?)</section>', dom, re.S)
     assert gates and len(re.findall(r'<tr class="gate status-', gates.group(1))) == len(result.gates)
-    assert 'class="gate status-regression"' in gates.group(1)
+    assert 'class="gate status-regression tier-critical"' in gates.group(1)
     trends = re.search(r'<section id="trends">(.*?)</section>', dom, re.S)
     assert trends
     plots = re.findall(r'<figure class="trend-plot" data-metric="([^"]+)">(.*?)</figure>', trends.group(1), re.S)

@@ -42,6 +42,10 @@ def make_result() -> NightlyResult:
                    "improved", 300),
         GateResult("qa_ko", "f1", "champion", champ.label, 0.71, None, None, None, None, 0.01, True,
                    "no_baseline", 300),
+        GateResult("qa_ko", "accuracy", "champion", champ.label, 0.60, 0.62, -0.02, -0.05, 0.01, 0.012, True,
+                   "insufficient", 12, tier="supporting", threshold_spec="2%", min_items=20),
+        GateResult("summ_ko", "exact_match", "champion", champ.label, 0.50, 0.60, -0.10, -0.2, -0.01, 0.0, True,
+                   "regression", 80, tier="advisory", test="mcnemar", p_value=0.0123, wins=3, losses=11),
     ]
     trends = {
         "asr_ko/cer": [TrendPoint("2026-11-14", "9", 0.121), TrendPoint("2026-11-15", "10", 0.125),
@@ -62,7 +66,10 @@ def make_result() -> NightlyResult:
         date="2026-11-20", suite="medical_ko_v2", registered_model="sllm-ko-med", models=[cand, champ], gates=gates,
         trends=trends, worst_samples=worst, regression=True, promoted=False,
         notes=["asr_ko/cer regressed against the champion", "필수 노트: 한국어 메모 & <태그>"],
-        confidence=0.95, nightly_run_id="nightly-2026-11-20",
+        confidence=0.95, nightly_run_id="nightly-2026-11-20", verdict="no_go",
+        reasons=["asr_ko/cer (critical) against the champion regressed: -0.024, allowed -0.005"],
+        policy=["tiers: qa_ko/accuracy: supporting; others critical (or the suite's tier)",
+                "at least 20 paired samples per gate"],
     )
 
 
@@ -92,18 +99,19 @@ def test_html_is_one_document_with_every_section(page: str):
 
 def test_verdict_banner(page: str, result: NightlyResult):
     summary = _section(page, "summary")
-    assert 'class="verdict regression"' in summary and "REGRESSION" in summary
+    assert 'class="verdict no-go"' in summary and "NO-GO" in summary
     assert result.date in summary and result.suite in summary and result.registered_model in summary
     assert "not promoted" in summary
     assert "한국어 메모 &amp; &lt;태그&gt;" in summary  # notes escaped
+    assert '<ul class="reasons" data-verdict="no-go"><li>asr_ko/cer (critical) against the champion regressed' \
+        in summary  # the verdict says why
+    assert "Gate policy" in summary and "at least 20 paired samples per gate" in summary
 
-    result.regression, result.promoted = False, True
-    try:
-        ok = render_html(result)
-    finally:
-        result.regression, result.promoted = True, False
-    assert 'class="verdict pass"' in _section(ok, "summary") and "champion promoted" in ok
-    assert 'class="verdict regression"' not in ok
+    import dataclasses
+
+    ok = render_html(dataclasses.replace(result, regression=False, promoted=True, verdict="go", reasons=[]))
+    assert 'class="verdict go"' in _section(ok, "summary") and "champion promoted" in ok
+    assert 'class="verdict no-go"' not in ok and "<title>GO ·" in ok
 
 
 def test_models_table(page: str):
@@ -116,11 +124,15 @@ def test_models_table(page: str):
 
 def test_gates_table_has_every_status_and_highlights_regressions(page: str):
     gates = _section(page, "gates")
-    rows = re.findall(r'<tr class="gate status-(\w+)"', gates)
-    assert sorted(rows) == sorted(["regression", "within_noise", "pass", "improved", "no_baseline"])
-    assert rows[0] == "regression"  # worst first
-    for status in ("regression", "within_noise", "pass", "improved", "no_baseline"):
+    rows = re.findall(r'<tr class="gate status-(\w+) tier-(\w+)"', gates)
+    assert sorted(s for s, _ in rows) == sorted(["regression", "within_noise", "pass", "improved", "no_baseline",
+                                                 "insufficient", "regression"])
+    assert rows[0] == ("regression", "critical")  # critical first, worst first
+    assert [t for _, t in rows] == ["critical"] * 5 + ["supporting", "advisory"]
+    for status in ("regression", "within_noise", "pass", "improved", "no_baseline", "insufficient"):
         assert f'<span class="status {status}">' in gates
+    assert "McNemar p=0.0123 (+3/−11)" in gates and "bootstrap" in gates  # the paired test of each row
+    assert "2% = 0.0120" in gates  # a relative threshold with its value in metric units
     assert "95% CI" in gates
     assert "[−0.0310, −0.0170]" in gates  # the regressed gate's interval
     assert "0.1420" in gates and "0.1180" in gates
@@ -178,35 +190,38 @@ def test_empty_result_renders():
     page = render_html(empty)
     for sid in ("summary", "models", "gates", "trends", "tasks", "worst"):
         assert f'id="{sid}"' in page
-    assert 'class="verdict no-baseline"' in page and "NO BASELINE" in page  # nothing gated is not a pass
+    assert 'class="verdict inconclusive"' in page and "INCONCLUSIVE" in page  # nothing gated is not a GO
     assert page.count('class="trend-plot"') == 1
     md = render_markdown(empty)
-    assert "NO BASELINE" in md and "PASS" not in md
+    assert "INCONCLUSIVE" in md and "GO**" not in md
 
 
-def test_a_first_night_is_not_a_pass(result: NightlyResult):
-    """Every gate without a baseline (no champion yet): the verdict says so in the report, the summary and the
-    title, and is not PASS; one gate with a baseline that did not regress is a PASS."""
+def test_a_first_night_is_not_a_go(result: NightlyResult):
+    """A night decided INCONCLUSIVE (no champion yet): the title, the banner, its reasons and the summary say so."""
     import dataclasses
 
-    first = dataclasses.replace(result, regression=False, promoted=False,
+    first = dataclasses.replace(result, regression=False, promoted=False, verdict="inconclusive",
+                                reasons=["no gate compared anything (no champion yet, or no paired samples): "
+                                         "nothing was gated"],
                                 gates=[dataclasses.replace(g, status="no_baseline") for g in result.gates])
-    assert first.verdict == "no_baseline"
     page, md = render_html(first), render_markdown(first)
-    assert "<title>NO BASELINE" in page and 'class="verdict no-baseline"' in page
-    assert "first night: no gate has a baseline" in page
-    assert "NO BASELINE" in md and "PASS" not in md.splitlines()[2]
-    passed = dataclasses.replace(first, gates=[dataclasses.replace(first.gates[0], status="pass"), *first.gates[1:]])
-    assert passed.verdict == "pass" and 'class="verdict pass"' in render_html(passed)
-    assert dataclasses.replace(result, regression=True).verdict == "regression"
+    assert "<title>INCONCLUSIVE" in page and 'class="verdict inconclusive"' in page
+    assert "no gate compared anything" in _section(page, "summary")
+    assert "INCONCLUSIVE" in md.splitlines()[2] and "no gate compared anything" in md
+    old = NightlyResult.from_dict({k: v for k, v in first.to_dict().items() if k not in ("verdict", "reasons")})
+    assert old.verdict == "inconclusive" and old.reasons == []  # a result.json from before verdicts still loads
+    assert NightlyResult.from_dict({**result.to_dict(), "verdict": None}).verdict == "no_go"
 
 
 def test_markdown_summary(result: NightlyResult):
     md = render_markdown(result)
-    assert "REGRESSION" in md.splitlines()[2]
-    gate_rows = [l for l in md.splitlines() if l.startswith("| asr_ko | cer (≥0) |")]
-    assert len(gate_rows) == 1 and "**regression**" in gate_rows[0]
-    assert "| qa_ko | f1 |" in md  # five gates: all shown
+    assert "NO-GO" in md.splitlines()[2]
+    assert "- asr_ko/cer (critical) against the champion regressed" in md  # the reasons
+    gate_rows = [l for l in md.splitlines() if l.startswith("| critical | asr_ko | cer (≥0) |")]
+    assert len(gate_rows) == 1 and "**regression**" in gate_rows[0] and "| bootstrap |" in gate_rows[0]
+    assert "| critical | qa_ko | f1 |" in md  # seven gates: all shown
+    assert "| advisory | summ_ko | exact_match (0-1) |" in md and "McNemar p=0.0123" in md
+    assert "### Gate policy" in md
     assert "### Worst samples" in md and "asr-017" in md
     assert "\\<script\\>" in md and "<script>" not in md
     assert "\\|" in md  # a pipe inside a cell is escaped
@@ -220,7 +235,7 @@ def test_markdown_hides_passing_gates_when_many(result: NightlyResult):
                                      "pass", 10))
     md = render_markdown(many)
     assert "extra3" not in md and "| summ_ko | rouge_l |" not in md  # passing gates hidden
-    assert "| asr_ko | cer (≥0) |" in md and "passing gate(s) not shown" in md
+    assert "| critical | asr_ko | cer (≥0) |" in md and "passing gate(s) not shown" in md
 
 
 def test_write_report_roundtrip_and_idempotent(tmp_path: Path, result: NightlyResult):
@@ -240,9 +255,9 @@ def test_write_report_roundtrip_and_idempotent(tmp_path: Path, result: NightlyRe
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "result.json", "summary.md"]  # no temp files
 
     changed = NightlyResult.from_dict(result.to_dict())
-    changed.regression = False
+    changed.regression, changed.verdict = False, "go"
     write_report(changed, out)
-    assert 'class="verdict pass"' in paths["html"].read_text(encoding="utf-8")
+    assert 'class="verdict go"' in paths["html"].read_text(encoding="utf-8")
     assert NightlyResult.from_dict(json.loads(paths["json"].read_text(encoding="utf-8"))).regression is False
 
 

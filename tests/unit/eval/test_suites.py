@@ -50,7 +50,11 @@ def test_digest_changes_with_the_data(tmp_path: Path) -> None:
     ({"name": "q", "type": "text_qa", "data": str(SAMPLE / "text_qa_val.jsonl"), "thresholds": {"cer": 0.1}},
      "not among this task's metrics"),
     ({"name": "q", "type": "text_qa", "data": str(SAMPLE / "text_qa_val.jsonl"), "metrics": ["cer"],
-      "thresholds": {"cer": -0.1}}, "thresholds must be >= 0"),
+      "thresholds": {"cer": -0.1}}, "threshold is an allowed worsening: >= 0"),
+    ({"name": "q", "type": "text_qa", "data": str(SAMPLE / "text_qa_val.jsonl"), "metrics": ["cer"],
+      "thresholds": {"cer": "five"}}, "tasks[0].thresholds.cer"),
+    ({"name": "q", "type": "text_qa", "data": str(SAMPLE / "text_qa_val.jsonl"), "metrics": ["cer"],
+      "thresholds": {"cer": 0.1}, "tiers": {"cer": "blocking"}}, "tasks[0].tiers.cer"),
     ({"name": "q", "type": "txt_qa", "data": str(SAMPLE / "text_qa_val.jsonl")}, "tasks[0].type"),
 ])
 def test_bad_suite_names_file_and_field(tmp_path: Path, task: dict, needle: str) -> None:
