@@ -262,6 +262,22 @@ def trends(past: list[Any], today_date: str, cand: ModelEval) -> dict[str, list[
 # ------------------------------------------------------------------------------------------ the stage
 
 
+def _lineage_cost(uri: str, m: ModelEval) -> None:
+    """What the model cost to train: GPU-hours and cost along the lineage of the run that produced it."""
+    from sllm_lib.tracking.lineage import run_usage_total
+
+    if not m.source_run_id:
+        return
+    try:
+        total = run_usage_total(uri, m.source_run_id)
+    except Exception as exc:  # the report is still worth having without a cost column
+        log.warning("nightly: lineage usage of %s unreadable (%s); no cost shown", m.label, exc)
+        return
+    if total.runs:
+        m.gpu_hours = total.gpu_hours
+        m.cost = total.cost_text()
+
+
 def _experiment_id(client: Any, ctx: StageContext) -> str:
     return client.get_run(ctx.run_id).info.experiment_id
 
@@ -283,6 +299,8 @@ def run_nightly(stage: Any, ctx: StageContext) -> StageResult:
               for role, mv in picked]
     cand = models[0]
     champ = next((m for m in models if m.role == "champion"), None)
+    for m in models:
+        _lineage_cost(ctx.tracking_uri, m)
     past = past_nightlies(client, exp, stage, suite, before=date, limit=stage.trend_nights)
     prev = previous_candidate(client, past[0]) if (past and stage.compare_previous) else None
     policy = stage.policy or GatePolicySpec.legacy()

@@ -27,6 +27,7 @@ from typing import Any
 from eval.results import VERDICT_LABELS, GateResult, ModelEval, NightlyResult, TrendPoint
 from sllm_lib.files import write_text_atomic
 from sllm_lib.metrics.registry import metric_scale
+from sllm_lib.usage import format_gpu_hours
 
 __all__ = ["render_html", "render_markdown", "write_report", "STATUS_ORDER", "STATUS_LABELS"]
 
@@ -405,12 +406,16 @@ def _models_html(result: NightlyResult) -> str:
             f'<td class="mono">{_e(m.eval_run_id or "—")}</td><td class="mono">{_e(m.source_run_id or "—")}</td>'
             f'<td class="num">{_num(m.samples_per_s) if m.samples_per_s is not None else "—"}</td>'
             f'<td class="num">{n_samples}</td>'
-            f'<td>{"reused" if m.reused else "fresh"}</td></tr>'
+            f'<td>{"reused" if m.reused else "fresh"}</td>'
+            f'<td class="num">{_e(format_gpu_hours(m.gpu_hours)) if m.gpu_hours is not None else "—"}</td>'
+            f'<td class="num">{_e(m.cost or "—")}</td></tr>'
         )
     return (
         '<section id="models"><h2>Models evaluated</h2><table><thead><tr><th>Role</th><th>Model</th>'
         '<th>Eval run</th><th>Source run</th><th class="num">Samples/s</th><th class="num">Samples</th>'
-        '<th>Results</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></section>"
+        '<th>Results</th><th class="num" title="GPU-hours along the lineage of the run that produced it: every '
+        'attempt, requeues and sweep points">Training GPU-hours</th><th class="num">Training cost</th></tr></thead>'
+        '<tbody>' + "".join(rows) + "</tbody></table></section>"
     )
 
 
@@ -643,11 +648,13 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
             )
         lines.append("")
     if result.models:
-        lines += ["### Models", "", "| role | model | eval run | samples/s | reused |", "|---|---|---|---:|---|"]
+        lines += ["### Models", "", "| role | model | eval run | samples/s | reused | training GPU-hours | cost |",
+                  "|---|---|---|---:|---|---:|---:|"]
         for m in result.models:
             sps = _num(m.samples_per_s) if m.samples_per_s is not None else "—"
+            hours = format_gpu_hours(m.gpu_hours) if m.gpu_hours is not None else "—"
             lines.append(f"| {_md(m.role)} | {_md(m.label)} | {_md(m.eval_run_id or '—')} | {sps} "
-                         f"| {'yes' if m.reused else 'no'} |")
+                         f"| {'yes' if m.reused else 'no'} | {hours} | {_md(m.cost or '—')} |")
         lines.append("")
     if result.notes:
         lines += ["### Notes", ""] + [f"- {_md(n)}" for n in result.notes] + [""]

@@ -49,6 +49,8 @@ class ModelEval:
     samples: dict[str, list[SampleScore]] = field(default_factory=dict)
     samples_per_s: float | None = None
     reused: bool = False  # results read back from an earlier run, not re-generated
+    gpu_hours: float | None = None  # along the lineage of the run that produced it (every attempt, sweep points)
+    cost: str | None = None  # that lineage's cost ("12.50 USD"), when its profiles had a price
 
     @property
     def label(self) -> str:

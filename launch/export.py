@@ -18,6 +18,7 @@ from typing import Any
 from sllm_lib.errors import SllmError, SubmissionError
 from sllm_lib.files import MANIFEST, building_folder, write_text_atomic
 from sllm_lib.models.variants import KEPT_MANIFEST, VARIANTS, measure_cpu, write_variant
+from sllm_lib.usage import format_gpu_hours
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,22 @@ def model_card(folder: Path, manifest: dict[str, Any], lineage: Any, metrics: di
         lines.append(f"Exported from a folder; stages recorded in its manifest: "
                      f"{', '.join(Path(c).parent.name for c in manifest.get('chain', [])) or '-'}.")
     else:
-        lines += ["| stage | kind | MLflow run | datasets | key metrics |", "| --- | --- | --- | --- | --- |"]
+        lines += ["| stage | kind | MLflow run | datasets | key metrics | GPU-hours |",
+                  "| --- | --- | --- | --- | --- | ---: |"]
         for n in _nodes(lineage.root):
             data = "<br>".join(f"{d['name']} ({d.get('context') or 'data'}, sha {str(d['digest'])[:12]})"
                                for d in n.datasets) or "-"
             m = metrics.get(n.run_id, {})
             key = ", ".join(f"{k.split('/', 1)[1]} {v:.4g}" for k, v in sorted(m.items())[:6]) or "-"
-            lines.append(f"| {n.stage} | {n.kind} | `{n.run_id}` | {data} | {key} |")
+            hours = format_gpu_hours(n.usage.gpu_hours) if n.usage else "-"
+            lines.append(f"| {n.stage} | {n.kind} | `{n.run_id}` | {data} | {key} | {hours} |")
+        total = lineage.usage
+        if total.runs:
+            lines += ["", f"Compute: {format_gpu_hours(total.gpu_hours)} GPU-hours over {total.runs} stage runs "
+                          f"(every attempt, requeues and sweep points included"
+                      + (f"; {format_gpu_hours(total.interrupted_gpu_hours)} in interrupted attempts"
+                         if total.interrupted_gpu_hours else "")
+                      + f"), {total.wall_s / 3600:.2f} hours of wall time; cost {total.cost_text()}."]
         lines += evaluation_lines(lineage.evaluations)
     loader = "VoxtralForConditionalGeneration" if config.get("model_type") == "voxtral" else "AutoModelForCausalLM"
     where = repo_id or load_from or str(folder)

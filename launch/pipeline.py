@@ -401,6 +401,21 @@ class _Runs:
                 f"[{r.name}@{r.alias}]({ui_link(f'models/{r.name}')})" for r in regs) + "."]
         self._tracker(parent_id).set_tags({TAG_NOTE: "\n".join(lines)})
 
+    def log_usage(self, parent_id: str) -> None:
+        """The pipeline run's GPU-hours (and cost): every attempt of every stage and sweep point in its run folder."""
+        from sllm_lib.usage import format_gpu_hours, run_usage
+
+        profile = self.plan.profile
+        usage = run_usage(self.plan.run_dir, cost_per_gpu_hour=profile.cost_per_gpu_hour, currency=profile.currency)
+        try:
+            tracker = self._tracker(parent_id)
+            tracker.log_metrics(usage.metrics())
+            tracker.set_tags(usage.tags())
+        except Exception as exc:  # accounting never fails a pipeline, nor hides why one failed
+            log.warning("pipeline usage not logged (%s: %s)", type(exc).__name__, exc)
+        log.info("pipeline usage: %s GPU-hours over %d attempt(s)%s", format_gpu_hours(usage.gpu_hours),
+                 len(usage.attempts), "" if usage.cost is None else f", {usage.cost:.2f} {usage.currency}")
+
     def close(self, run_id: str, *, ok: bool, output: str | None = None) -> None:
         from sllm_lib.tracking.tracker import TAG_OUTPUT
 
@@ -421,6 +436,8 @@ def _request(plan: Plan, ps: PlannedStage, *, resolved: Path, uri: str, run_id: 
         chain=[str(plan.stage_dir(c) / "output") for c in ps.chain],
         upstream_output=str(plan.stage_dir(up) / "output") if up else None,
         upstream_kind=spec.stage(up).kind if up else None, single_process=not spec.stage(ps.name).trains,
+        gpus=plan.profile.stage_gpus(not spec.stage(ps.name).trains),
+        cost_per_gpu_hour=plan.profile.cost_per_gpu_hour, currency=plan.profile.currency,
     )
 
 
@@ -622,8 +639,10 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False
             results[name] = _wait(plan, state, runs, name, state.stages[name], pending.pop(name))
     except BaseException:
         _cancel_rest(plan, state, runs, pending)
+        runs.log_usage(parent_id)
         runs.close(parent_id, ok=False)
         raise
+    runs.log_usage(parent_id)
     runs.describe_pipeline(parent_id, run_ids)
     runs.close(parent_id, ok=True)
     return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results, run_ids=run_ids,

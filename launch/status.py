@@ -29,6 +29,28 @@ class StageStatus:
     error: str  # last log lines of a failed stage
     starts: int  # times the stage function started (1 + requeues/re-runs)
     last_lines: str = ""  # last lines of the stage's log, whatever its state
+    gpu_hours: str = "-"  # every attempt's (sllm_lib/usage.py), with the interrupted attempts' share
+    cost: str = "-"  # GPU-hours x the profile's cost_per_gpu_hour, when it has one
+
+
+def usage_cells(stage_dir: Path) -> tuple[str, str]:
+    """(GPU-hours, cost) of a stage (or a sweep's points) for a table: '0.250 (0.083 interrupted)', '2.50 USD'."""
+    from sllm_lib.usage import USAGE_DIR, StageUsage, format_gpu_hours, read_attempts
+
+    folders = [f.parent for f in sorted(stage_dir.glob(f"**/{USAGE_DIR}")) if f.is_dir()]
+    attempts = [a for folder in folders for a in read_attempts(folder)]
+    if not attempts:
+        return "-", "-"
+    rate, currency = None, "USD"
+    try:  # the price travels in the stage's request (the profile's at submission)
+        req = json.loads((stage_dir / "request.json").read_text(encoding="utf-8"))
+        rate, currency = req.get("cost_per_gpu_hour"), req.get("currency") or "USD"
+    except (OSError, ValueError):
+        pass
+    usage = StageUsage(attempts, cost_per_gpu_hour=rate, currency=currency)
+    lost = usage.interrupted_gpu_hours()
+    hours = format_gpu_hours(usage.gpu_hours) + (f" ({format_gpu_hours(lost)} interrupted)" if lost else "")
+    return hours, "-" if usage.cost is None else f"{usage.cost:,.2f} {usage.currency}"
 
 
 def find_state_files(target: Path, *, missing_ok: bool = False) -> list[Path]:
@@ -150,9 +172,10 @@ def stage_statuses(state_file: Path) -> list[StageStatus]:
         if elapsed in ("-", ""):
             elapsed = _elapsed(stage_dir, e.status or "", running=not e.finished and sched == "RUNNING")
         tail = _log_tail(stage_dir)
+        gpu_hours, cost = usage_cells(stage_dir)
         out.append(StageStatus(stage=name, status=e.status or "-", job_id=job_id, scheduler_state=sched,
                                elapsed=elapsed, run_id=e.run_id or "-", error=tail if failed else "",
-                               starts=_starts(stage_dir), last_lines=tail))
+                               starts=_starts(stage_dir), last_lines=tail, gpu_hours=gpu_hours, cost=cost))
     return out
 
 

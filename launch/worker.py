@@ -98,12 +98,18 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
     )
     log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
              ctx.world_size)
+    recorder = None
     if rank == 0:
         _record_attempt(req)
+        from sllm_lib.usage import AttemptRecorder
+
+        recorder = AttemptRecorder(Path(req.stage_dir), gpus=req.gpus)
+        recorder.start()
     # the stage's own run reflects when it really runs and ends (a detached launcher is not there to do it)
     ctx.tracker.set_status("RUNNING")
     cache = _activate_cache(job, stage)
     clean = False
+    ended = "failed"
     try:
         result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
         if cache is not None:
@@ -115,12 +121,15 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
             ctx.tracker.log_metrics({f"cache/{k}": float(v) for k, v in stats.items()})
         if rank == 0:
             _log_output_model(stage, ctx, result)
+            ended = "completed"
+            result.extras["usage"] = _account(req, ctx, recorder, ended)
             write_json_atomic(req.result_file, result.to_dict())
         ctx.tracker.set_status("FINISHED")
         clean = True
         return result
     except StageInterrupted:
         clean = True  # every rank stopped at the same step (all-reduced)
+        ended = "interrupted"
         raise  # requeued: the run goes on in the next attempt
     except BaseException:
         ctx.tracker.set_status("FAILED")
@@ -131,6 +140,8 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
 
             set_feature_cache(None)
         if rank == 0:
+            if ended != "completed":
+                _account(req, ctx, recorder, ended)
             _log_stage_files(req, stage, ctx)
         flush = getattr(ctx.tracker, "flush", None)
         if flush is not None:
@@ -190,6 +201,26 @@ def _log_stage_files(req: LaunchRequest, stage: Any, ctx: StageContext) -> None:
     except Exception as exc:  # never raised: this runs in the stage's `finally`, where it would hide the cause
         log.warning("tracking: stage %s's config and log were not logged as artifacts (%s: %s)", stage.name,
                     type(exc).__name__, exc)
+
+
+def _account(req: LaunchRequest, ctx: StageContext, recorder: Any, ended: str) -> dict[str, Any]:
+    """End this attempt and record the stage's usage so far (every attempt in its folder): usage.json beside the
+    stage, usage/* (and cost/amount with a price) metrics and start/end tags on its run. Never raises."""
+    from sllm_lib.usage import USAGE_FILE, stage_usage
+
+    try:
+        recorder.finish(ended)
+        usage = stage_usage(Path(req.stage_dir), cost_per_gpu_hour=req.cost_per_gpu_hour, currency=req.currency)
+        summary = usage.to_dict()
+        write_json_atomic(Path(req.stage_dir) / USAGE_FILE, summary)
+        ctx.tracker.log_metrics(usage.metrics())
+        ctx.tracker.set_tags(usage.tags())
+        log.info("stage=%s usage: %d attempt(s), %.1f s, %.3f GPU-hours%s", req.stage, len(usage.attempts),
+                 usage.wall_s, usage.gpu_hours, "" if usage.cost is None else f", {usage.cost:.2f} {usage.currency}")
+        return {k: summary[k] for k in ("wall_s", "gpu_hours", "interrupted_gpu_hours", "cost", "currency")}
+    except Exception as exc:  # accounting must never fail (or mask the failure of) the stage
+        log.warning("usage: stage %s's usage not recorded (%s: %s)", req.stage, type(exc).__name__, exc)
+        return {}
 
 
 def _record_attempt(req: LaunchRequest) -> None:

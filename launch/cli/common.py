@@ -4,6 +4,7 @@ spec with its profile, and printing a pipeline's outcome."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, get_args
@@ -26,10 +27,11 @@ app.add_typer(tracking_app, name="tracking")
 
 
 # wide enough for tables when output goes to a file or CI log (rich falls back to 80 columns there)
-console = Console(width=None if sys.stdout.isatty() else 160)
+# off a terminal: COLUMNS when the caller sets it (rich reads it), else 160 (rich's 80 folds every table)
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 
 
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 160)
 
 
 log = logging.getLogger("launch.cli")

@@ -300,7 +300,8 @@ def _submit_ray_job(p: Any, spec_path: Path, overrides: list[str], cluster: str,
 
 @app.command()
 def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an output dir holding runs.")) -> None:
-    """Stages of the pipeline runs under TARGET: state, job id, scheduler state, elapsed, MLflow run."""
+    """Stages of the pipeline runs under TARGET: state, job id, scheduler state, elapsed, GPU-hours and cost, MLflow
+    run."""
     from launch.ray_jobs import RayJobRecord, job_status
     from launch.status import find_state_files, stage_statuses
 
@@ -309,13 +310,13 @@ def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an ou
         state, message = job_status(record)
         console.print(f"Ray job {record.submission_id} at {record.address}: [bold]{state}[/] {message}")
     table = Table()
-    for col in ("run dir", "stage", "status", "job id", "scheduler", "elapsed", "starts", "stage run",
-                "last log lines"):
+    for col in ("run dir", "stage", "status", "job id", "scheduler", "elapsed", "starts", "GPU-hours", "cost",
+                "stage run", "last log lines"):
         table.add_column(col, overflow="fold")
     for st in find_state_files(target, missing_ok=record is not None):
         for s in stage_statuses(st):
             table.add_row(str(st.parent), s.stage, s.status, s.job_id, s.scheduler_state, s.elapsed, str(s.starts),
-                          s.run_id, s.last_lines)
+                          s.gpu_hours, s.cost, s.run_id, s.last_lines)
     if table.row_count or record is None:
         console.print(table)
 

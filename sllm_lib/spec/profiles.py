@@ -12,6 +12,16 @@ from pydantic import Field, field_validator, model_validator
 from sllm_lib.spec.base import NAME_MAX, Strict
 
 
+def _cost_per_gpu_hour() -> Any:
+    """What every profile may say about money: a price per GPU-hour makes each stage's GPU-hours a cost."""
+    return Field(default=None, ge=0, le=100_000,
+                 description="Price of one GPU-hour on this cluster; stages, pipelines and lineages then show a cost.")
+
+
+def _currency() -> Any:
+    return Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of cost_per_gpu_hour.")
+
+
 class LocalProfile(Strict):
     kind: Literal["local"]
     name: str = Field(default="local", min_length=1, max_length=NAME_MAX)
@@ -24,6 +34,8 @@ class LocalProfile(Strict):
     nproc: int = Field(default=1, gt=0, le=64, description="Processes per training stage (torch.distributed on "
                                                            "127.0.0.1; one per GPU when gpus > 0).")
     gpu_memory_gb: float | None = Field(default=None, gt=0, le=4096, description="Memory of one GPU, for the memory planner.")
+    cost_per_gpu_hour: float | None = _cost_per_gpu_hour()
+    currency: str = _currency()
 
     @model_validator(mode="after")
     def _nproc_fits_gpus(self) -> LocalProfile:
@@ -36,6 +48,10 @@ class LocalProfile(Strict):
     @property
     def world_size(self) -> int:
         return self.nproc
+
+    def stage_gpus(self, single_process: bool) -> int:
+        """GPUs a stage holds: the profile's (one for merge/eval)."""
+        return min(1, self.gpus) if single_process else self.gpus
 
 
 SUBMITTING_PYTHON = "submitting"  # SlurmProfile.python: the interpreter that runs `sllm submit`
@@ -75,11 +91,17 @@ class SlurmProfile(Strict):
         description="Ignored (kept so older profiles still load): submitit's logs and pickles go to "
                     "<run dir>/slurm/<stage>/<job id>/, beside the stage they belong to.")
     gpu_memory_gb: float | None = Field(default=None, gt=0, le=4096, description="Memory of one GPU, for the memory planner.")
+    cost_per_gpu_hour: float | None = _cost_per_gpu_hour()
+    currency: str = _currency()
 
     @property
     def world_size(self) -> int:
         """Processes of a training stage: nodes x tasks per node (default one per GPU, 1 on CPU nodes)."""
         return self.nodes * (self.tasks_per_node or max(1, self.gpus_per_node))
+
+    def stage_gpus(self, single_process: bool) -> int:
+        """GPUs a stage's allocation holds (SLURM's own figure replaces this at run time)."""
+        return min(1, self.gpus_per_node) if single_process else self.nodes * self.gpus_per_node
 
     @field_validator("python")
     @classmethod
@@ -131,6 +153,8 @@ class RayProfile(Strict):
         default="python", description="Ray Jobs: the interpreter the entrypoint runs with on the cluster "
                                       "(the head's PATH applies; name a venv's python explicitly).",
     )
+    cost_per_gpu_hour: float | None = _cost_per_gpu_hour()
+    currency: str = _currency()
 
     @field_validator("address")
     @classmethod
@@ -161,6 +185,11 @@ class RayProfile(Strict):
     @property
     def world_size(self) -> int:
         return self.num_workers
+
+    def stage_gpus(self, single_process: bool) -> int:
+        """GPUs a stage's workers hold: workers x GPUs per worker (one worker for merge/eval)."""
+        per = self.worker_resources().get("GPU", 0.0)
+        return int(round((1 if single_process else self.num_workers) * per))
 
     @property
     def jobs_api(self) -> bool:

@@ -26,10 +26,85 @@ class LineageNode:
     datasets: list[dict[str, str]] = field(default_factory=list)
     upstream: list[LineageNode] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # the LoggedModels this run output (its adapter, its merge)
+    usage: RunUsage | None = None  # what this run used (None: recorded before usage was, or nothing ran)
+    sweep_points: list[RunUsage] = field(default_factory=list)  # the other points of the sweep this run won
 
     def stages(self) -> list[str]:
         """Every stage name in the tree (this one first)."""
         return [self.stage] + [s for u in self.upstream for s in u.stages()]
+
+
+@dataclass
+class RunUsage:
+    """A stage run's GPU-hours and cost, as its run records them (sllm_lib/usage.py)."""
+
+    run_id: str
+    gpu_hours: float
+    wall_s: float
+    interrupted_gpu_hours: float = 0.0
+    cost: float | None = None
+    currency: str | None = None
+
+    @classmethod
+    def of(cls, run: Any) -> RunUsage | None:
+        from sllm_lib.usage import COST_METRIC, TAG_CURRENCY
+
+        m = run.data.metrics
+        if "usage/gpu_hours" not in m:
+            return None
+        return cls(run_id=run.info.run_id, gpu_hours=m["usage/gpu_hours"], wall_s=m.get("usage/wall_s", 0.0),
+                   interrupted_gpu_hours=m.get("usage/interrupted_gpu_hours", 0.0), cost=m.get(COST_METRIC),
+                   currency=run.data.tags.get(TAG_CURRENCY))
+
+
+@dataclass
+class UsageTotal:
+    """A model's usage along its lineage: each run once (a stage reused by several pipelines is one run), the
+    losing points of a sweep included. `cost` per currency; `unpriced` runs used GPUs on a profile without a
+    price, so a cost total leaves them out (and says so)."""
+
+    gpu_hours: float = 0.0
+    wall_s: float = 0.0
+    interrupted_gpu_hours: float = 0.0
+    cost: dict[str, float] = field(default_factory=dict)
+    runs: int = 0
+    unpriced: int = 0
+
+    def add(self, u: RunUsage) -> None:
+        self.gpu_hours += u.gpu_hours
+        self.wall_s += u.wall_s
+        self.interrupted_gpu_hours += u.interrupted_gpu_hours
+        self.runs += 1
+        if u.cost is not None and u.currency:
+            self.cost[u.currency] = self.cost.get(u.currency, 0.0) + u.cost
+        elif u.gpu_hours > 0:
+            self.unpriced += 1
+
+    def cost_text(self) -> str:
+        """'12.50 USD' (several currencies joined with ' + '); '-' when nothing was priced."""
+        text = " + ".join(f"{v:,.2f} {c}" for c, v in sorted(self.cost.items())) or "-"
+        return text + (f" (+{self.unpriced} unpriced run{'s' if self.unpriced != 1 else ''})" if self.unpriced
+                       and self.cost else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpu_hours": self.gpu_hours, "wall_s": self.wall_s, "interrupted_gpu_hours": self.interrupted_gpu_hours,
+                "cost": dict(self.cost), "runs": self.runs, "unpriced_runs": self.unpriced}
+
+
+def total_usage(root: LineageNode) -> UsageTotal:
+    """The usage of every run in the tree, each once."""
+    total, seen = UsageTotal(), set()
+
+    def walk(node: LineageNode) -> None:
+        for u in ([node.usage] if node.usage else []) + node.sweep_points:
+            if u.run_id not in seen:
+                seen.add(u.run_id)
+                total.add(u)
+        for up in node.upstream:
+            walk(up)
+
+    walk(root)
+    return total
 
 
 @dataclass
@@ -43,6 +118,10 @@ class ModelLineage:
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # eval runs that scored this version
     model_id: str | None = None  # the LoggedModel the version was registered from
     source_model_ids: list[str] = field(default_factory=list)  # the models it was built from (the adapters)
+
+    @property
+    def usage(self) -> UsageTotal:
+        return total_usage(self.root)
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -71,12 +150,32 @@ def _node(client: Any, run_id: str, seen: set[str]) -> LineageNode:
     node = LineageNode(run_id=run_id, stage=tags.get(TAG_STAGE, run.info.run_name or run_id),
                        kind=tags.get(TAG_STAGE_KIND, "?"), status=run.info.status,
                        spec_hash=tags.get(TAG_SPEC_HASH, ""), datasets=datasets,
-                       models=[m.model_id for m in getattr(run.outputs, "model_outputs", None) or []])
+                       models=[m.model_id for m in getattr(run.outputs, "model_outputs", None) or []],
+                       usage=RunUsage.of(run), sweep_points=_sweep_points(client, run))
     seen.add(run_id)
     for up in filter(None, tags.get(TAG_UPSTREAM_RUNS, "").split(",")):
         if up not in seen:
             node.upstream.append(_node(client, up, seen))
     return node
+
+
+def _sweep_points(client: Any, run: Any) -> list[RunUsage]:
+    """The other points of the sweep a run won (same pipeline run, same stage): a model's cost includes its
+    search."""
+    tags = run.data.tags
+    if "sllm.sweep_index" not in tags or not tags.get(TAG_PARENT):
+        return []
+    flt = (f"tags.`{TAG_PARENT}` = '{tags[TAG_PARENT]}' and tags.`{TAG_STAGE}` = '{tags.get(TAG_STAGE, '')}'")
+    others = client.search_runs([run.info.experiment_id], flt, max_results=1000)
+    return [u for r in others if r.info.run_id != run.info.run_id and "sllm.sweep_index" in r.data.tags
+            for u in [RunUsage.of(r)] if u is not None]
+
+
+def run_usage_total(tracking_uri: str, run_id: str) -> UsageTotal:
+    """The usage along the lineage of the model a run produced (e.g. a merge run): the run and its upstream."""
+    from mlflow import MlflowClient
+
+    return total_usage(_node(MlflowClient(tracking_uri=tracking_uri), run_id, set()))
 
 
 def walk_lineage(tracking_uri: str, ref: str) -> ModelLineage:
@@ -152,17 +251,37 @@ def lineage_tree(lin: ModelLineage) -> Any:
     from rich.markup import escape
     from rich.tree import Tree
 
+    from sllm_lib.usage import format_gpu_hours
+
     head = f"[bold]{lin.name}[/] v{lin.version}" + (f" @{lin.alias}" if lin.alias else "") + f"  ({lin.source})"
     if lin.model_id:
         head += f"\nlogged model {lin.model_id}" + (
             f" built from {', '.join(lin.source_model_ids)}" if lin.source_model_ids else "")
     if lin.pipeline_run_id:
         head += f"\npipeline run {lin.pipeline_run_id}"
+    total = lin.usage
+    if total.runs:
+        head += (f"\nused {format_gpu_hours(total.gpu_hours)} GPU-hours over {total.runs} stage run"
+                 f"{'s' if total.runs != 1 else ''}" + (f" ({format_gpu_hours(total.interrupted_gpu_hours)} in "
+                                                        "interrupted attempts)" if total.interrupted_gpu_hours else "")
+                 + f", cost {total.cost_text()}")
     tree = Tree(head)
+
+    def used(node: LineageNode) -> str:
+        if node.usage is None:
+            return ""
+        u = node.usage
+        text = f"  {format_gpu_hours(u.gpu_hours)} GPU-h" + (f", {u.cost:,.2f} {u.currency}" if u.cost is not None
+                                                              else "")
+        if node.sweep_points:
+            n = len(node.sweep_points)
+            text += (f" (+{n} other sweep point{'s' if n != 1 else ''}: "
+                     f"{format_gpu_hours(sum(p.gpu_hours for p in node.sweep_points))} GPU-h)")
+        return text
 
     def add(parent: Any, node: LineageNode) -> None:
         branch = parent.add(f"[cyan]{node.stage}[/] ({node.kind}) run {node.run_id} {node.status}"
-                            + (f"  model {', '.join(node.models)}" if node.models else ""))
+                            + (f"  model {', '.join(node.models)}" if node.models else "") + escape(used(node)))
         for d in node.datasets:
             branch.add(f"[green]dataset[/] {escape(d['name'])} {escape('[' + d['context'] + ']')} "
                        f"digest {d['digest'][:12]} {escape(d['source'])}")

@@ -177,13 +177,16 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_adapter(slurm_cluster
     _assert_same_adapter(_adapter(Path(req.stage_dir) / "output"), _uninterrupted_adapter(tmp_path, stage))
 
 
-def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(slurm_cluster, tmp_path: Path) -> None:
+def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(slurm_cluster, tmp_path: Path, monkeypatch) -> None:
     # submitit ignores the SIGTERM that precedes the kill (KillWait=2 s here): the stage must outlast it
+    import dataclasses
+
     from mlflow import MlflowClient
 
+    monkeypatch.setenv("SLLM_USAGE_HEARTBEAT_S", "1")  # the killed attempt's end is its last heartbeat (sbatch exports)
     stage = _text_stage(steps=400, save_steps=5)
-    req = _request(tmp_path, stage, tracked=True)
-    job = SlurmExecutor(_profile()).submit(req)
+    req = dataclasses.replace(_request(tmp_path, stage, tracked=True), cost_per_gpu_hour=3.0)
+    job = SlurmExecutor(_profile(gpus_per_node=1)).submit(req)  # one of the test cluster's (fake) GPUs
     _wait_log(req.log_file, "step 12/400", job)
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     result = job.result(timeout_s=300)
@@ -200,6 +203,23 @@ def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(slurm_cluster, tm
     assert result.loss_first == pytest.approx(straight[0].loss_first, rel=1e-6)
     tags = client.get_run(req.run_id).data.tags
     assert tags["sllm.attempt"] == "2" and int(tags["sllm.resumed_from_step"]) % 5 == 0
+    # GPU-hours count both attempts, the requeued one as interrupted; GPUs are SLURM's allocation (issue 19)
+    usage = json.loads((Path(req.stage_dir) / "usage.json").read_text())
+    first, second = usage["attempts"]
+    assert (first["state"], second["state"]) == ("interrupted", "completed")
+    assert first["gpus"] == second["gpus"] == 1 and first["slurm_job_id"] == second["slurm_job_id"] == job.job_id
+    assert first["wall_s"] > 2 and second["wall_s"] > 2 and second["start"] >= first["end"]
+    assert usage["gpu_hours"] == pytest.approx((first["wall_s"] + second["wall_s"]) / 3600)
+    assert usage["interrupted_gpu_hours"] == pytest.approx(first["wall_s"] / 3600)
+    metrics = client.get_run(req.run_id).data.metrics
+    assert metrics["usage/attempts"] == 2 and metrics["usage/gpu_hours"] == pytest.approx(usage["gpu_hours"])
+    assert metrics["cost/amount"] == pytest.approx(3.0 * usage["gpu_hours"])
+    # against SLURM's own accounting: one record per attempt, each holding one GPU, as long as ours or longer
+    out = subprocess.run(["sacct", "-j", job.job_id, "-D", "-X", "-n", "-P", "-o", "ElapsedRaw,AllocTRES"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    records = [line.split("|") for line in out if line]
+    assert len(records) == 2 and all("gres/gpu=1" in tres for _, tres in records), records
+    assert sum(int(e) for e, _ in records) + 2 >= first["wall_s"] + second["wall_s"]  # sacct counts whole seconds
 
 
 def test_cancel(slurm_cluster, tmp_path: Path) -> None:

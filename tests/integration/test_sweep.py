@@ -29,7 +29,9 @@ def _sweep_spec(tmp: Path) -> Path:
                       "metric": "train_loss", "mode": "min"}}
     path = tmp / "job.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    (tmp / "inproc.yaml").write_text("kind: local\nname: inproc\nisolation: inprocess\n", encoding="utf-8")
+    # a priced profile that says it has a GPU (the stages still run on this CPU): every run has GPU-hours and a cost
+    (tmp / "inproc.yaml").write_text("kind: local\nname: inproc\nisolation: inprocess\ngpus: 1\n"
+                                     "cost_per_gpu_hour: 4.0\ncurrency: EUR\n", encoding="utf-8")
     return path
 
 
@@ -65,8 +67,26 @@ def test_sweep_runs_every_point_and_continues_from_the_best(tmp_path: Path) -> N
     lin = walk_lineage(outcome.tracking_uri, "sweep-model@candidate")
     assert lin.root.upstream[0].run_id == slots[best]["run_id"]
 
+    # what the model cost: every point of the sweep and the merge, each once, equal to the pipeline's sum (issue 19)
+    merge_run = client.get_run(outcome.run_ids["merge"])
+    stage_runs = runs + [merge_run]
+    hours = [r.data.metrics["usage/gpu_hours"] for r in stage_runs]
+    assert all(h > 0 for h in hours) and all(r.data.metrics["usage/gpus"] == 1 for r in stage_runs)
+    for r in stage_runs:
+        assert r.data.metrics["cost/amount"] == pytest.approx(4.0 * r.data.metrics["usage/gpu_hours"])
+        assert r.data.tags["sllm.cost.currency"] == "EUR" and r.data.tags["sllm.usage.start"].endswith("Z")
+    total = lin.usage
+    assert total.runs == 5 and total.gpu_hours == pytest.approx(sum(hours))
+    assert total.cost == {"EUR": pytest.approx(4.0 * sum(hours))}
+    assert len(lin.root.upstream[0].sweep_points) == 3  # the losing points are in the model's cost
+    pipeline = client.get_run(outcome.parent_run_id).data.metrics
+    assert pipeline["usage/gpu_hours"] == pytest.approx(sum(hours)) and pipeline["usage/attempts"] == 5
+    usage = json.loads((plan.stage_dir("text") / "points" / str(best) / "usage.json").read_text())
+    assert [a["state"] for a in usage["attempts"]] == ["completed"] and usage["currency"] == "EUR"
+
     again = submit_pipeline(plan)  # same spec: nothing re-runs
     assert again.reused == ["text", "merge"]
+    assert walk_lineage(outcome.tracking_uri, "sweep-model@candidate").usage.gpu_hours == pytest.approx(sum(hours))
 
 
 def test_sweep_grid_errors_name_the_field(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -43,10 +42,28 @@ def test_an_export_is_readable_by_teammates(tmp_path: Path, umask_022) -> None:
                      "sllm_manifest.json": 0o644, "tokenizer_extra": 0o755, "tokenizer_extra/vocab.json": 0o644}
 
 
-def _lineage(evaluations: list[dict]) -> SimpleNamespace:
-    root = SimpleNamespace(run_id="m" * 32, stage="merge", kind="merge", datasets=[], upstream=[])
-    return SimpleNamespace(name="sllm-demo", version="1", alias="candidate", pipeline_run_id="p" * 32, root=root,
-                           evaluations=evaluations)
+def _lineage(evaluations: list[dict], usage: list | None = None):
+    """A merge run on a text stage; `usage`: (merge, text) RunUsage figures, or none recorded."""
+    from sllm_lib.tracking.lineage import LineageNode, ModelLineage
+
+    merge_u, text_u = usage or (None, None)
+    text = LineageNode(run_id="t" * 32, stage="text", kind="text_sft", status="FINISHED", spec_hash="h", usage=text_u)
+    root = LineageNode(run_id="m" * 32, stage="merge", kind="merge", status="FINISHED", spec_hash="h",
+                       upstream=[text], usage=merge_u)
+    return ModelLineage(name="sllm-demo", version="1", alias="candidate", source="models:/m-1", pipeline_run_id="p" * 32,
+                        root=root, evaluations=evaluations)
+
+
+def test_card_carries_the_lineage_compute_and_cost(tmp_path: Path) -> None:
+    from sllm_lib.tracking.lineage import RunUsage
+
+    usage = (RunUsage("m" * 32, 0.05, 180.0, 0.0, 0.13, "USD"), RunUsage("t" * 32, 12.0, 5400.0, 4.0, 30.0, "USD"))
+    card = model_card(_merged_folder(tmp_path), {}, _lineage([], usage), {}, None)
+    assert "| text | text_sft | `" + "t" * 32 + "` | - | - | 12.0 |" in card
+    assert "| merge | merge | `" + "m" * 32 + "` | - | - | 0.050 |" in card
+    assert ("Compute: 12.1 GPU-hours over 2 stage runs (every attempt, requeues and sweep points included; 4.000 in "
+            "interrupted attempts), 1.55 hours of wall time; cost 30.13 USD.") in card
+    assert "Compute:" not in model_card(_merged_folder(tmp_path / "b"), {}, _lineage([]), {}, None)
 
 
 # what an eval run of medical_speech carries: task/metric scores, their copies logged for the logged model

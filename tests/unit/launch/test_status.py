@@ -44,6 +44,15 @@ def _run_dir(tmp_path: Path) -> Path:
     _stage(run_dir, "merge", started=now - 100, log_at=now - 100 + 42,
            log=["merging", "Traceback (most recent call last):", "RuntimeError: out of memory"])
     _stage(run_dir, "eval", started=now - 65, log=["eval: 3/10 samples"])
+    # sft's accounting (sllm_lib/usage.py): a requeued attempt (30 min) and the one that completed (1 h), 2 GPUs,
+    # on a profile priced at 2.5 EUR per GPU-hour
+    usage = run_dir / "stages" / "sft" / "usage"
+    usage.mkdir()
+    for i, (start, stop, state) in enumerate([(now - 7200, now - 5400, "interrupted"),
+                                              (now - 4000, now - 400, "completed")], 1):
+        (usage / f"attempt-{i:03d}.json").write_text(json.dumps(
+            {"index": i, "start": start, "last_seen": stop, "end": stop, "gpus": 2, "state": state}))
+    (run_dir / "stages" / "sft" / "request.json").write_text(json.dumps({"cost_per_gpu_hour": 2.5, "currency": "EUR"}))
     return run_dir
 
 
@@ -59,6 +68,8 @@ def test_local_stages_show_elapsed_and_last_log_lines(tmp_path: Path) -> None:
     assert ev.last_lines == "eval: 3/10 samples"
     assert later.elapsed == "-" and later.last_lines == "" and later.starts == 0
     assert sft.starts == 2
+    assert sft.gpu_hours == "3.000 (1.000 interrupted)" and sft.cost == "7.50 EUR"  # (0.5 + 1) h x 2 GPUs
+    assert merge.gpu_hours == merge.cost == "-"  # nothing recorded
 
 
 def test_format_elapsed_like_sacct() -> None:
@@ -71,3 +82,4 @@ def test_status_command_prints_elapsed_and_log_lines(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     sft_row = next(ln for ln in res.stdout.splitlines() if " sft " in ln)
     assert "01:02:05" in sft_row and "stage sft done" in res.stdout and "RuntimeError: out of memory" in res.stdout
+    assert "3.000 (1.000 interrupted)" in sft_row and "7.50 EUR" in sft_row
