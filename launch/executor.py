@@ -44,6 +44,7 @@ class LaunchRequest:
     after: list[str] = field(default_factory=list)  # job ids this stage waits for (executors with dependencies)
     single_process: bool = False  # merge/eval: one process on one node, however many the profile gives training
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted stage fields of a sweep point
+    task: str = "stage"  # "stage": run the stage; "checkpoint_eval": score one of its checkpoints (eval/watch.py)
     gpus: int = 0  # GPUs the executor allocates to the stage (sllm_lib/usage.py: GPU-hours)
     cost_per_gpu_hour: float | None = None  # the profile's price, for the stage's cost
     currency: str = "USD"

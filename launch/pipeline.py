@@ -117,6 +117,10 @@ def preflight(spec: JobSpec) -> None:
         refs = s.input_datasets()
         if s.scores_datasets:
             problems += _eval_metric_problems(s)
+        if s.trains and s.watch is not None:
+            from eval.watch import watch_problems
+
+            problems += [f"stage {s.name!r}: {p}" for p in watch_problems(s.watch)]
         for ref in refs:
             key = (ref.path, ref.kind, tuple(ref.labels or ()))
             if key in seen:
@@ -467,6 +471,30 @@ def _wait(plan: Plan, state: PipelineState, runs: _Runs, label: str, entry: Stag
     return result
 
 
+def _start_watcher(plan: Plan, executor: Executor, stage: Any, req: LaunchRequest, watchers: dict[str, Any]) -> None:
+    """A watched training stage's checkpoint watcher (eval/watch.py), in the background while the stage runs."""
+    if not (stage.trains and stage.watch is not None):
+        return
+    from eval.watch import Watcher
+
+    inprocess = plan.profile.kind == "local" and plan.profile.isolation == "inprocess"
+    w = Watcher(request=req, watch=stage.watch, executor=executor, concurrent=not inprocess,
+                keep=stage.train.save_total_limit)
+    w.start()
+    watchers[stage.name] = w
+    log.info("stage %s: watching its checkpoints with suite %s (at most %d evaluation(s) at once)", stage.name,
+             stage.watch.suite, stage.watch.max_concurrent)
+
+
+def _finish_watcher(watchers: dict[str, Any], name: str) -> None:
+    """The stage ended: its watcher scores the checkpoints left, then stops."""
+    w = watchers.pop(name, None)
+    if w is not None:
+        w.finish()
+        log.info("stage %s: watcher done (%d checkpoint(s) scored%s)", name, len(w.scored_now),
+                 f"; early stop: {w.stop_reason}" if w.stop_reason else "")
+
+
 def _cancel_rest(plan: Plan, state: PipelineState, runs: _Runs, pending: dict[str, JobHandle]) -> None:
     """After a failure: cancel what was submitted and has not finished; mark those runs KILLED."""
     for name, handle in pending.items():
@@ -598,6 +626,7 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False
     run_ids: dict[str, str] = {}
     reused: list[str] = []
     pending: dict[str, JobHandle] = {}
+    watchers: dict[str, Any] = {}
     try:
         for ps in plan.stages:
             done = _stage_done(plan, state, ps.name)
@@ -622,6 +651,8 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False
             handle = executor.submit(req)
             entry.status, entry.job_id = "SUBMITTED", handle.job_id
             state.save(plan.run_dir / STATE_FILE)
+            if wait:
+                _start_watcher(plan, executor, spec.stage(ps.name), req, watchers)
             runs.client.set_tag(run_id, "sllm.job_id", handle.job_id)
             runs.client.set_tag(parent_id, f"sllm.job_id.{ps.name}", handle.job_id)
             log.info("stage %s (%s): %s, run %s", ps.name, ps.kind,
@@ -630,6 +661,7 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False
                 pending[ps.name] = handle
             else:
                 results[ps.name] = _wait(plan, state, runs, ps.name, entry, handle)
+                _finish_watcher(watchers, ps.name)
         if not wait:
             log.info("detached: %d stages submitted; follow with `sllm status %s`", len(pending), plan.run_dir)
             return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results,
@@ -637,7 +669,10 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False
                                    submitted={n: h.job_id for n, h in pending.items()}, experiment_id=runs.exp_id)
         for name in list(pending):
             results[name] = _wait(plan, state, runs, name, state.stages[name], pending.pop(name))
+            _finish_watcher(watchers, name)
     except BaseException:
+        for w in watchers.values():  # a failed run: stop looking; `sllm watch` scores what is left
+            w.stop()
         _cancel_rest(plan, state, runs, pending)
         runs.log_usage(parent_id)
         runs.close(parent_id, ok=False)

@@ -72,6 +72,10 @@ def run_request(req: LaunchRequest, *, trainer_callbacks: list[Any] | None = Non
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
+        if req.task == "checkpoint_eval":  # the checkpoint watcher's job: score one checkpoint of the stage
+            from eval.watch import run_checkpoint_eval
+
+            return run_checkpoint_eval(req, job)
         return _run(req, job, rank=int(os.environ.get("RANK", "0")), trainer_callbacks=trainer_callbacks or [],
                     prepare_trainer=prepare_trainer)
     finally:

@@ -322,6 +322,71 @@ def status(target: Path = typer.Argument(Path("runs"), help="A run dir, or an ou
 
 
 @app.command()
+def watch(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash>) of a running or finished stage."),
+          stage: str = typer.Option(..., "--stage", help="The training stage whose checkpoints to score."),
+          suite: Optional[str] = typer.Option(None, "--suite", help="Suite name or YAML (default: the stage's "
+                                                                     "watch.suite)."),
+          cluster: Optional[str] = ClusterOpt,
+          sample_limit: Optional[int] = typer.Option(None, help="At most N samples per task."),
+          max_concurrent: Optional[int] = typer.Option(None, help="Evaluations at once (default: the stage's, or 1)."),
+          once: bool = typer.Option(False, "--once", help="Score the checkpoints there now and exit; default: follow "
+                                                          "the stage until it ends.")) -> None:
+    """Score every complete checkpoint of a training stage with a suite, each once, as its own job on the cluster
+    (a finished stage: what is left; a running one: as they land). Results: watch/<task>/<metric> on the stage's
+    MLflow run at each checkpoint's step, and STAGE_DIR/watch/step-N.json."""
+    import time
+
+    from eval.watch import Ledger, Watcher, stage_finished, watch_problems
+    from launch.executor import LaunchRequest, get_executor
+    from sllm_lib.spec import WatchSpec, find_cluster_profile, load_job_spec
+
+    stage_dir = run_dir / "stages" / stage
+    request_file = stage_dir / "request.json"
+    if not request_file.is_file():
+        raise SllmError(f"{run_dir}: stage {stage!r} has no request.json (not a stage of this run, or never "
+                        f"submitted); stages: {', '.join(sorted(p.name for p in (run_dir / 'stages').glob('*'))) or '-'}")
+    req = LaunchRequest.from_json(request_file.read_text(encoding="utf-8"))
+    job = load_job_spec(req.spec_path)
+    st = job.stage(stage)
+    if not st.trains:
+        raise SllmError(f"stage {stage!r} is a {st.kind} stage: only training stages write checkpoints")
+    base = st.watch.model_dump() if st.watch is not None else {}
+    if suite is None and not base:
+        raise SllmError(f"stage {stage!r} has no watch: block; name a suite with --suite")
+    settings = {**base, **{k: v for k, v in (("suite", suite), ("sample_limit", sample_limit),
+                                             ("max_concurrent", max_concurrent)) if v is not None}}
+    spec = WatchSpec.model_validate(settings)
+    problems = watch_problems(spec)
+    if problems:
+        raise SllmError("; ".join(problems))
+    profile = find_cluster_profile(cluster or job.cluster, spec_path=Path(req.spec_path))
+    watcher = Watcher(request=req, watch=spec, executor=get_executor(profile),
+                      concurrent=not (profile.kind == "local" and profile.isolation == "inprocess"),
+                      keep=st.train.save_total_limit)
+    before = set(Ledger(stage_dir).results())
+    if not once:
+        done = stage_finished(run_dir / "state.json", stage)
+        console.print(f"watching {stage} in {run_dir} with suite {spec.suite} on {profile.name} until it ends")
+        while not done():
+            watcher.poll()
+            time.sleep(spec.poll_s)
+    watcher.drain()
+    results = Ledger(stage_dir).results()
+    table = Table(title=f"{stage}: {len(results)} checkpoint(s) scored ({len(set(results) - before)} now)")
+    keys = sorted({k for r in results.values() for k in r.get("metrics", {})})
+    for col in ("step", *keys):
+        table.add_column(col, justify="right")
+    for step, r in results.items():
+        table.add_row(str(step), *(f"{r['metrics'][k]:.4f}" if k in r.get("metrics", {}) else "-" for k in keys))
+    console.print(table)
+    if watcher.stop_reason:
+        console.print(f"early stop requested: {watcher.stop_reason}", highlight=False)
+    if watcher.failed:
+        raise SllmError(f"checkpoint(s) {sorted(set(watcher.failed))} could not be scored; see "
+                        f"{stage_dir / 'watch'}/step-N/stage.log")
+
+
+@app.command()
 def logs(run_dir: Path = typer.Argument(..., help="The run dir (runs/<job>/<hash>)."),
          stage: Optional[str] = typer.Argument(None, help="Stage name (a Ray Jobs run without it: the job's log)."),
          follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the stage ends."),

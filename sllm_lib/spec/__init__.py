@@ -14,7 +14,7 @@ from sllm_lib.spec.stages import (
     VISION_INSTRUCTION, VISION_PROMPT, AsrAdapterStage, BootstrapSpec, CausalSftStage, CompressionTargets,
     DataSpec, DatasetRef, DeepSpeedSpec, DistillStage, EvalDatasetRef, EvalStage, GatePolicySpec, GenerationSpec, LoraSpec,
     MergeStage, MultitaskStage, NightlyEvalStage, PruneStage, QuantSpec, QuantizeStage, RegisterSpec, StageSpec,
-    SuiteEvalStage, TextSftStage, TrainSpec, VisionSftStage, render_vision_prompt
+    SuiteEvalStage, TextSftStage, TrainSpec, VisionSftStage, WatchSpec, EarlyStopSpec, render_vision_prompt
 )
 from sllm_lib.spec.job import CacheSpec, JobSpec, ModelSpec, SweepSpec, TrackingSpec
 from sllm_lib.spec.profiles import ClusterProfile, LocalProfile, RayProfile, SlurmProfile
@@ -33,7 +33,7 @@ __all__ = [
     "BootstrapSpec", "CausalSftStage", "CompressionTargets", "DataSpec", "DatasetRef", "DeepSpeedSpec",
     "DistillStage", "EvalDatasetRef", "EvalStage", "GatePolicySpec", "GenerationSpec", "LoraSpec", "MergeStage", "MultitaskStage",
     "NightlyEvalStage", "PruneStage", "QuantSpec", "QuantizeStage", "RegisterSpec", "StageSpec", "SuiteEvalStage",
-    "TextSftStage", "TrainSpec", "VisionSftStage", "render_vision_prompt", "CacheSpec", "JobSpec", "ModelSpec",
+    "TextSftStage", "TrainSpec", "VisionSftStage", "WatchSpec", "EarlyStopSpec", "render_vision_prompt", "CacheSpec", "JobSpec", "ModelSpec",
     "SweepSpec", "TrackingSpec", "ClusterProfile", "LocalProfile", "RayProfile", "SlurmProfile", "raise_problems",
     "validation_problems", "read_yaml", "apply_overrides", "find_cycle", "graph_problems", "stage_with",
     "sweep_problems", "topo_order", "dump_resolved_yaml", "find_cluster_profile", "json_schema",

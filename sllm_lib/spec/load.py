@@ -63,6 +63,9 @@ def _resolve_data_paths(raw: dict[str, Any], base_dir: Path) -> list[str]:
         for key in ("suite", "report_dir"):
             if isinstance(stage.get(key), str) and stage[key]:
                 resolve(stage, key, f"stages[{i}].{key}")
+        w = stage.get("watch")  # a suite path (a shipped suite's bare name stays a name)
+        if isinstance(w, dict) and isinstance(w.get("suite"), str) and w["suite"].endswith((".yaml", ".yml")):
+            resolve(w, "suite", f"stages[{i}].watch.suite")
         ds = stage.get("deepspeed")
         if isinstance(ds, dict) and isinstance(ds.get("config_file"), str) and ds["config_file"]:
             resolve(ds, "config_file", f"stages[{i}].deepspeed.config_file")

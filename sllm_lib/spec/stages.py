@@ -211,6 +211,25 @@ class _StageBase(Strict):
         return list(getattr(self, "datasets", None) or [])
 
 
+class EarlyStopSpec(Strict):
+    metric: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_]+$",
+                        description="The watched 'task/metric' (e.g. asr/cer); its direction comes from the registry.")
+    patience: int = Field(default=3, ge=1, le=1000,
+                          description="Stop after this many scored checkpoints in a row not better than the best.")
+    min_delta: float = Field(default=0.0, ge=0, le=1e6, description="An improvement smaller than this is none.")
+
+
+class WatchSpec(Strict):
+    """Score every complete checkpoint of a training stage with a suite while it trains (eval/watch.py)."""
+
+    suite: str = Field(description="Suite YAML or shipped suite name; relative paths resolve against the spec.")
+    sample_limit: int | None = Field(default=None, gt=0, le=1_000_000, description="At most N samples per task.")
+    max_concurrent: int = Field(default=1, ge=1, le=64, description="Checkpoint evaluations running at once.")
+    poll_s: float = Field(default=10.0, gt=0, le=3600, description="How often the watcher looks for checkpoints.")
+    early_stop: EarlyStopSpec | None = Field(
+        default=None, description="Stop training cleanly at its next checkpoint when the metric stops improving.")
+
+
 class _TrainStageBase(_StageBase):
     trains: ClassVar[bool] = True
     needs_base_model: ClassVar[bool] = True
@@ -222,6 +241,9 @@ class _TrainStageBase(_StageBase):
     quant: QuantSpec = Field(default_factory=QuantSpec)
     deepspeed: DeepSpeedSpec | None = Field(default=None, description="Train with DeepSpeed ZeRO (None: plain DDP).")
     trainable: list[TrainableGroup] = Field(description="Parameter groups trained in this stage.")
+    watch: WatchSpec | None = Field(
+        default=None, description="Score each complete checkpoint with a suite as its own job while the stage "
+                                  "trains; results as watch/<task>/<metric> at the checkpoint's step.")
 
     @model_validator(mode="after")
     def _trainable_consistent(self) -> _TrainStageBase:

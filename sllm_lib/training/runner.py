@@ -56,6 +56,45 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def rotate_scored_checkpoints(folder: Path, keep: int) -> list[Path]:
+    """A watched stage's rotation: of the complete checkpoints beyond the newest `keep`, delete those the watcher
+    has scored (STAGE_DIR/watch/step-N.json); an unscored one waits for its score. Returns what was deleted."""
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()
+                   and (p / COMPLETE_MARKER).is_file()) if folder.is_dir() else []
+    deleted = []
+    for step, p in found[:-keep] if keep > 0 else found:
+        if (folder.parent / "watch" / f"step-{step}.json").is_file():
+            shutil.rmtree(p, ignore_errors=True)
+            deleted.append(p)
+    return deleted
+
+
+def watch_stop_callback(stage_dir: Path, world_size: int) -> Any:
+    """A TrainerCallback for a watched stage: once the watcher's early-stop rule has written STOP_REQUESTED, stop
+    right after the next checkpoint is saved (every rank at the same step); the stage then publishes as usual."""
+    from transformers import TrainerCallback
+
+    stop_file = stage_dir / "STOP_REQUESTED"
+
+    class StopWhenWatcherSays(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            wanted = stop_file.is_file()
+            if world_size > 1:  # the file is rank 0's to see (no shared folder needed): all ranks agree
+                import torch
+                import torch.distributed as dist
+
+                flag = torch.tensor([1 if wanted else 0])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                wanted = bool(flag.item())
+            if wanted and not control.should_training_stop:
+                log.warning("early stop (the checkpoint watcher's rule): stopping after checkpoint %d",
+                            state.global_step)
+                control.should_training_stop = True
+            return control
+
+    return StopWhenWatcherSays()
+
+
 def _holds_final_step(checkpoint: Path) -> bool:
     """True when a complete checkpoint already is the last optimizer step of its run."""
     try:
@@ -157,12 +196,16 @@ def _trainer_class() -> type:
             return self.prior_loss_sum + self._total_loss_scalar + (float(pending.item()) if pending is not None
                                                                     else 0.0)
 
+        watch_keep: int | None = None  # a watched stage: checkpoints kept (the scored beyond it are deleted)
+
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             super()._save_checkpoint(model, trial)
             ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             if self.args.should_save:  # the loss sum first: the marker makes the checkpoint complete
                 write_json_atomic(ckpt / LOSS_SUM_FILE, {"step": self.state.global_step, "loss_sum": self.loss_sum()})
                 write_json_atomic(ckpt / COMPLETE_MARKER, {"step": self.state.global_step, "time": time.time()})
+                if self.watch_keep is not None:
+                    rotate_scored_checkpoints(Path(self.args.output_dir), self.watch_keep)
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             if self.group_lengths is None:
@@ -384,7 +427,9 @@ def _training_args(stage: Any, ctx: StageContext, model: Any) -> Any:
         num_train_epochs=t.epochs or 1.0, max_steps=t.max_steps or -1, learning_rate=t.lr,
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed, save_strategy="steps", save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit, logging_steps=t.logging_steps, logging_first_step=True,
+        # a watched stage rotates its own checkpoints: one is deleted only once the watcher has scored it
+        save_total_limit=None if stage.watch is not None else t.save_total_limit,
+        logging_steps=t.logging_steps, logging_first_step=True,
         report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         eval_strategy="no", ddp_find_unused_parameters=_audio_params_idle_in_some_batches(stage),
@@ -469,8 +514,11 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         model=model, args=_training_args(stage, ctx, model), train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=SpeechCollator(pad_id=chat.pad),
         callbacks=[_status_callback(stage.name, ctx, history), stop_callback(ctx.world_size), *fault_callbacks(ctx),
-                   *ctx.trainer_callbacks],
+                   *ctx.trainer_callbacks,
+                   *([watch_stop_callback(ctx.stage_dir, ctx.world_size)] if stage.watch is not None else [])],
     )
+    if stage.watch is not None:
+        trainer.watch_keep = stage.train.save_total_limit
     if stage.kind == "distill":
         trainer.teacher = teacher.to(trainer.args.device)
         trainer.alpha, trainer.temperature, trainer.vocab = stage.alpha, stage.temperature, vocab
@@ -509,10 +557,16 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         write_json_atomic(ctx.stage_dir / "deepspeed_config.json", _strict_json(hf_ds.config))
     if ctx.world_size > 1:  # each rank's view of the (all-reduced) loss, for checking a distributed run
         write_json_atomic(ctx.stage_dir / f"losses.rank{ctx.rank}.json", history)
-    if stop_requested() and trainer.state.global_step < trainer.state.max_steps:
+    if stage.watch is not None and (ctx.stage_dir / "STOP_REQUESTED").is_file() \
+            and trainer.state.global_step < trainer.state.max_steps:
+        log.info("stage=%s stopped early at step %d of %d (the watcher's rule); publishing", stage.name,
+                 trainer.state.global_step, trainer.state.max_steps)
+    elif stop_requested() and trainer.state.global_step < trainer.state.max_steps:
         raise StageInterrupted(f"stage {stage.name!r} stopped at step {trainer.state.global_step} after a complete "
                                f"checkpoint; run it again to resume")
     metrics: dict[str, float] = {"train_loss": float(train_loss), "train_runtime_s": time.perf_counter() - t0}
+    if stage.watch is not None and (ctx.stage_dir / "STOP_REQUESTED").is_file():
+        metrics["early_stop_step"] = float(trainer.state.global_step)
     if loop_s:
         metrics["train_loop_s"] = loop_s  # the optimizer steps alone (no loading, encoding or saving)
     if torch.cuda.is_available():  # what the memory planner predicts, measured (this rank)

@@ -214,12 +214,12 @@ def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(slurm_cluster, tm
     metrics = client.get_run(req.run_id).data.metrics
     assert metrics["usage/attempts"] == 2 and metrics["usage/gpu_hours"] == pytest.approx(usage["gpu_hours"])
     assert metrics["cost/amount"] == pytest.approx(3.0 * usage["gpu_hours"])
-    # against SLURM's own accounting: one record per attempt, each holding one GPU, as long as ours or longer
-    out = subprocess.run(["sacct", "-j", job.job_id, "-D", "-X", "-n", "-P", "-o", "ElapsedRaw,AllocTRES"],
+    # against SLURM's own accounting (sacct -D: one record per attempt): as long as ours or longer (the allocation
+    # starts before Python does); the GPUs above are SLURM's (SLURM_GPUS_ON_NODE in the job)
+    out = subprocess.run(["sacct", "-j", job.job_id, "-D", "-X", "-n", "-P", "-o", "ElapsedRaw"],
                          capture_output=True, text=True, check=True).stdout.split()
-    records = [line.split("|") for line in out if line]
-    assert len(records) == 2 and all("gres/gpu=1" in tres for _, tres in records), records
-    assert sum(int(e) for e, _ in records) + 2 >= first["wall_s"] + second["wall_s"]  # sacct counts whole seconds
+    assert len(out) == 2, out
+    assert sum(int(e) for e in out) + 2 >= first["wall_s"] + second["wall_s"]  # sacct counts whole seconds
 
 
 def test_cancel(slurm_cluster, tmp_path: Path) -> None:
