@@ -98,6 +98,13 @@ def plan(spec_path: Path = typer.Argument(..., metavar="SPEC"), set_: Optional[l
         for name, text in scripts:
             console.rule(f"sbatch: {name}")
             console.print(text, markup=False, highlight=False)
+    for st in p.spec.stages:
+        if st.trains and st.watch is not None:
+            w = st.watch
+            console.print(f"stage {st.name!r} is watched: every {st.train.save_steps} steps its checkpoint is scored on "
+                          f"suite {w.suite} by a job of its own on {p.profile.name} (at most {w.max_concurrent} at "
+                          "once)" + (f"; early stop when {w.early_stop.metric} has not improved for "
+                                     f"{w.early_stop.patience} checkpoints" if w.early_stop else ""), highlight=False)
     if p.spec.sweep is not None:
         sw = p.spec.sweep
         points = sw.points()

@@ -80,7 +80,7 @@ MODELS = [
     QuantSpec, TrainSpec, GenerationSpec, RegisterSpec, BootstrapSpec, LocalProfile, SlurmProfile, RayProfile,
 ]
 FIELD_NAMES = set().union(*(m.model_fields for m in MODELS))
-FREE_DICTS = {"grid", "thresholds", "additional_parameters", "runtime_env", "resources_per_worker", "env"}
+FREE_DICTS = {"grid", "thresholds", "tiers", "additional_parameters", "runtime_env", "resources_per_worker", "env"}
 ANY_VALUED = {"grid", "additional_parameters", "runtime_env"}  # dict[str, Any] / list[Any]: any value is valid
 MAX_PROBLEM_LINE = 1100
 
