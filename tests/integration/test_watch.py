@@ -131,3 +131,23 @@ def test_on_slurm_each_checkpoint_is_its_own_job(slurm_cluster, tmp_path: Path) 
     assert _history(outcome.tracking_uri, outcome.run_ids["text"], "watch/text_qa/cer") == [2, 4, 6]
     # save_total_limit 1: once scored, the older checkpoints went; the newest stays for a resume
     assert [p.name for p in (stage_dir / "checkpoints").iterdir()] == ["checkpoint-6"]
+
+
+@pytest.mark.ray
+def test_on_ray_each_checkpoint_is_scored_by_a_ray_worker_of_its_own(ray_head, tmp_path: Path) -> None:
+    """The same through a real Ray head: training one Ray worker, each evaluation another (2 CPUs: both fit)."""
+    from launch.pipeline import build_plan, submit_pipeline
+    from sllm_lib.spec import find_cluster_profile, load_job_spec
+
+    profile = (f"kind: ray\nname: wray\naddress: {ray_head.gcs_address}\nnum_workers: 1\n"
+               "resources_per_worker: {CPU: 1}\n")
+    spec_path = _spec(tmp_path, steps=4, save_steps=2, keep=2, profile=profile,
+                      watch={"suite": str(_suite(tmp_path)), "poll_s": 1})
+    spec = load_job_spec(spec_path)
+    plan = build_plan(spec, spec_path, find_cluster_profile(spec.cluster))
+    outcome = submit_pipeline(plan)
+    stage_dir = plan.stage_dir("text")
+    assert sorted(int(p.stem.split("-")[1]) for p in (stage_dir / "watch").glob("step-*.json")) == [2, 4]
+    assert _history(outcome.tracking_uri, outcome.run_ids["text"], "watch/text_qa/rougeL") == [2, 4]
+    for step in (2, 4):  # each scored through its own Ray driver and worker
+        assert "scored on watch_it" in (stage_dir / "watch" / f"step-{step}" / "stage.log").read_text()
