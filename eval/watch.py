@@ -183,6 +183,12 @@ def run_checkpoint_eval(req: Any, job: Any) -> StageResult:
     o = req.overrides
     stage = job.stage(req.stage)
     step, checkpoint = int(o["step"]), Path(o["checkpoint"])
+    niceness = int(os.environ.get("SLLM_NICE") or 0)
+    if niceness:
+        os.nice(niceness)  # beside training on the same machine: the scheduler prefers training
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
     suite = load_suite(find_watch_suite(o["suite"]))
     t0 = time.perf_counter()
     model, tokenizer, features = load_checkpoint_model(job, stage, [Path(p) for p in req.chain], checkpoint)
@@ -271,8 +277,13 @@ class Watcher:
     def _eval_request(self, step: int, checkpoint: Path) -> Any:
         folder = self.stage_dir / WATCH_DIR / f"step-{step}"
         folder.mkdir(parents=True, exist_ok=True)
+        env = dict(self.request.env)
+        if getattr(self.executor, "name", "") == "local" and self.concurrent:
+            # on the training machine itself: one thread, lower priority, so the evaluation takes what training
+            # leaves (on SLURM and Ray it has an allocation of its own)
+            env.update(OMP_NUM_THREADS="1", SLLM_NICE="10")
         return replace(self.request, stage_dir=str(folder), task="checkpoint_eval", single_process=True,
-                       gpus=min(1, self.request.gpus), after=[],
+                       gpus=min(1, self.request.gpus), after=[], env=env,
                        overrides={"step": step, "checkpoint": str(checkpoint), "suite": self.watch.suite,
                                   "sample_limit": self.watch.sample_limit, "stage_dir": str(self.stage_dir)})
 
