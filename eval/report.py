@@ -561,7 +561,7 @@ def _worst_html(result: NightlyResult) -> str:
             f'<td class="num">{_num(w.loss)}</td></tr>'
         )
     return head + (
-        "<table><thead><tr><th>Tier</th><th>Task</th><th>Metric</th><th>Id</th><th>Reference</th><th>Candidate</th>"
+        "<table><thead><tr><th>Task</th><th>Metric</th><th>Id</th><th>Reference</th><th>Candidate</th>"
         '<th>Baseline</th><th class="num">Cand. score</th><th class="num">Base score</th><th class="num">Loss</th>'
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
     )

@@ -410,13 +410,15 @@ class _Runs:
         from sllm_lib.usage import format_gpu_hours, run_usage
 
         profile = self.plan.profile
-        usage = run_usage(self.plan.run_dir, cost_per_gpu_hour=profile.cost_per_gpu_hour, currency=profile.currency)
         try:
+            usage = run_usage(self.plan.run_dir, cost_per_gpu_hour=profile.cost_per_gpu_hour,
+                              currency=profile.currency)
             tracker = self._tracker(parent_id)
             tracker.log_metrics(usage.metrics())
             tracker.set_tags(usage.tags())
         except Exception as exc:  # accounting never fails a pipeline, nor hides why one failed
             log.warning("pipeline usage not logged (%s: %s)", type(exc).__name__, exc)
+            return
         log.info("pipeline usage: %s GPU-hours over %d attempt(s)%s", format_gpu_hours(usage.gpu_hours),
                  len(usage.attempts), "" if usage.cost is None else f", {usage.cost:.2f} {usage.currency}")
 
@@ -677,7 +679,8 @@ def _submit(plan: Plan, executor: Executor, *, wait: bool, dry_run: bool = False
         runs.log_usage(parent_id)
         runs.close(parent_id, ok=False)
         raise
-    runs.log_usage(parent_id)
+    if len(reused) < len(plan.stages):  # a re-run that reused every stage changed nothing: log nothing again
+        runs.log_usage(parent_id)
     runs.describe_pipeline(parent_id, run_ids)
     runs.close(parent_id, ok=True)
     return PipelineOutcome(plan=plan, tracking_uri=uri, parent_run_id=parent_id, results=results, run_ids=run_ids,
