@@ -27,6 +27,7 @@ No heavy imports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,8 @@ def gate(rule: GateRule, cand: ModelEval, base: ModelEval | None, *, baseline: s
     cv = cand.metrics.get(rule.key, float("nan"))
     row = dict(task=rule.task, metric=rule.metric, baseline=baseline, candidate_value=cv, higher_is_better=hib,
                tier=rule.tier, threshold_spec=rule.written, min_items=policy.min_items)
-    if base is None or rule.key not in base.metrics:
+    if base is None or rule.key not in base.metrics or not math.isfinite(cv) or not math.isfinite(base.metrics[rule.key]):
+        # (a NaN score compares as nothing: it must not fall through to "pass")
         return GateResult(**row, baseline_label=base.label if base else "-", baseline_value=None, improvement=None,
                           ci_low=None, ci_high=None, threshold=rule.threshold if not rule.relative else float("nan"),
                           status="no_baseline")

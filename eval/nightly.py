@@ -39,7 +39,7 @@ from eval.eval_runs import (
     quote,
     score_keys,
 )
-from eval.gates import decide, describe_policy, gate, gate_rules
+from eval.gates import COMPARED, decide, describe_policy, gate, gate_rules
 from eval.results import VERDICT_LABELS, GateResult, ModelEval, NightlyResult, TrendPoint, WorstSample
 from eval.suites import Suite, load_suite
 from sllm_lib.errors import ArtifactNotFoundError, SllmError
@@ -322,7 +322,8 @@ def run_nightly(stage: Any, ctx: StageContext) -> StageResult:
         first = champ is None and not champion_is_candidate(client, stage)
         if champion_is_candidate(client, stage):
             notes.append(f"v{cand.version} is already @{stage.champion_alias}")
-        elif verdict == "go" or (first and policy.promote_first and verdict != "no_go"):
+        elif verdict == "go" or (first and policy.promote_first and verdict != "no_go"
+                                 and not any(g.status in COMPARED for g in gates)):
             client.set_registered_model_alias(stage.registered_model, stage.champion_alias, cand.version)
             promoted = True
             notes.append(f"promoted v{cand.version} to @{stage.champion_alias}" + (
