@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -41,8 +40,6 @@ log = logging.getLogger(__name__)
 
 WATCH_DIR = "watch"
 STOP_FILE = "STOP_REQUESTED"
-COMPLETE_MARKER = "sllm_complete.json"  # sllm_lib/training/runner.py writes it last into a checkpoint
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
 TAG_EARLY_STOP = "sllm.watch.early_stop"
 
 
@@ -75,13 +72,9 @@ def watch_problems(watch: Any) -> list[str]:
 
 def complete_checkpoints(stage_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every complete checkpoint of a stage, oldest first."""
-    folder = Path(stage_dir) / "checkpoints"
-    found = []
-    for p in folder.iterdir() if folder.is_dir() else []:
-        m = _CKPT.match(p.name)
-        if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    from sllm_lib.training.runner import complete_checkpoints as in_folder
+
+    return in_folder(Path(stage_dir) / "checkpoints")
 
 
 class Ledger:

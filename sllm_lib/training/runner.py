@@ -44,23 +44,25 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def latest_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint-N folder that carries the completion marker (half-written ones are ignored)."""
+def complete_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint-N folder that carries the completion marker, oldest first (half-written
+    ones are ignored)."""
     if not folder.is_dir():
-        return None
-    found = []
-    for p in folder.iterdir():
-        m = _CKPT.match(p.name)
-        if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir()
+                  if (m := _CKPT.match(p.name)) and p.is_dir() and (p / COMPLETE_MARKER).is_file())
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint-N folder."""
+    found = complete_checkpoints(folder)
+    return found[-1][1] if found else None
 
 
 def rotate_scored_checkpoints(folder: Path, keep: int) -> list[Path]:
     """A watched stage's rotation: of the complete checkpoints beyond the newest `keep`, delete those the watcher
     has scored (STAGE_DIR/watch/step-N.json); an unscored one waits for its score. Returns what was deleted."""
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()
-                   and (p / COMPLETE_MARKER).is_file()) if folder.is_dir() else []
+    found = complete_checkpoints(folder)
     deleted = []
     for step, p in found[:-keep] if keep > 0 else found:
         if (folder.parent / "watch" / f"step-{step}.json").is_file():
