@@ -83,7 +83,7 @@ def gate_rules(suite: Suite, thresholds: dict[str, float | str], policy: GatePol
 
 def policy_problems(suite: Suite, thresholds: dict[str, Any], policy: GatePolicySpec | None) -> list[str]:
     """Keys of the stage's thresholds and policy tiers that name no metric of the suite (a typo would silently
-    leave a metric ungated or in the default tier)."""
+    leave a metric ungated or in the default tier), and tiers given to a metric without a threshold."""
     tasks = {t.name: t.metric_names() for t in suite.tasks}
     metrics = {m for ms in tasks.values() for m in ms}
     out = []
@@ -94,6 +94,13 @@ def policy_problems(suite: Suite, thresholds: dict[str, Any], policy: GatePolicy
             if not ok:
                 valid = sorted({f"{t}/{m}" for t, ms in tasks.items() for m in ms} | metrics)
                 out.append(f"{field}: {k!r} is no metric of suite {suite.name} (valid: {', '.join(valid)})")
+    if policy is not None and not out:
+        gated = {r.key for r in gate_rules(suite, thresholds, policy)}
+        for k in policy.tiers:
+            task, _, metric = k.rpartition("/")
+            if not any(g == k or (not task and g.endswith(f"/{metric}")) for g in gated):
+                out.append(f"policy.tiers: {k!r} has no threshold, so it is never gated (give it one in "
+                           f"thresholds or in suite {suite.name}'s thresholds, or drop its tier)")
     return out
 
 

@@ -5,9 +5,10 @@ stage) gets a watcher in the launcher. It looks for complete checkpoints (`check
 marker) every `poll_s` seconds and submits one evaluation job per checkpoint through the stage's own executor -- a
 process on the local machine, a SLURM job with the profile's resources for one process, a Ray task -- never inside
 the training processes, at most `max_concurrent` at once. The job rebuilds the stage's model as the checkpoint left
-it (the base, the upstream adapters, this checkpoint's trainable tensors, merged), scores it on the suite and logs
-`watch/<task>/<metric>` to the training stage's MLflow run at the checkpoint's step: a curve of the real task
-metrics beside the loss.
+it (the base, the upstream adapters, this checkpoint's trainable tensors, merged) and scores it on the suite; the
+watcher logs `watch/<task>/<metric>` to the training stage's MLflow run at the checkpoint's step: a curve of the
+real task metrics beside the loss. On the training machine itself (the local executor) the job runs with one thread
+at idle priority (SCHED_IDLE), so it takes only the cycles training leaves.
 
 Each checkpoint is scored once: the job writes `STAGE_DIR/watch/step-N.json` (atomically) when it is done, and the
 watcher claims a checkpoint (`step-N.claim`, created exclusively) before it submits; a watcher that restarts skips
@@ -176,25 +177,14 @@ def run_checkpoint_eval(req: Any, job: Any) -> StageResult:
     o = req.overrides
     stage = job.stage(req.stage)
     step, checkpoint = int(o["step"]), Path(o["checkpoint"])
-    niceness = int(os.environ.get("SLLM_NICE") or 0)
-    if niceness:
-        os.nice(niceness)  # beside training on the same machine: the scheduler prefers training
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
     suite = load_suite(find_watch_suite(o["suite"]))
     t0 = time.perf_counter()
     model, tokenizer, features = load_checkpoint_model(job, stage, [Path(p) for p in req.chain], checkpoint)
     metrics, _, sps = score_suite(model, tokenizer, features, suite, sample_limit=o.get("sample_limit"))
     del model
     watched = {f"watch/{k}": float(v) for k, v in metrics.items()}
-    if req.tracking_uri and req.run_id:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        MlflowClient(tracking_uri=req.tracking_uri).log_batch(
-            req.run_id, metrics=[Metric(k, v, now, step) for k, v in watched.items()])
+    # no MLflow here: the watcher logs the ledger entry. On the training machine this process runs at idle
+    # priority, and holding the tracking store's lock (a sqlite file) while starved stalled training's own logging.
     seconds = time.perf_counter() - t0
     Ledger(Path(o["stage_dir"])).record(step, {"step": step, "checkpoint": str(checkpoint), "suite": suite.name,
                                                "metrics": metrics, "samples_per_s": sps, "seconds": seconds,
@@ -258,6 +248,7 @@ class Watcher:
     stop_reason: str | None = None
     _thread: threading.Thread | None = None
     _done: threading.Event = field(default_factory=threading.Event)
+    _client: Any = None
 
     @property
     def stage_dir(self) -> Path:
@@ -271,12 +262,13 @@ class Watcher:
         folder = self.stage_dir / WATCH_DIR / f"step-{step}"
         folder.mkdir(parents=True, exist_ok=True)
         env = dict(self.request.env)
-        if getattr(self.executor, "name", "") == "local" and self.concurrent:
-            # on the training machine itself: one thread, lower priority, so the evaluation takes what training
-            # leaves (on SLURM and Ray it has an allocation of its own)
-            env.update(OMP_NUM_THREADS="1", SLLM_NICE="10")
+        beside = getattr(self.executor, "name", "") == "local" and self.concurrent
+        if beside:
+            # on the training machine itself: one thread at idle priority, so the evaluation takes only what
+            # training leaves (on SLURM and Ray it has an allocation of its own)
+            env["OMP_NUM_THREADS"] = "1"
         return replace(self.request, stage_dir=str(folder), task="checkpoint_eval", single_process=True,
-                       gpus=min(1, self.request.gpus), after=[], env=env,
+                       gpus=min(1, self.request.gpus), after=[], env=env, background=beside,
                        overrides={"step": step, "checkpoint": str(checkpoint), "suite": self.watch.suite,
                                   "sample_limit": self.watch.sample_limit, "stage_dir": str(self.stage_dir)})
 
@@ -302,8 +294,40 @@ class Watcher:
         return [(s, p) for s, p in complete_checkpoints(self.stage_dir)
                 if not self.ledger.scored(s) and s not in busy and self.failed.count(s) < 2]
 
+    def _mlflow(self) -> Any:
+        """One client (one store, one engine) for the watcher's life, not one per poll."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.request.tracking_uri)
+        return self._client
+
+    def _log_scored(self) -> None:
+        """Log each scored checkpoint not logged yet as watch/<task>/<metric> at its step to the stage's run, and
+        mark its ledger entry logged: done here, in the launcher, not in the evaluation job (see
+        run_checkpoint_eval); a watcher that restarts logs what its predecessor's jobs scored while it was gone."""
+        if not (self.request.tracking_uri and self.request.run_id):
+            return
+        todo = {s: r for s, r in self.ledger.results().items() if not r.get("logged") and r.get("metrics")}
+        if not todo:
+            return
+        from mlflow.entities import Metric
+
+        client = self._mlflow()
+        for step, entry in todo.items():
+            when = int(float(entry.get("time") or time.time()) * 1000)
+            try:
+                client.log_batch(self.request.run_id, metrics=[Metric(f"watch/{k}", float(v), when, step)
+                                                               for k, v in entry["metrics"].items()])
+            except Exception as exc:  # a tracking outage costs the curve's points until it is back, not training
+                log.warning("watch: stage %s checkpoint %d: scores not logged to MLflow yet (%s: %s); retrying",
+                            self.request.stage, step, type(exc).__name__, exc)
+                return
+            write_json_atomic(self.ledger.result_path(step), {**entry, "logged": True})
+
     def poll(self) -> None:
-        """Collect finished evaluations, start new ones (bounded), apply the early-stop rule."""
+        """Collect finished evaluations, start new ones (bounded), log what was scored, apply the early-stop
+        rule."""
         self._collect()
         for step, ckpt in self._pending():
             if len(self.running) >= self.watch.max_concurrent:
@@ -320,6 +344,7 @@ class Watcher:
             self.running.append(_Running(step, handle))
             if not self.concurrent:
                 self._collect()
+        self._log_scored()
         self._early_stop()
 
     def _claim_is_stale(self, step: int) -> bool:
@@ -354,9 +379,7 @@ class Watcher:
         log.warning("watch: stage %s: early stop requested: %s; it stops after its next checkpoint",
                     self.request.stage, reason)
         if self.request.tracking_uri and self.request.run_id:
-            from mlflow import MlflowClient
-
-            MlflowClient(tracking_uri=self.request.tracking_uri).set_tag(self.request.run_id, TAG_EARLY_STOP, reason)
+            self._mlflow().set_tag(self.request.run_id, TAG_EARLY_STOP, reason)
 
     def drain(self, timeout_s: float | None = None) -> None:
         """After the stage ended: score every checkpoint left, wait for the running evaluations, stop."""

@@ -48,6 +48,7 @@ class LaunchRequest:
     gpus: int = 0  # GPUs the executor allocates to the stage (sllm_lib/usage.py: GPU-hours)
     cost_per_gpu_hour: float | None = None  # the profile's price, for the stage's cost
     currency: str = "USD"
+    background: bool = False  # local only: runs beside training on the same cores, at idle priority (SCHED_IDLE)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -132,6 +133,18 @@ class InProcessJob:
         pass
 
 
+def _to_background(pid: int) -> None:
+    """Idle priority for a process beside training (the checkpoint watcher's evaluations): SCHED_IDLE runs it only
+    on cycles no normal process wants, and a training thread that wakes preempts it at once; nice 19 where the
+    policy is not available. Set from here, not in the child, so its imports already run at that priority (the
+    policy is inherited by every thread it starts)."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
 class LocalExecutor(ExecutorBase):
     """Runs stages on this machine; `isolation: subprocess` frees each stage's memory when it ends."""
 
@@ -206,6 +219,9 @@ class LocalExecutor(ExecutorBase):
                 finally:
                     if out is not None:
                         out.close()
+        if req.background:
+            for p in procs:
+                _to_background(p.pid)
         log.debug("started %s as pids %s at %s", req.stage, [p.pid for p in procs], time.strftime("%H:%M:%S"))
         return LocalJob(req, procs)
 

@@ -35,22 +35,29 @@ class StageStatus:
 
 def usage_cells(stage_dir: Path) -> tuple[str, str]:
     """(GPU-hours, cost) of a stage (or a sweep's points) for a table: '0.250 (0.083 interrupted)', '2.50 USD'."""
-    from sllm_lib.usage import USAGE_DIR, StageUsage, format_gpu_hours, read_attempts
+    from sllm_lib.usage import StageUsage, format_gpu_hours, read_attempts, usage_folders
 
-    folders = [f.parent for f in sorted(stage_dir.glob(f"**/{USAGE_DIR}")) if f.is_dir()]
-    attempts = [a for folder in folders for a in read_attempts(folder)]
-    if not attempts:
+    def price(folder: Path) -> tuple[float | None, str] | None:
+        try:  # the price travels in the request (the profile's at submission); a sweep's points have their own
+            req = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+            return req.get("cost_per_gpu_hour"), req.get("currency") or "USD"
+        except (OSError, ValueError):
+            return None
+
+    usages = []
+    for folder in usage_folders(stage_dir):
+        rate, currency = price(folder) or price(stage_dir) or (None, "USD")
+        usages.append(StageUsage(read_attempts(folder), cost_per_gpu_hour=rate, currency=currency))
+    if not any(u.attempts for u in usages):
         return "-", "-"
-    rate, currency = None, "USD"
-    try:  # the price travels in the stage's request (the profile's at submission)
-        req = json.loads((stage_dir / "request.json").read_text(encoding="utf-8"))
-        rate, currency = req.get("cost_per_gpu_hour"), req.get("currency") or "USD"
-    except (OSError, ValueError):
-        pass
-    usage = StageUsage(attempts, cost_per_gpu_hour=rate, currency=currency)
-    lost = usage.interrupted_gpu_hours()
-    hours = format_gpu_hours(usage.gpu_hours) + (f" ({format_gpu_hours(lost)} interrupted)" if lost else "")
-    return hours, "-" if usage.cost is None else f"{usage.cost:,.2f} {usage.currency}"
+    gpu_hours = sum(u.gpu_hours for u in usages)
+    lost = sum(u.interrupted_gpu_hours() for u in usages)
+    hours = format_gpu_hours(gpu_hours) + (f" ({format_gpu_hours(lost)} interrupted)" if lost else "")
+    costs = {(u.currency, u.cost) for u in usages if u.attempts}
+    if any(cost is None for _, cost in costs) or len({c for c, _ in costs}) != 1:
+        return hours, "-"  # a folder without a price (or two currencies): no honest single figure
+    [currency] = {c for c, _ in costs}
+    return hours, f"{sum(u.cost for u in usages if u.attempts):,.2f} {currency}"
 
 
 def find_state_files(target: Path, *, missing_ok: bool = False) -> list[Path]:

@@ -102,19 +102,19 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
     )
     log.info("stage=%s kind=%s starting (run %s, rank %d of %d)", stage.name, stage.kind, req.run_id, rank,
              ctx.world_size)
-    recorder = None
-    if rank == 0:
-        _record_attempt(req)
-        from sllm_lib.usage import AttemptRecorder
-
-        recorder = AttemptRecorder(Path(req.stage_dir), gpus=req.gpus)
-        recorder.start()
-    # the stage's own run reflects when it really runs and ends (a detached launcher is not there to do it)
-    ctx.tracker.set_status("RUNNING")
-    cache = _activate_cache(job, stage)
+    recorder = cache = None
     clean = False
     ended = "failed"
     try:
+        if rank == 0:
+            _record_attempt(req)
+            from sllm_lib.usage import AttemptRecorder
+
+            recorder = AttemptRecorder(Path(req.stage_dir), gpus=req.gpus)
+            recorder.start()
+        # the stage's own run reflects when it really runs and ends (a detached launcher is not there to do it)
+        ctx.tracker.set_status("RUNNING")
+        cache = _activate_cache(job, stage)
         result = STAGE_FUNCTIONS[stage.kind](stage, ctx)
         if cache is not None:
             stats = cache.stats.as_dict()
@@ -125,9 +125,9 @@ def _run(req: LaunchRequest, job: Any, *, rank: int, trainer_callbacks: list[Any
             ctx.tracker.log_metrics({f"cache/{k}": float(v) for k, v in stats.items()})
         if rank == 0:
             _log_output_model(stage, ctx, result)
-            ended = "completed"
-            result.extras["usage"] = _account(req, ctx, recorder, ended)
+            result.extras["usage"] = _account(req, ctx, recorder, "completed")
             write_json_atomic(req.result_file, result.to_dict())
+            ended = "completed"  # only once its result is written: else the finally below restates it failed
         ctx.tracker.set_status("FINISHED")
         clean = True
         return result
@@ -212,6 +212,8 @@ def _account(req: LaunchRequest, ctx: StageContext, recorder: Any, ended: str) -
     stage, usage/* (and cost/amount with a price) metrics and start/end tags on its run. Never raises."""
     from sllm_lib.usage import USAGE_FILE, stage_usage
 
+    if recorder is None:  # the stage failed before its attempt was recorded
+        return {}
     try:
         recorder.finish(ended)
         usage = stage_usage(Path(req.stage_dir), cost_per_gpu_hour=req.cost_per_gpu_hour, currency=req.currency)

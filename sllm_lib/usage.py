@@ -174,10 +174,19 @@ def stage_usage(stage_dir: Path, *, cost_per_gpu_hour: float | None = None, curr
     return StageUsage(read_attempts(stage_dir), cost_per_gpu_hour=cost_per_gpu_hour, currency=currency)
 
 
+def usage_folders(stage_dir: Path) -> list[Path]:
+    """The folders of a stage that record attempts: the stage's own and each sweep point's (`points/N/`). Named,
+    not searched: a stage folder also holds checkpoint and output trees that a recursive glob would walk."""
+    stage_dir = Path(stage_dir)
+    points = sorted(stage_dir.glob("points/*"), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
+                                                              else 0, p.name))
+    return [f for f in [stage_dir, *points] if (f / USAGE_DIR).is_dir()]
+
+
 def run_usage(run_dir: Path, *, cost_per_gpu_hour: float | None = None, currency: str = "USD") -> StageUsage:
     """Every attempt of every stage (and sweep point) of one run folder, as one usage."""
-    attempts = [a for folder in sorted(Path(run_dir).glob(f"stages/**/{USAGE_DIR}")) if folder.is_dir()
-                for a in read_attempts(folder.parent)]
+    attempts = [a for stage in sorted(Path(run_dir).glob("stages/*")) for folder in usage_folders(stage)
+                for a in read_attempts(folder)]
     return StageUsage(sorted(attempts, key=lambda a: a.start), cost_per_gpu_hour=cost_per_gpu_hour, currency=currency)
 
 
@@ -232,7 +241,14 @@ class AttemptRecorder:
             self._write()
 
     def finish(self, state: str) -> Attempt | None:
-        if self.attempt is None or self.attempt.end is not None:
+        """End the attempt as `state`; called again (a completed stage whose result could not be written), it
+        restates the end state and keeps the end time."""
+        if self.attempt is None:
+            return None
+        if self.attempt.end is not None:
+            if state != self.attempt.state:
+                self.attempt.state = state
+                self._write()
             return self.attempt
         self._stop.set()
         if self._thread is not None:

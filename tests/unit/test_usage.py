@@ -31,7 +31,10 @@ def test_recorder_writes_a_heartbeat_and_the_end(tmp_path: Path, monkeypatch) ->
     assert beat["state"] == "running" and beat["last_seen"] > beat["start"]  # the heartbeat moved
     done = rec.finish("completed")
     assert done.state == "completed" and done.end >= beat["last_seen"]
-    assert rec.finish("failed").state == "completed"  # ending twice changes nothing
+    end = done.end
+    again = rec.finish("failed")  # completed, but its result could not be written: the stage failed after all
+    assert again.state == "failed" and again.end == end  # restated, the end time kept
+    assert json.loads(rec.path.read_text(encoding="utf-8"))["state"] == "failed"
     second = U.AttemptRecorder(tmp_path, gpus=2).start()
     assert second.index == 2  # a re-run adds an attempt
     assert [a.index for a in U.read_attempts(tmp_path)] == [1, 2]

@@ -244,6 +244,13 @@ def test_policy_keys_that_name_no_metric_are_problems() -> None:
     assert problems[1].startswith("policy.tiers: 'qa/wer' is no metric of suite s")
 
 
+def test_a_policy_tier_for_a_metric_without_a_threshold_is_a_problem() -> None:
+    assert policy_problems(_suite(), {"asr/cer": 0.01}, GatePolicySpec(tiers={"asr/cer": "critical"})) == []
+    assert policy_problems(_suite(), {"cer": 0.01}, GatePolicySpec(tiers={"cer": "supporting"})) == []
+    [problem] = policy_problems(_suite(), {}, GatePolicySpec(tiers={"qa/rougeL": "critical"}))
+    assert problem.startswith("policy.tiers: 'qa/rougeL' has no threshold, so it is never gated")
+
+
 def test_suite_tiers_need_a_threshold(tmp_path) -> None:
     from eval.suites import load_suite
     from sllm_lib.errors import JobSpecError

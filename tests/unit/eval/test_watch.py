@@ -144,3 +144,44 @@ def test_watch_block_problems_name_the_field(tmp_path: Path) -> None:
     bad = watch_problems(WatchSpec(suite="medical_speech", early_stop=EarlyStopSpec(metric="asr/bleu")))
     assert bad and bad[0].startswith("watch.early_stop.metric: 'asr/bleu' is no metric of suite medical_speech")
     assert watch_problems(WatchSpec(suite="no_such_suite"))[0].startswith("watch.suite: suite 'no_such_suite'")
+
+
+def test_the_watcher_logs_each_score_once_and_a_restarted_one_logs_what_was_missed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("w")).info.run_id
+    stage_dir = tmp_path / "stages" / "text"
+    for step in (5, 10):
+        _checkpoint(stage_dir, step)
+    request = replace(_request(stage_dir), tracking_uri=uri, run_id=run_id)
+    watch = WatchSpec(suite="s", max_concurrent=2, poll_s=0.01)
+    Watcher(request=request, watch=watch, executor=_FakeExecutor({5: 0.5, 10: 0.4, 15: 0.3})).drain(timeout_s=5)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "watch/qa/cer")] == [(5, 0.5), (10, 0.4)]
+    assert all(r["logged"] for r in Ledger(stage_dir).results().values())
+    # a job that ended while no watcher ran: scored, not logged; the next watcher logs it, and only it
+    _checkpoint(stage_dir, 15)
+    Ledger(stage_dir).record(15, {"metrics": {"qa/cer": 0.3}, "time": time.time()})
+    Watcher(request=request, watch=watch, executor=_FakeExecutor({})).drain(timeout_s=5)
+    history = client.get_metric_history(run_id, "watch/qa/cer")
+    assert sorted((m.step, m.value) for m in history) == [(5, 0.5), (10, 0.4), (15, 0.3)]
+
+
+def test_beside_training_on_this_machine_an_evaluation_is_a_one_thread_background_job(tmp_path: Path) -> None:
+    stage_dir = tmp_path / "stages" / "text"
+    _checkpoint(stage_dir, 5)
+
+    class _Local(_FakeExecutor):
+        name = "local"
+
+    for executor, concurrent, background in ((_Local({5: 0.5}), True, True), (_FakeExecutor({5: 0.5}), True, False),
+                                             (_Local({5: 0.5}), False, False)):
+        Ledger(stage_dir).result_path(5).unlink(missing_ok=True)
+        Watcher(request=_request(stage_dir), watch=WatchSpec(suite="s"), executor=executor,
+                concurrent=concurrent).poll()
+        [req] = executor.submitted
+        assert req.background is background  # on SLURM or Ray it has an allocation of its own
+        assert (req.env.get("OMP_NUM_THREADS") == "1") is background

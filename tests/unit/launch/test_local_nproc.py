@@ -4,6 +4,7 @@ ends the stage (its peers are stopped), rank logs, rendering and profile checks.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ elif mode == "rank1_fails":
     if os.environ["RANK"] == "1":
         sys.exit(3)
     time.sleep(600)  # rank 0 waits in a "collective" that will never complete
+elif mode == "wait":
+    time.sleep(600)
 """
 
 
@@ -121,3 +124,19 @@ def test_world_size_of_each_profile_kind() -> None:
     assert SlurmProfile(kind="slurm", name="s", nodes=2, tasks_per_node=3).world_size == 6
     assert SlurmProfile(kind="slurm", name="s").world_size == 1
     assert RayProfile(kind="ray", name="r", num_workers=4).world_size == 4
+
+
+def test_a_background_request_runs_at_idle_priority(tmp_path: Path, monkeypatch) -> None:
+    """The checkpoint watcher's evaluation beside training: SCHED_IDLE from its first import on."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("FAKE_MODE", "wait")
+    executor = FakeExecutor(LocalProfile(kind="local", nproc=1))
+    job = executor.submit(replace(_req(tmp_path, single=True), background=True))
+    plain = executor.submit(replace(_req(tmp_path / "b", single=True)))
+    try:
+        assert os.sched_getscheduler(job.procs[0].pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(plain.procs[0].pid) == os.SCHED_OTHER
+    finally:
+        job.cancel()
+        plain.cancel()

@@ -83,3 +83,31 @@ def test_status_command_prints_elapsed_and_log_lines(tmp_path: Path) -> None:
     sft_row = next(ln for ln in res.stdout.splitlines() if " sft " in ln)
     assert "01:02:05" in sft_row and "stage sft done" in res.stdout and "RuntimeError: out of memory" in res.stdout
     assert "3.000 (1.000 interrupted)" in sft_row and "7.50 EUR" in sft_row
+
+
+def _attempt(folder: Path, hours: float, gpus: int, *, price: float | None = None, currency: str = "USD") -> None:
+    from sllm_lib.usage import USAGE_DIR
+
+    (folder / USAGE_DIR).mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    (folder / USAGE_DIR / "attempt-001.json").write_text(json.dumps(
+        {"index": 1, "start": now - hours * 3600 / gpus, "last_seen": now, "end": now, "gpus": gpus,
+         "state": "completed"}))
+    if price is not None:
+        (folder / "request.json").write_text(json.dumps({"cost_per_gpu_hour": price, "currency": currency}))
+
+
+def test_a_swept_stage_costs_the_sum_of_its_points_at_their_own_price(tmp_path: Path) -> None:
+    from launch.status import usage_cells
+
+    stage = tmp_path / "stages" / "sweep"
+    (stage / "points" / "0").mkdir(parents=True)
+    (stage / "points" / "1").mkdir(parents=True)
+    (stage / "checkpoints" / "checkpoint-5" / "usage").mkdir(parents=True)  # not a record: never searched
+    _attempt(stage / "points" / "0", 1.0, 2, price=2.0, currency="EUR")
+    _attempt(stage / "points" / "1", 0.5, 2, price=2.0, currency="EUR")
+    assert usage_cells(stage) == ("1.500", "3.00 EUR")
+    _attempt(stage / "points" / "1", 0.5, 2)
+    (stage / "points" / "1" / "request.json").unlink()
+    assert usage_cells(stage) == ("1.500", "-")  # a point without a price: no single honest figure
+    assert usage_cells(tmp_path / "stages" / "none") == ("-", "-")
