@@ -47,12 +47,13 @@ def log_mel_chunks(wave: np.ndarray, feature_extractor: Any) -> np.ndarray:
 
 
 def compute_features(path: str | Path, feature_extractor: Any) -> np.ndarray:
-    """Load `path` and compute its log-mel chunks, rounded to float16 precision.
+    """Load `path` and compute its log-mel chunks as float16.
 
-    The shared cache stores float16; rounding here too makes cached and on-the-fly features
-    identical, so a training run gives the same loss with the cache on or off.
+    The shared cache stores float16; returning the same here makes cached and on-the-fly features
+    identical, so a training run gives the same loss with the cache on or off. The model casts them
+    to its own dtype on its device (see `SpeechCollator`).
     """
-    return log_mel_chunks(load_audio(path), feature_extractor).astype(np.float16).astype(np.float32)
+    return log_mel_chunks(load_audio(path), feature_extractor).astype(np.float16)
 
 
 _CACHE: Any = None
@@ -69,7 +70,7 @@ def feature_cache() -> Any:
 
 
 def audio_features(path: str | Path, feature_extractor: Any) -> np.ndarray:
-    """The log-mel chunks of `path`: from the active feature cache, else computed."""
+    """The float16 log-mel chunks of `path`: from the active feature cache, else computed."""
     if _CACHE is not None:
         return _CACHE.features(path, feature_extractor)
     return compute_features(path, feature_extractor)

@@ -2,7 +2,7 @@
 
     from sllm_lib.cache import FeatureCache
     cache = FeatureCache("s3://bucket/sllm/features", local_dir="/scratch/sllm-features", local_cap_gb=50)
-    feats = cache.features(audio_path, feature_extractor)  # float32 (n_chunks, n_mels, 3000)
+    feats = cache.features(audio_path, feature_extractor)  # float16 (n_chunks, n_mels, 3000)
 """
 
 from sllm_lib.cache.keys import CODE_VERSION, audio_hash, extractor_settings, fingerprint

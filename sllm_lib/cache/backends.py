@@ -62,8 +62,8 @@ class LocalStore:
         """The object's bytes, or None when it does not exist (or vanished under a concurrent eviction)."""
         path = self.path(rel)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            with open(path, "rb", buffering=0) as f:  # unbuffered: one read into the result, no extra copy
+                data = f.readall()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         if touch:  # LRU clock: mtime = last use (atime is unreliable under relatime/noatime)

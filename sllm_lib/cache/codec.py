@@ -17,7 +17,6 @@ key it was read under, so an object copied under the wrong name is rejected too)
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 
 import numpy as np
@@ -73,6 +72,18 @@ def encode(features: np.ndarray, *, audio_hash: str, fp: str) -> bytes:
 def decode(data: bytes, *, audio_hash: str, fp: str, n_mels: int | None = None,
            n_frames: int | None = None) -> np.ndarray:
     """The float16 array stored in `data`, after every check; CorruptEntry otherwise."""
+    return check(data, audio_hash=audio_hash, fp=fp, n_mels=n_mels, n_frames=n_frames)[0]
+
+
+def check(data: bytes, *, audio_hash: str, fp: str, n_mels: int | None = None, n_frames: int | None = None,
+          verified_sha256: str | None = None) -> tuple[np.ndarray, str]:
+    """(the float16 array, the data checksum its header states); CorruptEntry when any check fails.
+
+    verified_sha256: the checksum of data this process already hashed and scanned under the same key. When the
+    header states it, the data is not hashed or scanned again: the structure, the key and the exact length are
+    still checked on every read (a torn, truncated or padded file, or another entry renamed over this one, is
+    caught), a byte flipped on disk since that check is not (`sllm cache verify` is the full check).
+    """
     size = len(data)
     if size < 8:
         raise CorruptEntry(f"{size} bytes: too short for a header")
@@ -113,29 +124,21 @@ def decode(data: bytes, *, audio_hash: str, fp: str, n_mels: int | None = None,
     if info.get("data_offsets") != [0, 2 * count] or start + 2 * count != size:
         raise CorruptEntry(f"data offsets {info.get('data_offsets')} do not cover the {size - start} data bytes "
                            f"(truncated or padded)")
-    body = memoryview(data)[start:]
-    if hashlib.sha256(body).hexdigest() != meta.get("sha256"):
-        raise CorruptEntry("data checksum mismatch")
+    stated = meta.get("sha256")
     arr = np.frombuffer(data, dtype="<f2", count=count, offset=start).reshape(shape)
+    if verified_sha256 is not None and stated == verified_sha256:
+        return arr, stated
+    if hashlib.sha256(memoryview(data)[start:]).hexdigest() != stated:
+        raise CorruptEntry("data checksum mismatch")
     if not all_finite(arr):
         raise CorruptEntry("non-finite values")
-    return arr
+    return arr, stated
 
 
-_IMPORT_PID = os.getpid()
-
-
-def to_float32(arr: np.ndarray) -> np.ndarray:
-    """float16 -> float32. torch's conversion is vectorised (about 15x numpy's astype on 128x3000), which
-    matters on the warm-cache path where this is most of the work."""
-    if os.getpid() != _IMPORT_PID:
-        return arr.astype(np.float32)  # a forked child (DataLoader worker): torch's thread pool is not fork-safe
-    try:
-        import torch
-    except ImportError:
-        return arr.astype(np.float32)
-    src = arr if arr.flags.writeable else arr.copy()  # torch refuses to wrap read-only buffers silently
-    return torch.from_numpy(np.ascontiguousarray(src)).float().numpy()
+def stated_sha256(data: bytes) -> str:
+    """The data checksum in the header of entry bytes made by `encode` (no checks: use on our own bytes)."""
+    hlen = int.from_bytes(data[:8], "little")
+    return json.loads(bytes(data[8:8 + hlen]))["__metadata__"]["sha256"]
 
 
 def all_finite(arr: np.ndarray) -> bool:

@@ -46,6 +46,22 @@ def _num(value: Any) -> Any:
     return str(value)
 
 
+# every attribute `extractor_settings` reads: equal values give an equal fingerprint (see `extractor_key`)
+EXTRACTOR_ATTRS = ("feature_size", "hop_length", "n_samples", "nb_max_frames", "sampling_rate", "n_fft",
+                   "chunk_length", "padding_value", "dither")
+
+
+def extractor_key(feature_extractor: Any) -> tuple | None:
+    """A hashable stand-in for the extractor's settings, cheap enough to compute per clip (None when a value is
+    not hashable): a cache memoises the fingerprint under it."""
+    key = (type(feature_extractor), *(getattr(feature_extractor, a, None) for a in EXTRACTOR_ATTRS))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def extractor_settings(feature_extractor: Any) -> dict:
     """Everything that determines the cached feature values of `feature_extractor` (JSON-serialisable).
 

@@ -35,6 +35,7 @@ from sllm_lib.cache.keys import (
     audio_hash as _audio_hash,
     check_fp,
     check_hash,
+    extractor_key,
     extractor_settings,
     settings_fingerprint,
 )
@@ -115,6 +116,10 @@ class FeatureCache:
         self._published: set[str] = set()  # fps whose settings.json this instance wrote
         self._no_settings: set[str] = set()  # fps with no settings.json in the store
         self._hash_memo: dict[tuple, str] = {}
+        self._fp_memo: dict[tuple, str] = {}  # extractor_key -> fingerprint
+        # rel -> data checksum of the entry this process wrote or fully checked on this node's disk: a later local
+        # read of the same entry checks its structure and length, not its checksum again (see codec.check)
+        self._verified: dict[str, str] = {}
         self._last_fallback_warning = -1e9
         self.remote: RemoteStore | None = None
         self.local: LocalStore | None = None  # the store itself (local uri) or the tier in front of S3
@@ -161,9 +166,14 @@ class FeatureCache:
 
     def register(self, feature_extractor: Any) -> str:
         """The fingerprint of `feature_extractor`; remembers its settings (expected entry shape)."""
-        settings = extractor_settings(feature_extractor)
-        fp = settings_fingerprint(settings)
-        self._settings.setdefault(fp, settings)
+        key = extractor_key(feature_extractor)
+        fp = self._fp_memo.get(key) if key is not None else None
+        if fp is None:
+            settings = extractor_settings(feature_extractor)
+            fp = settings_fingerprint(settings)
+            self._settings.setdefault(fp, settings)
+            if key is not None:
+                self._fp_memo[key] = fp
         return fp
 
     def _expected(self, fp: str, until: float | None = None) -> tuple[int | None, int | None]:
@@ -215,6 +225,19 @@ class FeatureCache:
         n_mels, n_frames = self._expected(fp, until)
         return codec.decode(data, audio_hash=audio_hash, fp=fp, n_mels=n_mels, n_frames=n_frames)
 
+    def _decode_local(self, rel: str, data: bytes, audio_hash: str, fp: str, until: float | None) -> np.ndarray:
+        """`_decode` of bytes read from this node's disk: the checksum is computed once per entry and process."""
+        n_mels, n_frames = self._expected(fp, until)
+        arr, sha = codec.check(data, audio_hash=audio_hash, fp=fp, n_mels=n_mels, n_frames=n_frames,
+                               verified_sha256=self._verified.get(rel))
+        self._remember(rel, sha)
+        return arr
+
+    def _remember(self, rel: str, sha: str) -> None:
+        if len(self._verified) > 2_000_000:  # ~300 MB of keys: start over rather than grow without bound
+            self._verified.clear()
+        self._verified[rel] = sha
+
     def _corrupt(self, where: str, audio_hash: str, fp: str, exc: Exception) -> None:
         self._count(corrupt=1)
         log.warning("feature cache %s: dropping corrupt entry %s/%s in %s (%s); it will be recomputed",
@@ -250,8 +273,9 @@ class FeatureCache:
                 data = None
             if data is not None:
                 try:
-                    arr = self._decode(data, audio_hash, fp, until)
+                    arr = self._decode_local(rel, data, audio_hash, fp, until)
                 except codec.CorruptEntry as exc:
+                    self._verified.pop(rel, None)
                     self._corrupt(str(self.local.path(rel)), audio_hash, fp, exc)
                     if self.mode == "readwrite" or self._tier is not None:  # the tier is ours to repair
                         self.local.delete(rel)
@@ -315,15 +339,17 @@ class FeatureCache:
         return None
 
     def _tier_write(self, rel: str, data: bytes) -> None:
+        """Copy checked (or just encoded) entry bytes to the node's disk tier."""
         try:
             self._tier.write(rel, data)
             self._count(bytes_written=len(data))
+            self._remember(rel, codec.stated_sha256(data))
         except OSError as exc:  # a full or read-only node disk must not fail the job
             self._count(errors=1)
             log.warning("feature cache %s: local tier %s not written (%s)", self.uri, self._tier.root, exc)
 
     def get(self, audio_hash: str, fp: str) -> np.ndarray | None:
-        """The cached features as float32 (n_chunks, n_mels, n_frames), or None on a miss.
+        """The cached features as stored, float16 (n_chunks, n_mels, n_frames), or None on a miss.
 
         S3 trouble is a miss (counted in stats.errors), or DataError when the cache is required.
         """
@@ -337,7 +363,7 @@ class FeatureCache:
             if self.required:
                 raise self._unavailable("get", exc) from None
             return None
-        return None if arr is None else codec.to_float32(arr)
+        return arr
 
     def _store(self, audio_hash: str, fp: str, stored: np.ndarray, until: float | None = None) -> None:
         """Write the float16 entry to the store (readwrite) and the local tier. RemoteUnavailable propagates."""
@@ -348,6 +374,7 @@ class FeatureCache:
                 self._publish_settings(fp)
                 self.local.write(rel, data)
                 self._count(writes=1, bytes_written=len(data))
+                self._remember(rel, codec.stated_sha256(data))
             return
         if self._tier is not None:  # first, so this node hits even when the S3 write fails
             self._tier_write(rel, data)
@@ -391,15 +418,17 @@ class FeatureCache:
         return h
 
     def features(self, audio_path: str | Path, feature_extractor: Any) -> np.ndarray:
-        """Get-or-compute: float32 (n_chunks, n_mels, n_frames), the log-mel chunks of `audio_path`.
+        """Get-or-compute: float16 (n_chunks, n_mels, n_frames), the log-mel chunks of `audio_path`.
 
-        The values are the float16-rounded ones whether they come from the cache or were just computed
-        (also with mode "off"), so a run sees the same features on a hit, on a miss and without a cache.
+        float16 whether they come from the cache or were just computed (also with mode "off"), so a run sees
+        the same features on a hit, on a miss and without a cache. They stay float16 (half the memory of a
+        stage's encoded examples) until the model casts them to its dtype on its device (Voxtral's audio
+        tower does). Read-only when they come from the cache (a view of the entry's bytes).
         A computed entry that could not be stored in the cache (S3 down, disk error) counts in
         stats.fallbacks.
         """
         if self.mode == "off":
-            return codec.to_float32(codec.to_stored(_compute(audio_path, feature_extractor)))
+            return codec.to_stored(_compute(audio_path, feature_extractor))
         fp = self.register(feature_extractor)
         until = self._budget()
         try:
@@ -415,7 +444,7 @@ class FeatureCache:
                 raise self._unavailable("get", exc) from None
             remote_failed, arr = exc, None
         if arr is not None:
-            return codec.to_float32(arr)
+            return arr
         stored = codec.to_stored(_compute(audio_path, feature_extractor))
         try:
             if remote_failed is None:
@@ -436,7 +465,7 @@ class FeatureCache:
         if remote_failed is not None:
             self._count(fallbacks=1)
             self._warn_fallback(audio_path, remote_failed)
-        return codec.to_float32(stored)
+        return stored
 
     def _warn_fallback(self, audio_path: str | Path, reason: Exception) -> None:
         """A warning per outage, not per clip: at most one every FALLBACK_WARN_S seconds."""

@@ -26,7 +26,7 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
-    features: np.ndarray | dict[str, np.ndarray] | None  # audio (n_chunks, n_mels, 3000); images by input name
+    features: np.ndarray | dict[str, np.ndarray] | None  # audio float16 (n_chunks, n_mels, 3000); images by name
     target: str
     kind: str
 
@@ -50,6 +50,27 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+_PROMPTS: dict[int, tuple[Any, int, dict[str, tuple[int, ...]]]] = {}  # id -> (tokenizer, its size, text -> ids)
+
+
+def _encode_prompt(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """`_encode` of a prompt text, memoised per tokenizer: every ASR record asks the same question, and a warm
+    feature-cache read is faster than tokenizing it again."""
+    held = _PROMPTS.get(id(tokenizer))
+    size = len(tokenizer)  # a token added since: tokenize again
+    if held is None or held[0] is not tokenizer or held[1] != size:
+        if len(_PROMPTS) > 8:
+            _PROMPTS.clear()
+        held = _PROMPTS[id(tokenizer)] = (tokenizer, size, {})
+    memo = held[2]
+    ids = memo.get(text)
+    if ids is None:
+        if len(memo) > 4096:
+            memo.clear()
+        ids = memo[text] = tuple(_encode(tokenizer, text))
+    return ids
+
+
 def build_prompt_ids(tokenizer: Any, chat: Any, text: str, n_audio_chunks: int) -> list[int]:
     """[bos][INST]([BEGIN_AUDIO][AUDIO]*375k)text[/INST]."""
     ids: list[int] = []
@@ -61,7 +82,7 @@ def build_prompt_ids(tokenizer: Any, chat: Any, text: str, n_audio_chunks: int) 
         if chat.begin_audio is not None:
             ids.append(chat.begin_audio)
         ids += [chat.audio] * (TOKENS_PER_CHUNK * n_audio_chunks)
-    ids += _encode(tokenizer, text)
+    ids += _encode_prompt(tokenizer, text)
     if chat.inst_end is not None:
         ids.append(chat.inst_end)
     return ids
@@ -143,7 +164,11 @@ class ExampleDataset:
 
 @dataclass
 class SpeechCollator:
-    """Pads a batch; audio chunks of all samples are concatenated in row order (Voxtral scatters them so)."""
+    """Pads a batch; audio chunks of all samples are concatenated in row order (Voxtral scatters them so).
+
+    Audio features stay float16, as cached: half the bytes to copy to the device, where Voxtral's audio tower
+    casts them to its own dtype (`input_features.to(dtype=conv1.weight.dtype, device=...)`), values unchanged.
+    """
 
     pad_id: int
     padding_side: str = "right"

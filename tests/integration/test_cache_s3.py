@@ -79,7 +79,7 @@ def test_round_trip(s3_server, fe, tmp_path):
     built = [builder.features(p, fe) for p in wavs]
     for p, got in zip(wavs, built):
         ref = _reference(p, fe)
-        assert got.dtype == np.float32 and got.shape == ref.shape
+        assert got.dtype == np.float16 and got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-3, rtol=0)
     assert builder.stats.misses == 4 and builder.stats.writes == 4 and builder.stats.errors == 0
     # another node: no local tier, every lookup is a remote hit with identical values

@@ -44,7 +44,7 @@ def test_local_cache_get_or_compute(tmp_path, fe):
     fp, h = fingerprint(fe), audio_hash(AUDIO[0])
     a = cache.features(AUDIO[0], fe)
     ref = _reference(AUDIO[0], fe)
-    assert a.dtype == np.float32 and a.shape == ref.shape == (1, 128, 3000)
+    assert a.dtype == np.float16 and a.shape == ref.shape == (1, 128, 3000)
     np.testing.assert_allclose(a, ref, atol=2e-3, rtol=0)  # float16 storage
     assert cache.stats.misses == 1 and cache.stats.writes == 1 and cache.stats.hits == 0
     b = cache.features(AUDIO[0], fe)
@@ -71,7 +71,7 @@ def test_put_get_and_shape_checks(tmp_path, fe):
         cache.put(h, fp, np.zeros((1, 80, 3000), np.float32))
     cache.put(h, fp, np.ones((2, 128, 3000), np.float32))
     got = cache.get(h, fp)
-    assert got.dtype == np.float32 and got.shape == (2, 128, 3000) and (got == 1).all()
+    assert got.dtype == np.float16 and got.shape == (2, 128, 3000) and (got == 1).all()
     assert cache.get("cd" * 32, fp) is None and cache.stats.misses == 1
     # an instance that never saw the extractor checks shapes from <fp>/settings.json
     fresh = FeatureCache(str(tmp_path))
@@ -91,12 +91,51 @@ def test_corrupt_local_entry_is_recomputed(tmp_path, fe, caplog, damage):
     else:
         data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
+    if damage == "flip":  # same length: only a checksum sees it, computed once per entry and process (a new one)
+        cache = FeatureCache(str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="sllm_lib.cache"):
         again = cache.features(AUDIO[1], fe)
     assert np.array_equal(again, first)
-    assert cache.stats.corrupt == 1 and cache.stats.writes == 2
+    assert cache.stats.corrupt == 1 and cache.stats.writes == (1 if damage == "flip" else 2)
     assert "corrupt entry" in caplog.text
     codec.decode(path.read_bytes(), audio_hash=audio_hash(AUDIO[1]), fp=fingerprint(fe))  # rewritten valid
+
+
+def test_verified_entry_read_again_checks_structure_not_checksum(tmp_path, fe, monkeypatch):
+    """An entry this process wrote or fully checked is not hashed again, but every read still checks the header,
+    the key and the exact length: a torn, truncated or padded file, or another entry renamed over it, is a miss."""
+    import hashlib
+
+    cache = FeatureCache(str(tmp_path))
+    fp, h = cache.register(fe), audio_hash(AUDIO[0])
+    first = cache.features(AUDIO[0], fe)  # written: verified
+    path = Path(cache.key_path(h, fp))
+    good = path.read_bytes()
+    hashed = []
+    real_sha = hashlib.sha256
+    big = 128 * 3000 * 2  # an entry's data (hashlib is one module: keys hash small settings documents too)
+    monkeypatch.setattr(codec.hashlib, "sha256", lambda b=b"": (len(b) >= big and hashed.append(len(b))) or real_sha(b))
+    for _ in range(3):
+        np.testing.assert_array_equal(cache.features(AUDIO[0], fe), first)
+    assert hashed == [] and cache.stats.local_hits == 3
+    reader = FeatureCache(str(tmp_path))  # another process: the first read is the full check, then none
+    reader.features(AUDIO[0], fe), reader.features(AUDIO[0], fe)
+    assert hashed == [len(good) - 8 - int.from_bytes(good[:8], "little")]
+
+    for bad in (good[:-2], good + b"\0\0", good[:len(good) // 2]):
+        path.write_bytes(bad)
+        before = cache.stats.corrupt
+        np.testing.assert_array_equal(cache.features(AUDIO[0], fe), first)
+        assert cache.stats.corrupt == before + 1 and path.read_bytes() == good  # dropped and rewritten
+    other = cache.features(AUDIO[1], fe)
+    path.write_bytes(Path(cache.key_path(audio_hash(AUDIO[1]), fp)).read_bytes())  # valid bytes, wrong key
+    np.testing.assert_array_equal(cache.features(AUDIO[0], fe), first)
+    assert not np.array_equal(other, first) and path.read_bytes() == good
+    # a byte flipped on disk after the check is the full check's to find: `sllm cache verify`
+    flipped = bytearray(good)
+    flipped[-7] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    assert cache.verify(fp)["corrupt"] == 1 and not path.exists()
 
 
 def test_readonly_and_off(tmp_path, fe):
@@ -108,7 +147,8 @@ def test_readonly_and_off(tmp_path, fe):
     off = FeatureCache(str(tmp_path), mode="off")
     out = off.features(AUDIO[0], fe)
     ref = _reference(AUDIO[0], fe)
-    np.testing.assert_array_equal(out, ref.astype(np.float16).astype(np.float32))
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, ref.astype(np.float16))
     assert off.get(audio_hash(AUDIO[0]), fingerprint(fe)) is None and off.stats.as_dict() == CacheStats().as_dict()
     assert not any(tmp_path.rglob("*"))
     with pytest.raises(ValueError):

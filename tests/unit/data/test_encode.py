@@ -78,6 +78,28 @@ def test_collator_pads_and_concatenates_audio_in_row_order(parts) -> None:
     assert int(left["attention_mask"][1][0]) == 0 and int(left["attention_mask"][1][-1]) == 1
 
 
+def test_float16_features_reach_the_model_unchanged(parts) -> None:
+    """Features stay float16 from the cache through the collator; the model casts them to its dtype on its device,
+    so the loss equals the one from float32 features of the same values."""
+    import torch
+    from transformers import VoxtralForConditionalGeneration
+
+    from sllm_lib.models.builders import tiny_voxtral_config
+
+    tok, chat, fe = parts
+    asr = read_records(SAMPLE / "asr_train.jsonl", "asr").records[:2]
+    batch = [encode_record(r, "asr", tokenizer=tok, chat=chat, feature_extractor=fe, max_seq_len=1024) for r in asr]
+    assert all(e.features.dtype == np.float16 for e in batch)
+    out = SpeechCollator(pad_id=chat.pad)(batch)
+    assert out["input_features"].dtype == torch.float16
+    torch.manual_seed(0)
+    model = VoxtralForConditionalGeneration(tiny_voxtral_config(vocab_size=len(tok), audio_token_id=chat.audio)).eval()
+    with torch.no_grad():
+        loss16 = model(**out).loss
+        loss32 = model(**{**out, "input_features": out["input_features"].float()}).loss
+    assert torch.isfinite(loss16) and loss16.item() == loss32.item()
+
+
 def test_mixture_follows_weights_and_cycles_small_sets() -> None:
     picks = mixture_indices([10, 4], [1.0, 1.0], seed=0)
     counts = [sum(1 for d, _ in picks if d == k) for k in (0, 1)]
