@@ -52,7 +52,7 @@ class _Progress:
 def score_task(task: SuiteTask, suite: Suite, *, model: Any, tokenizer: Any, features: Any, chat: Any,
                sample_limit: int | None = None) -> tuple[dict[str, float], list[SampleScore], float]:
     """Generate for every sample of one task and score it; (metrics, samples, seconds of generation)."""
-    from sllm_lib.data.encode import encode_record
+    from sllm_lib.data.encode import encode_records
     from sllm_lib.data.records import read_records
     from sllm_lib.metrics.registry import compute_metrics
 
@@ -60,8 +60,8 @@ def score_task(task: SuiteTask, suite: Suite, *, model: Any, tokenizer: Any, fea
     limit = suite.limit_for(task, sample_limit)
     records = data.records[:limit] if limit else data.records
     gen = task.generation_for(suite.generation)
-    examples = [encode_record(r, task.record_kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
-                              max_seq_len=10**9, with_target=False) for r in records]
+    examples = encode_records(records, task.record_kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
+                              max_seq_len=10**9, with_target=False)
     from sllm_lib.scoring import generate_texts
 
     progress = _Progress(len(examples), f"{suite.name}/{task.name}")

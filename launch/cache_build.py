@@ -100,8 +100,7 @@ def build_shard(plan_path: str, shard: int) -> dict[str, Any]:
     paths = plan.shards[shard]
     rows: dict[str, dict[str, Any]] = {}
     t0 = last = time.perf_counter()
-    for i, path in enumerate(paths, 1):
-        feats = cache.features(path, extractor)
+    for i, (path, feats) in enumerate(zip(paths, cache.features_many(paths, extractor)), 1):
         info = sf.info(path)
         rows[path] = {"audio_path": path, "audio_hash": audio_hash(path), "duration_s": float(info.duration),
                       "n_chunks": int(feats.shape[0]),

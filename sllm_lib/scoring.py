@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sllm_lib.data.encode import SpeechCollator, encode_record
+from sllm_lib.data.encode import SpeechCollator, encode_records
 from sllm_lib.data.records import classification_as_text_qa, read_records
 from sllm_lib.metrics.registry import DEFAULT_METRICS, compute_metrics
 from sllm_lib.spec import EvalDatasetRef
@@ -53,8 +53,8 @@ def evaluate_dataset(ref: EvalDatasetRef, *, model: Any, tokenizer: Any, feature
     if kind == "classification":  # asked as in training; the generated text is parsed back to a label
         data, kind = classification_as_text_qa(data, ref.instruction, ref.task_name), "text_qa"
     records = data.records[: ref.max_records] if ref.max_records else data.records
-    examples = [encode_record(r, kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
-                              max_seq_len=10**9, with_target=False) for r in records]
+    examples = encode_records(records, kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
+                              max_seq_len=10**9, with_target=False)
     hyps = generate_texts(model, examples, tokenizer=tokenizer, chat=chat, gen=gen)
     refs = [e.target for e in examples]
     names = ref.metrics or DEFAULT_METRICS[ref.kind]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -67,6 +67,14 @@ def set_feature_cache(cache: Any) -> None:
 
 def feature_cache() -> Any:
     return _CACHE
+
+
+def audio_features_many(paths: Iterable[str | Path], feature_extractor: Any) -> Iterator[np.ndarray]:
+    """`audio_features` of each path, in order: read ahead in parallel through the active cache
+    (`FeatureCache.features_many`), else computed one at a time."""
+    if _CACHE is not None:
+        return _CACHE.features_many(paths, feature_extractor)
+    return (compute_features(p, feature_extractor) for p in paths)
 
 
 def audio_features(path: str | Path, feature_extractor: Any) -> np.ndarray:

@@ -278,6 +278,10 @@ class RemoteStore:
         return f"{self.bucket}/{self.key(rel)}"
 
     def _fs(self):
+        with self._lock:  # `FeatureCache.features_many` calls from several threads: build one fs, not one each
+            return self._fs_locked()
+
+    def _fs_locked(self):
         # rebuilt in a forked child: the parent's fs is bound to an event loop thread the child lacks
         if self._fs_obj is None or self._fs_pid != os.getpid():
             import s3fs
@@ -360,6 +364,11 @@ class RemoteStore:
         raise RemoteUnavailable(reason)
 
     # -- object operations
+
+    def connect(self) -> None:
+        """Create the S3 client now (no request is sent): calls made at once from several threads then share
+        it, instead of racing to create one each (s3fs creates it lazily in the first call)."""
+        self._run("connect", lambda fs: fs.set_session())
 
     def read(self, rel: str, *, until: float | None = None) -> bytes | None:
         """The object's bytes, or None when it does not exist. TornRead when its body was cut short

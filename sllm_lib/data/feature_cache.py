@@ -16,7 +16,8 @@ def cache_kwargs(spec: Any) -> dict[str, Any]:
 
     local = c.local_dir or (str(sllm_home() / "feature-cache") if uri.startswith("s3://") else None)
     return {"uri": uri, "mode": c.mode, "local_dir": local, "local_cap_gb": c.local_cap_gb,
-            "required": c.required, "endpoint_url": c.endpoint_url, "timeout_s": c.timeout_s}
+            "required": c.required, "endpoint_url": c.endpoint_url, "timeout_s": c.timeout_s,
+            "prefetch": c.prefetch}
 
 
 def activate(spec: Any) -> Any:

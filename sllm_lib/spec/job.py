@@ -81,6 +81,9 @@ class CacheSpec(Strict):
     required: bool = Field(default=False, description="Fail when the cache is unreachable instead of computing "
                                                       "features on the fly with a warning.")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="Longest a cache call may block.")
+    prefetch: int | None = Field(default=None, ge=1, le=64, description="Entries read (or computed) at once ahead "
+                                 "of the encoder: parallel S3 GETs on a fresh node; default 8 with s3://, 2 for a "
+                                 "directory; 1 reads one at a time.")
 
 
 class SweepSpec(Strict):

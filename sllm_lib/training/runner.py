@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sllm_lib.data.encode import Example, ExampleDataset, SpeechCollator, encode_record, mixture_indices
+from sllm_lib.data.encode import Example, ExampleDataset, SpeechCollator, encode_records, mixture_indices
 from sllm_lib.data.records import ReadResult, classification_as_text_qa, read_records
 from sllm_lib.models.adapters import apply_chain, prepare_trainable, save_stage_weights
 from sllm_lib.models.builders import (
@@ -300,12 +300,8 @@ def encode_mixture(
     """Encode every record once, then draw the weighted mixture for one epoch."""
     encoded: list[list[Example]] = []
     for res in results:
-        rows = []
-        for rec in res.records:
-            ex = encode_record(rec, res.kind, tokenizer=tokenizer, chat=chat, feature_extractor=features,
-                               max_seq_len=max_seq_len)
-            if ex is not None:
-                rows.append(ex)
+        rows = [ex for ex in encode_records(res.records, res.kind, tokenizer=tokenizer, chat=chat,
+                                            feature_extractor=features, max_seq_len=max_seq_len) if ex is not None]
         if len(rows) < len(res.records):
             log.warning("%s: %d records longer than max_seq_len=%d skipped", res.path, len(res.records) - len(rows),
                         max_seq_len)

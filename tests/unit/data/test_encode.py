@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sllm_lib.data.encode import IGNORE_INDEX, SpeechCollator, encode_record, mixture_indices
+from sllm_lib.data.encode import IGNORE_INDEX, SpeechCollator, encode_record, encode_records, mixture_indices
 from sllm_lib.data.records import read_records
 from tests.conftest import SAMPLE
 
@@ -98,6 +98,36 @@ def test_float16_features_reach_the_model_unchanged(parts) -> None:
         loss16 = model(**out).loss
         loss32 = model(**{**out, "input_features": out["input_features"].float()}).loss
     assert torch.isfinite(loss16) and loss16.item() == loss32.item()
+
+
+@pytest.mark.parametrize("with_target", [True, False])
+def test_encode_records_equals_one_at_a_time(parts, tmp_path, with_target) -> None:
+    """Batched target tokenization and features read ahead through the cache give the very same examples."""
+    from sllm_lib.audio.features import set_feature_cache
+    from sllm_lib.cache import FeatureCache
+
+    tok, chat, fe = parts
+    assert tok.is_fast  # the batched path is the one under test
+    asr = read_records(SAMPLE / "asr_train.jsonl", "asr").records[:6]
+    text = [{"instruction": "질문", "input": f"열이 {i}일째 나요", "output": "해열제를 드세요" * (i + 1)} for i in range(5)]
+    kw = dict(tokenizer=tok, chat=chat, feature_extractor=fe, with_target=with_target)
+    for records, kind, limit in [(asr, "asr", 10_000), (text, "text_qa", 256), (text, "text_qa", 30)]:
+        one = [encode_record(r, kind, max_seq_len=limit, **kw) for r in records]
+        set_feature_cache(FeatureCache(str(tmp_path / "c"), prefetch=3))
+        try:
+            for _ in range(2):  # computed, then read back
+                many = encode_records(records, kind, max_seq_len=limit, **kw)
+                assert [m is None for m in many] == [o is None for o in one]
+                for m, o in zip(many, one):
+                    if o is not None:
+                        assert (m.input_ids, m.labels, m.target, m.kind) == (o.input_ids, o.labels, o.target, o.kind)
+                        assert (m.features is None) == (o.features is None)
+                        if o.features is not None:
+                            np.testing.assert_array_equal(m.features, o.features)
+        finally:
+            set_feature_cache(None)
+    short = [encode_record(r, "text_qa", max_seq_len=30, **kw) for r in text]
+    assert any(len(o.input_ids) == 30 for o in short) == with_target  # the 30-token case truncates answers
 
 
 def test_mixture_follows_weights_and_cycles_small_sets() -> None:
