@@ -224,6 +224,9 @@ class FakeRemote:
         if self.down:
             raise RemoteUnavailable("fake outage")
 
+    def connect(self):
+        self._check()
+
     def read(self, rel, until=None):
         self._check()
         return self.objects.get(rel)
@@ -252,6 +255,26 @@ def _s3_cache(tmp_path, **kw) -> tuple[FeatureCache, FakeRemote]:
     cache = FeatureCache("s3://bucket/pre", **kw)
     cache.remote = fake = FakeRemote()
     return cache, fake
+
+
+def test_features_many_reads_ahead_in_order_and_raises_in_place(tmp_path, fe):
+    writer, fake = _s3_cache(tmp_path)
+    want = [writer.features(p, fe) for p in AUDIO[:6]]
+    node = FeatureCache("s3://bucket/pre", local_dir=tmp_path / "tier", prefetch=4)
+    node.remote = fake
+    got = list(node.features_many(AUDIO[:6], fe))  # a fresh node: every entry fetched by the pool
+    assert len(got) == 6 and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert node.stats.remote_hits == 6 and len(list((tmp_path / "tier").rglob("*.safetensors"))) == 6
+    fake.down = True  # now on this node's disk: read by the caller, S3 not asked
+    calls = fake.calls
+    assert all(np.array_equal(g, w) for g, w in zip(node.features_many(AUDIO[:6], fe), want))
+    assert node.stats.local_hits == 6 and fake.calls == calls
+    fake.down = False
+    paths = [*AUDIO[6:8], tmp_path / "missing.wav", *AUDIO[8:10]]
+    it = node.features_many(paths, fe)
+    assert next(it).shape[1] == 128 and next(it).shape[1] == 128
+    with pytest.raises(DataError, match="missing.wav"):
+        next(it)  # the bad path fails in its own place, after the ones before it
 
 
 def test_tier_in_front_of_remote(tmp_path, fe):
