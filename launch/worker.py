@@ -28,10 +28,20 @@ STAGE_CONFIG = "stage_config.yaml"  # the stage's resolved configuration, beside
 
 def _tracker(req: LaunchRequest, rank: int, tracking: Any):
     from sllm_lib.tracking.journal import JOURNAL, Journal
+    from sllm_lib.tracking.sidecar import SidecarTracker
+    from sllm_lib.tracking.sidecar import enabled as sidecar_enabled
     from sllm_lib.tracking.tracker import MlflowTracker, NullTracker
 
     if rank != 0 or not req.run_id:
         return NullTracker()
+    if not req.tracking_strict and sidecar_enabled():
+        # MLflow loads in a helper process while the stage starts; strict tracking stays in-process (every
+        # call's failure must fail the stage at that call)
+        try:
+            return SidecarTracker(req.tracking_uri, req.run_id, journal_path=Path(req.stage_dir) / JOURNAL,
+                                  call_timeout_s=tracking.call_timeout_s)
+        except OSError as exc:
+            log.warning("tracking: could not start the helper process (%s); tracking in the stage process", exc)
     return MlflowTracker(req.tracking_uri, req.run_id, strict=req.tracking_strict,
                          journal=Journal(Path(req.stage_dir) / JOURNAL), call_timeout_s=tracking.call_timeout_s)
 

@@ -96,6 +96,19 @@ def known_values() -> set[str]:
         return set(_values)
 
 
+def export_registry() -> dict[str, list[str]]:
+    """What this process knows to mask, for a helper process it starts (sent over a pipe, never argv or env)."""
+    with _lock:
+        return {"values": sorted(_values), "names": sorted(_extra_names)}
+
+
+def import_registry(registry: Mapping[str, Iterable[str]]) -> None:
+    """Mask what another process registered (the other half of `export_registry`)."""
+    with _lock:
+        _values.update(registry.get("values", ()))
+        _extra_names.update(registry.get("names", ()))
+
+
 def redact_text(text: str) -> str:
     """Mask URI passwords and every registered secret value in `text`."""
     if not text:

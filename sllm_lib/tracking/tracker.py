@@ -202,8 +202,11 @@ class MlflowTracker:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._batch("log_params", params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)  # fixed now: a replay re-sends the same rows, which MLflow dedupes
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, *,
+                    timestamp_ms: int | None = None) -> None:
+        # fixed now (or the caller's, e.g. the tracking sidecar's): a replay re-sends the same rows, which MLflow
+        # dedupes
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         self._batch("log_metrics", metrics=[[k, float(v), now, step or 0] for k, v in metrics.items()])
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
@@ -234,9 +237,9 @@ class MlflowTracker:
         clean = redact({k: str(v) for k, v in tags.items()})
         self._batch("set_tags", tags=[[k, v] for k, v in clean.items()])
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: str, *, timestamp_ms: int | None = None) -> None:
         """RUNNING, or a terminal status (FINISHED, FAILED, KILLED) that also sets the end time."""
-        end = int(time.time() * 1000)
+        end = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
 
         def send() -> None:
             if status == "RUNNING":
