@@ -46,10 +46,26 @@ def _request(tmp: Path, i: int, tag: str):
                          tracking_strict=False, run_id=None)
 
 
-def _timed(executor, req) -> float:
-    t0 = time.perf_counter()
+def _timed(executor, req) -> dict[str, float]:
+    """Wall time of one stage, cut where the stage's own files say it started and ended (and, on Ray, at each
+    step of the driver: ray_timing.json)."""
+    import json
+
+    t0 = time.time()
     executor.submit(req).result(timeout_s=600)
-    return time.perf_counter() - t0
+    end = time.time()
+    stage_dir = Path(req.stage_dir)
+    start = json.loads((stage_dir / "attempts.jsonl").read_text().splitlines()[0])["time"]
+    done = req.result_file.stat().st_mtime
+    cuts = {"wall": end - t0, "to stage start": start - t0, "stage": done - start, "after stage": end - done}
+    timing = stage_dir / "ray_timing.json"
+    if timing.is_file():
+        t = json.loads(timing.read_text())
+        cuts.update({"driver start": t["driver_start"] - t0, "import ray + connect": t["connected"] - t["driver_start"],
+                     "TorchTrainer (torch import)": t["trainer_built"] - t["connected"],
+                     "fit -> stage start": start - t["trainer_built"], "stage end -> fit returns": t["fit_returned"] - done,
+                     "disconnect + exit": end - t["fit_returned"]})
+    return cuts
 
 
 def main() -> None:
@@ -77,9 +93,9 @@ def main() -> None:
         ray2 = RayExecutor(RayProfile(kind="ray", name="bench", address=head.gcs_address, num_workers=2))
         _timed(local, _request(tmp, 99, "warm"))  # the tiny preset and OS caches, once, for everyone
         for name, ex in (("local executor (1 process)", local), ("ray, 1 worker", ray1), ("ray, 2 workers (gloo)", ray2)):
-            times = [_timed(ex, _request(tmp, i, name.split()[0] + str(len(rows)))) for i in range(args.repeats)]
-            rows.append((name, times))
-            print(f"  {name}: " + ", ".join(f"{t:.1f}" for t in times) + " s", flush=True)
+            cuts = [_timed(ex, _request(tmp, i, name.split()[0] + str(len(rows)))) for i in range(args.repeats)]
+            rows.append((name, cuts))
+            print(f"  {name}: " + ", ".join(f"{c['wall']:.1f}" for c in cuts) + " s", flush=True)
         rss_busy = head.rss_bytes()
     finally:
         head.stop()
@@ -92,12 +108,20 @@ def main() -> None:
     finally:
         dash.stop()
 
-    base = statistics.median(rows[0][1])
+    def med(cuts: list[dict[str, float]], key: str) -> float:
+        return statistics.median(c[key] for c in cuts)
+
+    base = med(rows[0][1], "wall")
     print(f"\ntrivial stage (1 optimizer step, tiny model), median of {args.repeats}, 2 cores:")
-    print(f"{'executor':<30} {'wall s':>8} {'vs local':>9}")
-    for name, times in rows:
-        med = statistics.median(times)
-        print(f"{name:<30} {med:>8.1f} {med / base:>8.2f}x")
+    print(f"{'executor':<30} {'wall s':>8} {'vs local':>9} {'fixed cost s':>13}")
+    for name, cuts in rows:
+        wall = med(cuts, "wall")
+        print(f"{name:<30} {wall:>8.1f} {wall / base:>8.2f}x {wall - base:>13.1f}")
+    print("\nwhere the time goes (median seconds):")
+    keys = [k for k in rows[-1][1][0] if k != "wall"]
+    print(f"{'':<30} " + " ".join(f"{name.split(' (')[0]:>22}" for name, _ in rows))
+    for key in keys:
+        print(f"{key:<30} " + " ".join(f"{med(c, key):>22.2f}" if key in c[0] else f"{'':>22}" for _, c in rows))
     gib = 1024 ** 3
     print(f"\nlocal head start: {start_s:.1f} s (no dashboard), {dash_start_s:.1f} s (dashboard + Jobs API)")
     print(f"head memory (RSS of its process tree): idle {rss_idle / gib:.2f} GiB, after the runs "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.executor import LaunchRequest
-from sllm_lib.files import building_folder
+from sllm_lib.files import building_folder, write_json_atomic
 from sllm_lib.spec import RayProfile
 
 log = logging.getLogger("launch.ray_driver")
@@ -248,7 +248,18 @@ def connect(ray: Any, address: str, runtime_env: dict[str, Any], *, tries: int =
             time.sleep(pause_s)
 
 
+TIMING_FILE = "ray_timing.json"  # where a stage's time on Ray went (epoch seconds of each step of the driver)
+
+
+def poll_env(profile: RayProfile) -> dict[str, str]:
+    """Ray Train settings for this stage's controller, unless the user exported them. Ray propagates these from
+    the driver's environment to the controller and the workers (ray.train.v2 ENV_VARS_TO_PROPAGATE)."""
+    wanted = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": f"{profile.controller_poll_s:g}"}
+    return {k: v for k, v in wanted.items() if k not in os.environ}
+
+
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()
     argv = sys.argv[1:] if argv is None else argv
     req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
     profile = RayProfile.model_validate_json(Path(argv[1]).read_text(encoding="utf-8"))
@@ -261,14 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     from launch.ray_executor import RayExecutor, import_ray
 
     ray = import_ray(address)
+    os.environ.update(poll_env(profile))
     t0 = time.perf_counter()
     scaling = RayExecutor.scaling_for(profile, req)
+    timing = {"driver_start": started, "ray_imported": time.time()}
     try:
         connect(ray, address, job_runtime_env(profile, Path(__file__).resolve().parents[1], address))
+        timing["connected"] = time.time()
         trainer = build_trainer(req, profile, job)
+        timing["trainer_built"] = time.time()
         log.info("stage=%s TorchTrainer with %d worker(s) at %s", req.stage, trainer.scaling_config.num_workers,
                  address)
         trainer.fit()
+        timing["fit_returned"] = time.time()
     except BaseException as exc:
         why = describe_failure(exc, profile, scaling)
         log.error("stage %s failed on Ray: %s\n%s", req.stage, why, traceback.format_exc())
@@ -281,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        timing["disconnected"] = time.time()
+        try:
+            write_json_atomic(Path(req.stage_dir) / TIMING_FILE, timing)
+        except OSError as exc:  # a record of where time went must never fail the stage
+            log.warning("could not write %s: %s", TIMING_FILE, exc)
     log.info("stage=%s done on Ray in %.1f s", req.stage, time.perf_counter() - t0)
     return 0 if req.result_file.is_file() else 1
 

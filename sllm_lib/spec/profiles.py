@@ -149,6 +149,11 @@ class RayProfile(Strict):
         default=120.0, gt=0, description="Bound on waiting for the workers to be placed (then the stage fails)."
     )
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Bound on reaching the cluster.")
+    controller_poll_s: float = Field(
+        default=0.25, gt=0, le=60,
+        description="How often Ray Train's controller polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; Ray's "
+                    "default 2 s adds up to ~3 s to every stage's end). An exported variable wins.",
+    )
     entrypoint_python: str = Field(
         default="python", description="Ray Jobs: the interpreter the entrypoint runs with on the cluster "
                                       "(the head's PATH applies; name a venv's python explicitly).",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch.executor import LaunchRequest
-from launch.ray_driver import forwarded_env, job_runtime_env, ray_run_name
+from launch.ray_driver import forwarded_env, job_runtime_env, poll_env, ray_run_name
 from launch.ray_executor import RayExecutor, check_reachable, placement_problem
 from launch.ray_jobs import DEFAULT_EXCLUDES, IN_JOB_ENV, build_submission
 from sllm_lib.errors import JobSpecError, SubmissionError
@@ -133,6 +133,16 @@ def test_job_runtime_env_adds_pythonpath_and_the_placement_bound() -> None:
     assert env["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "30.0"
     shipped = job_runtime_env(_profile(runtime_env={"working_dir": ".", "env_vars": {"A": "1"}}), Path("/src"))
     assert "PYTHONPATH" not in shipped["env_vars"] and shipped["env_vars"]["A"] == "1"
+
+
+def test_controller_polls_fast_unless_the_user_exported_ray_s_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert poll_env(RayProfile(kind="ray", name="p")) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+    assert poll_env(RayProfile(kind="ray", name="p", controller_poll_s=1.5)) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5"}
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    assert poll_env(RayProfile(kind="ray", name="p", controller_poll_s=1.5)) == {}
+    with pytest.raises(ValueError, match="controller_poll_s"):
+        RayProfile(kind="ray", name="p", controller_poll_s=0)
 
 
 def test_worker_env_forwards_tracking_credentials_outside_the_runtime_env() -> None:
