@@ -1,5 +1,7 @@
 """What Ray costs a stage: the same trivial stage through the local executor and the Ray executor, side by side,
-plus the local head's start time and memory.
+plus the local head's start time and memory. Ray is timed two ways: a driver process per stage
+(`reuse_driver: false`), and the pipeline's driver (the default), which stays connected between stages; its rows
+time the stages after a pipeline's first (the first starts the driver, as a driver per stage does).
 
     python bench/ray_overhead.py [--repeats 3]
 
@@ -89,11 +91,22 @@ def main() -> None:
         time.sleep(3)
         rss_idle = head.rss_bytes()
         local = LocalExecutor(LocalProfile(kind="local", cpus=1))
-        ray1 = RayExecutor(RayProfile(kind="ray", name="bench", address=head.gcs_address, num_workers=1))
-        ray2 = RayExecutor(RayProfile(kind="ray", name="bench", address=head.gcs_address, num_workers=2))
+        def ray(workers: int, reuse: bool) -> RayExecutor:
+            return RayExecutor(RayProfile(kind="ray", name="bench", address=head.gcs_address, num_workers=workers,
+                                          reuse_driver=reuse))
+
         _timed(local, _request(tmp, 99, "warm"))  # the tiny preset and OS caches, once, for everyone
-        for name, ex in (("local executor (1 process)", local), ("ray, 1 worker", ray1), ("ray, 2 workers (gloo)", ray2)):
-            cuts = [_timed(ex, _request(tmp, i, name.split()[0] + str(len(rows)))) for i in range(args.repeats)]
+        cases = [("local executor (1 process)", local, False),
+                 ("ray 1w, driver per stage", ray(1, False), False),
+                 ("ray 2w, driver per stage", ray(2, False), False),
+                 # a pipeline's stages after its first: the pipeline's driver is already connected
+                 ("ray 1w, pipeline driver", ray(1, True), True),
+                 ("ray 2w, pipeline driver", ray(2, True), True)]
+        for name, ex, served in cases:
+            if served:  # the pipeline's first stage starts its driver; it is not one of the timed stages
+                _timed(ex, _request(tmp, 98, f"first{len(rows)}"))
+            cuts = [_timed(ex, _request(tmp, i, f"r{len(rows)}-")) for i in range(args.repeats)]
+            ex.close()
             rows.append((name, cuts))
             print(f"  {name}: " + ", ".join(f"{c['wall']:.1f}" for c in cuts) + " s", flush=True)
         rss_busy = head.rss_bytes()
@@ -119,9 +132,9 @@ def main() -> None:
         print(f"{name:<30} {wall:>8.1f} {wall / base:>8.2f}x {wall - base:>13.1f}")
     print("\nwhere the time goes (median seconds):")
     keys = [k for k in rows[-1][1][0] if k != "wall"]
-    print(f"{'':<30} " + " ".join(f"{name.split(' (')[0]:>22}" for name, _ in rows))
+    print(f"{'':<28} " + " ".join(f"{name.split(' (')[0]:>25}" for name, _ in rows))
     for key in keys:
-        print(f"{key:<30} " + " ".join(f"{med(c, key):>22.2f}" if key in c[0] else f"{'':>22}" for _, c in rows))
+        print(f"{key:<28} " + " ".join(f"{med(c, key):>25.2f}" if key in c[0] else f"{'':>25}" for _, c in rows))
     gib = 1024 ** 3
     print(f"\nlocal head start: {start_s:.1f} s (no dashboard), {dash_start_s:.1f} s (dashboard + Jobs API)")
     print(f"head memory (RSS of its process tree): idle {rss_idle / gib:.2f} GiB, after the runs "

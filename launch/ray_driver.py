@@ -249,6 +249,7 @@ def connect(ray: Any, address: str, runtime_env: dict[str, Any], *, tries: int =
 
 
 TIMING_FILE = "ray_timing.json"  # where a stage's time on Ray went (epoch seconds of each step of the driver)
+DONE_FILE = "driver_done.json"  # a served stage's end, with its exit code (`serve`)
 
 
 def poll_env(profile: RayProfile) -> dict[str, str]:
@@ -258,26 +259,19 @@ def poll_env(profile: RayProfile) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
 
-def main(argv: list[str] | None = None) -> int:
-    started = time.time()
-    argv = sys.argv[1:] if argv is None else argv
-    req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
-    profile = RayProfile.model_validate_json(Path(argv[1]).read_text(encoding="utf-8"))
-    address = argv[2]
-    from launch.worker import configure_logging
+def _fit(ray: Any, req: LaunchRequest, profile: RayProfile, address: str, timing: dict[str, Any], *,
+         connected: bool) -> int:
+    """One stage: connect (unless this driver already is), build the TorchTrainer, fit. The exit code of the stage;
+    a failure is logged with a line a user can act on, in driver.log and stage.log."""
+    from launch.ray_executor import RayExecutor
     from sllm_lib.spec import load_job_spec
 
-    configure_logging(Path(req.stage_dir) / "driver.log")
-    job = load_job_spec(req.spec_path)
-    from launch.ray_executor import RayExecutor, import_ray
-
-    ray = import_ray(address)
-    os.environ.update(poll_env(profile))
     t0 = time.perf_counter()
     scaling = RayExecutor.scaling_for(profile, req)
-    timing = {"driver_start": started, "ray_imported": time.time()}
     try:
-        connect(ray, address, job_runtime_env(profile, Path(__file__).resolve().parents[1], address))
+        job = load_job_spec(req.spec_path)
+        if not connected:
+            connect(ray, address, job_runtime_env(profile, Path(__file__).resolve().parents[1], address))
         timing["connected"] = time.time()
         trainer = build_trainer(req, profile, job)
         timing["trainer_built"] = time.time()
@@ -294,16 +288,71 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 1
+    log.info("stage=%s done on Ray in %.1f s", req.stage, time.perf_counter() - t0)
+    return 0 if req.result_file.is_file() else 1
+
+
+def _record_timing(req: LaunchRequest, timing: dict[str, Any]) -> None:
+    try:
+        write_json_atomic(Path(req.stage_dir) / TIMING_FILE, timing)
+    except OSError as exc:  # a record of where time went must never fail the stage
+        log.warning("could not write %s: %s", TIMING_FILE, exc)
+
+
+def serve(profile_path: str, address: str) -> int:
+    """A driver that runs the stages of one pipeline, one after the other, over one connection to the cluster:
+    `python -m launch.ray_driver --serve PROFILE.json ADDRESS`, then one JSON line per stage on stdin
+    (`{"request": REQUEST.json, "done": DONE.json}`); DONE.json gets the stage's exit code once it has ended.
+    Stages after the first skip the driver's start, Ray's import and job start, and torch's import (~3 s each
+    on 2 cores). stdin closing ends it."""
+    from launch.ray_executor import import_ray
+    from launch.worker import configure_logging
+
+    profile = RayProfile.model_validate_json(Path(profile_path).read_text(encoding="utf-8"))
+    ray = import_ray(address)
+    os.environ.update(poll_env(profile))
+    ready = time.time()
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            msg = json.loads(line)
+            req = LaunchRequest.from_json(Path(msg["request"]).read_text(encoding="utf-8"))
+            configure_logging(Path(req.stage_dir) / "driver.log")
+            now = time.time()
+            timing = {"driver_start": now, "ray_imported": max(now, ready), "reused_driver": ray.is_initialized()}
+            rc = _fit(ray, req, profile, address, timing, connected=ray.is_initialized())
+            timing["disconnected"] = time.time()  # stays connected: the next stage starts from here
+            _record_timing(req, timing)
+            write_json_atomic(Path(msg["done"]), {"rc": rc})
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.time()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--serve":
+        return serve(argv[1], argv[2])
+    req = LaunchRequest.from_json(Path(argv[0]).read_text(encoding="utf-8"))
+    profile = RayProfile.model_validate_json(Path(argv[1]).read_text(encoding="utf-8"))
+    address = argv[2]
+    from launch.ray_executor import import_ray
+    from launch.worker import configure_logging
+
+    configure_logging(Path(req.stage_dir) / "driver.log")
+    ray = import_ray(address)
+    os.environ.update(poll_env(profile))
+    timing: dict[str, Any] = {"driver_start": started, "ray_imported": time.time(), "reused_driver": False}
+    try:
+        return _fit(ray, req, profile, address, timing, connected=False)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         timing["disconnected"] = time.time()
-        try:
-            write_json_atomic(Path(req.stage_dir) / TIMING_FILE, timing)
-        except OSError as exc:  # a record of where time went must never fail the stage
-            log.warning("could not write %s: %s", TIMING_FILE, exc)
-    log.info("stage=%s done on Ray in %.1f s", req.stage, time.perf_counter() - t0)
-    return 0 if req.result_file.is_file() else 1
+        _record_timing(req, timing)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ run ends), `auto`, HOST:PORT, ray://HOST:PORT. An http(s):// address is the Ray 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,19 +22,24 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
-from launch.executor import ExecutorBase, LaunchRequest
+from launch.executor import ExecutorBase, JobState, LaunchRequest
 from launch.local import LocalJob
+from launch.local import _failure as stage_failure
+from launch.local import _stop as stop_process
 from launch.ray_head import RayHead, is_loopback, ray_env, start_local_head
 from sllm_lib.errors import JobSpecError, SubmissionError
 from sllm_lib.spec import RayProfile
+from sllm_lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 
 PROFILE_FILE = "ray_profile.json"
+DONE_FILE = "driver_done.json"  # launch.ray_driver.DONE_FILE: a served stage's end and exit code
 
 
 # ------------------------------------------------------------------------------------------ reachability
@@ -149,6 +155,76 @@ class RayStageJob(LocalJob):
         self.job_id = f"ray-{proc.pid}"
 
 
+class ServedStageJob:
+    """A stage run by the pipeline's long-lived driver (`launch.ray_driver --serve`); its job id names that
+    driver's pid, as a one-shot driver's does (`sllm cancel` stops it, and the stage with it)."""
+
+    def __init__(self, req: LaunchRequest, server: _DriverServer, done: Path) -> None:
+        self.req, self.server, self.done = req, server, done
+        self.job_id = f"ray-{server.proc.pid}"
+        self._cancelled = False
+
+    def ended(self) -> bool:
+        return self.done.is_file() or self.server.proc.poll() is not None
+
+    def state(self) -> JobState:
+        if self._cancelled and self.server.proc.poll() is not None:  # its driver may have recorded rc 1 on the way out
+            return JobState.CANCELLED
+        if self.done.is_file():
+            rc = json.loads(self.done.read_text(encoding="utf-8")).get("rc", 1)
+            return JobState.COMPLETED if rc == 0 and self.req.result_file.is_file() else JobState.FAILED
+        return JobState.RUNNING if self.server.proc.poll() is None else JobState.FAILED
+
+    def result(self, timeout_s: float | None = None) -> StageResult:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.state() is JobState.RUNNING:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"stage {self.req.stage!r} ({self.job_id}) still running after {timeout_s} s")
+            time.sleep(0.2)
+        state = self.state()
+        if state is not JobState.COMPLETED:
+            raise stage_failure(self.req, self.job_id, state.value)
+        return StageResult.from_json(self.req.result_file.read_text(encoding="utf-8"))
+
+    def cancel(self) -> None:
+        if not self.ended():
+            self._cancelled = True
+            stop_process(self.server.proc)  # its Ray job ends with it, and the stage's workers with the job
+
+
+class _DriverServer:
+    """The pipeline's long-lived Ray driver: one connection (one Ray job) for every stage it runs."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], key: str) -> None:
+        self.key = key
+        self.proc = subprocess.Popen(cmd, env=env, cwd=os.getcwd(), stdin=subprocess.PIPE, text=True,
+                                     encoding="utf-8")
+        self.current: ServedStageJob | None = None
+
+    def idle(self) -> bool:
+        return self.proc.poll() is None and (self.current is None or self.current.ended())
+
+    def run(self, req: LaunchRequest) -> ServedStageJob:
+        done = Path(req.stage_dir) / DONE_FILE
+        done.unlink(missing_ok=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"request": str(req.request_file), "done": str(done)}) + "\n")
+        self.proc.stdin.flush()
+        self.current = ServedStageJob(req, self, done)
+        return self.current
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Close its stdin: it disconnects from the cluster and exits (stopped after `timeout_s`)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc)
+
+
 class RayExecutor(ExecutorBase):
     """Runs each stage as a TorchTrainer fit on a Ray cluster, one stage after the other."""
 
@@ -167,6 +243,7 @@ class RayExecutor(ExecutorBase):
         self._head: RayHead | None = None
         self._address: str | None = None
         self._checked = False
+        self._server: _DriverServer | None = None
 
     # -- the cluster
 
@@ -185,7 +262,10 @@ class RayExecutor(ExecutorBase):
         return self._address
 
     def close(self) -> None:
-        """Stop the private head (address: local); a shared cluster is left alone."""
+        """Stop the pipeline's driver, then the private head (address: local); a shared cluster is left alone."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._head is not None:
             self._head.stop()
             self._head = None
@@ -229,16 +309,28 @@ class RayExecutor(ExecutorBase):
         return [sys.executable, "-m", "launch.ray_driver", str(req.request_file), str(Path(req.stage_dir) / PROFILE_FILE),
                 self.address()]
 
-    def submit(self, req: LaunchRequest) -> RayStageJob:
+    def submit(self, req: LaunchRequest) -> RayStageJob | ServedStageJob:
         Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
         req.result_file.unlink(missing_ok=True)
         req.request_file.write_text(req.to_json(), encoding="utf-8")
-        (Path(req.stage_dir) / PROFILE_FILE).write_text(self.profile.model_dump_json(), encoding="utf-8")
+        profile_file = Path(req.stage_dir) / PROFILE_FILE
+        profile_file.write_text(self.profile.model_dump_json(), encoding="utf-8")
         env = ray_env(loopback=is_loopback(self.address()))
         env.update(req.env)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                           env.get("PYTHONPATH", "")]))
+        if self.profile.reuse_driver:
+            # the pipeline's driver runs the stage when it is free and started with the same environment; else
+            # (e.g. a checkpoint evaluation beside a training stage) a one-shot driver does
+            key = json.dumps(req.env, sort_keys=True)
+            if self._server is None or self._server.proc.poll() is not None:
+                self._server = _DriverServer([sys.executable, "-m", "launch.ray_driver", "--serve", str(profile_file),
+                                              self.address()], env, key)
+            if self._server.idle() and self._server.key == key:
+                job = self._server.run(req)
+                log.debug("stage %s: run by the pipeline's Ray driver (pid %d)", req.stage, self._server.proc.pid)
+                return job
         cmd = self.command(req)
         log.debug("stage %s: %s", req.stage, " ".join(shlex.quote(c) for c in cmd))
         proc = subprocess.Popen(cmd, env=env, cwd=os.getcwd())

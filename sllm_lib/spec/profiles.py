@@ -154,6 +154,11 @@ class RayProfile(Strict):
         description="How often Ray Train's controller polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; Ray's "
                     "default 2 s adds up to ~3 s to every stage's end). An exported variable wins.",
     )
+    reuse_driver: bool = Field(
+        default=True,
+        description="One driver (one Ray job, one connection) runs the pipeline's stages in turn; false: a fresh "
+                    "driver process per stage.",
+    )
     entrypoint_python: str = Field(
         default="python", description="Ray Jobs: the interpreter the entrypoint runs with on the cluster "
                                       "(the head's PATH applies; name a venv's python explicitly).",

@@ -39,18 +39,22 @@ def executor(request: pytest.FixtureRequest):
     if request.param == "local":
         from launch.local import LocalExecutor
 
-        return LocalExecutor(LocalProfile(kind="local", cpus=1))
+        yield LocalExecutor(LocalProfile(kind="local", cpus=1))
+        return
     if request.param == "slurm":
         from launch.slurm import SlurmExecutor
 
         request.getfixturevalue("slurm_cluster")
-        return SlurmExecutor(SlurmProfile(kind="slurm", name="t", partition="debug", nodes=1, cpus_per_task=1,
-                                          mem_gb=2, timeout_min=10, python="submitting"))
+        yield SlurmExecutor(SlurmProfile(kind="slurm", name="t", partition="debug", nodes=1, cpus_per_task=1,
+                                         mem_gb=2, timeout_min=10, python="submitting"))
+        return
     from launch.ray_executor import RayExecutor
 
     head = request.getfixturevalue("ray_head")
-    return RayExecutor(RayProfile(kind="ray", name="t", address=head.gcs_address, num_workers=1,
-                                  resources_per_worker={"CPU": 1}))
+    executor = RayExecutor(RayProfile(kind="ray", name="t", address=head.gcs_address, num_workers=1,
+                                      resources_per_worker={"CPU": 1}))
+    yield executor
+    executor.close()  # the pipeline's driver (reuse_driver) ends with the executor
 
 
 def _wait_state(job, wanted: set[JobState], timeout_s: float) -> JobState:

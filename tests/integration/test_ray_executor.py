@@ -3,6 +3,7 @@ reachability errors, and a whole plan sent through the Ray Jobs API with status 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -249,3 +250,61 @@ def test_stage_through_ray_client_address(ray_head, tmp_path: Path) -> None:
         pytest.fail(f"{exc}\n\nthe head's Ray Client server logs:\n{ray_head.session_logs('ray_client_server*')}")
     assert outcome.results["text"].steps == 2
     assert (outcome.plan.stage_dir("text") / "losses.rank1.json").is_file()  # both workers ran
+
+
+# ------------------------------------------------------------------------------------------ one driver per pipeline
+
+
+def _stage_request(tmp: Path, name: str, data: Path) -> LaunchRequest:
+    spec_path = _spec(tmp / name, name, max_steps=1, save_steps=100)
+    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    spec["stages"][0]["data"]["train"][0]["path"] = str(data)
+    spec_path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    resolved = tmp / name / "spec.resolved.yaml"
+    resolved.write_text(dump_resolved_yaml(load_job_spec(spec_path)), encoding="utf-8")
+    return LaunchRequest(job_name=name, stage="text", spec_path=str(resolved), spec_hash=name, run_dir=str(tmp / name),
+                         stage_dir=str(tmp / name / "stages" / "text"), tracking_uri="", tracking_strict=False,
+                         run_id=None)
+
+
+def test_stages_of_a_pipeline_share_one_driver_and_a_failure_does_not_end_it(ray_head, tmp_path: Path) -> None:
+    executor = RayExecutor(RayProfile(kind="ray", name="t", address=ray_head.gcs_address, num_workers=1,
+                                      resources_per_worker={"CPU": 1}))
+    bad = tmp_path / "gone.jsonl"
+    bad.write_text('{"instruction": "질문", "output": "답"}\n', encoding="utf-8")
+    reqs = [_stage_request(tmp_path, n, SAMPLE / "text_qa_train.jsonl" if n != "b" else bad) for n in "abc"]
+    try:
+        first = executor.submit(reqs[0])
+        assert first.result(timeout_s=300).steps == 1
+        bad.unlink()  # stage b fails inside the shared driver
+        second = executor.submit(reqs[1])
+        with pytest.raises(StageFailedError) as err:
+            second.result(timeout_s=300)
+        assert f"{bad}: file not found" in str(err.value) and second.job_id in str(err.value)
+        third = executor.submit(reqs[2])
+        assert third.result(timeout_s=300).steps == 1
+        assert first.job_id == second.job_id == third.job_id  # one driver process ran all three
+        timings = [json.loads(Path(r.stage_dir, "ray_timing.json").read_text()) for r in reqs]
+        assert [t["reused_driver"] for t in timings] == [False, True, True]
+        server = executor._server
+        assert server is not None and server.proc.poll() is None
+    finally:
+        executor.close()
+    assert server.proc.poll() is not None  # closing the executor ends the driver (and its Ray job)
+
+
+def test_a_stage_with_another_environment_gets_its_own_driver(ray_head, tmp_path: Path) -> None:
+    executor = RayExecutor(RayProfile(kind="ray", name="t", address=ray_head.gcs_address, num_workers=1,
+                                      resources_per_worker={"CPU": 1}))
+    try:
+        a = _stage_request(tmp_path, "a", SAMPLE / "text_qa_train.jsonl")
+        first = executor.submit(a)
+        assert first.result(timeout_s=300).steps == 1
+        b = dataclasses.replace(_stage_request(tmp_path, "b", SAMPLE / "text_qa_train.jsonl"),
+                                env={"SLLM_TEST_MARK": "b"})  # e.g. an evaluation with its own settings: never a driver started without them
+        second = executor.submit(b)
+        assert second.result(timeout_s=300).steps == 1
+        assert second.job_id != first.job_id
+        assert json.loads(Path(b.stage_dir, "ray_timing.json").read_text())["reused_driver"] is False
+    finally:
+        executor.close()
