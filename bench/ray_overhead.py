@@ -15,6 +15,7 @@ without and with the dashboard (the Jobs API needs the dashboard).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -102,6 +103,8 @@ def main() -> None:
                  # a pipeline's stages after its first: the pipeline's driver is already connected
                  ("ray 1w, pipeline driver", ray(1, True), True),
                  ("ray 2w, pipeline driver", ray(2, True), True)]
+        only = os.environ.get("BENCH_ONLY")
+        cases = [c for c in cases if not only or only in c[0] or c[1] is local]
         for name, ex, served in cases:
             if served:  # the pipeline's first stage starts its driver; it is not one of the timed stages
                 _timed(ex, _request(tmp, 98, f"first{len(rows)}"))
