@@ -28,7 +28,7 @@ from typing import Any
 from sllm_lib.audio.features import CHUNK_SECONDS, SAMPLE_RATE
 
 # Bump when sllm's feature computation changes (sllm_lib.audio.features: loading, resampling, chunking).
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: entries store the frames before the trailing fill (codec FORMAT /2)
 
 STORED_DTYPE = "float16"
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -86,7 +86,8 @@ def test_round_trip(s3_server, fe, tmp_path):
     node = _cache(s3_server, uri)
     for p, want in zip(wavs, built):
         np.testing.assert_array_equal(node.features(p, fe), want)
-    assert node.stats.remote_hits == 4 and node.stats.misses == 0 and node.stats.bytes_read > 4 * 128 * 3000 * 2
+    assert node.stats.remote_hits == 4 and node.stats.misses == 0
+    assert node.stats.bytes_read == builder.stats.bytes_written > 0  # what was stored (trailing fill not)
     objects = _objects(s3_server, uri)
     assert {_rel(audio_hash(p), fp) for p in wavs} | {f"{fp}/settings.json"} == set(objects)
     h = audio_hash(wavs[0])
@@ -117,7 +118,8 @@ cache = FeatureCache(uri, endpoint_url=endpoint, required=True,
 i = 0
 while True:
     HOLD[0] = i >= 2
-    arr = np.full((32, 128, 3000), (i % 7) / 8, np.float32)  # ~25 MB entries, far above a socket buffer
+    # ~25 MB entries, far above a socket buffer (random: a constant array would store one frame)
+    arr = np.random.default_rng(i).standard_normal((32, 128, 3000)).astype(np.float32)
     cache.put(f"{i:064x}", fp, arr)
     print("done", i, flush=True)
     i += 1
@@ -176,7 +178,9 @@ for _ in range(2):
         cache.features(w, fe)
 for r in range(3):  # the same large keys again and again, identical bytes from both builders
     for k in range(4):
-        cache.put(f"{k:064x}", fp, np.full((8, 128, 3000), k / 4, np.float32))
+        # a ramp over the frames: nothing to trim, the whole 12 MB is stored
+        ramp = np.linspace(0, 1, 3000, dtype=np.float32)
+        cache.put(f"{k:064x}", fp, np.full((8, 128, 3000), k / 4, np.float32) + ramp)
 print(cache.stats.as_dict(), flush=True)
 """
 
@@ -192,10 +196,13 @@ def test_concurrent_builders_same_keys(rclone_s3, fe, tmp_path):
         go.touch()
         reader = _cache(server, uri, timeout_s=60.0)
         fp = fingerprint(fe)
+        ramp = np.linspace(0, 1, 3000, dtype=np.float32)
+        want = [np.full((8, 128, 3000), k / 4, np.float32) + ramp for k in range(4)]
+        want = [w.astype(np.float16) for w in want]
         while any(p.poll() is None for p in procs):  # readers never see a torn entry while both write
             for k in range(4):
                 got = reader.get(f"{k:064x}", fp)
-                assert got is None or (got == k / 4).all()
+                assert got is None or np.array_equal(got, want[k])
             time.sleep(0.05)  # read continuously without starving the two writers of the 2 cores
         for p in procs:
             out, err = p.communicate(timeout=60)
@@ -290,7 +297,7 @@ class _CuttingProxy:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value.strip())
-                if length > 100_000 and self._take_cut():
+                if length > 10_000 and self._take_cut():  # an entry, not a listing or settings
                     while len(buf) < 120:
                         buf += upstream.recv(65536)
                     client.sendall(head + b"\r\n\r\n" + buf[:120])
@@ -442,12 +449,14 @@ def test_local_tier_hit_and_eviction(rclone_s3, fe, tmp_path):
         assert time.monotonic() - t < 1.0 and node.stats.local_hits == 2
     finally:
         server.thaw()
-    entry = 128 * 3000 * 2 + 400
+    for p in wavs:
+        node.features(p, fe)
+    entry = max(f.stat().st_size for f in (tmp_path / "tier").rglob("*.safetensors"))  # short clips' sizes differ
     small = _cache(server, uri, local_dir=tmp_path / "small", local_cap_gb=2.5 * entry / 1024 ** 3)
     for p in wavs:
         small.features(p, fe)
     kept = list((tmp_path / "small").rglob("*.safetensors"))
-    assert 1 <= len(kept) <= 2 and sum(f.stat().st_size for f in kept) <= 2.5 * entry
+    assert 1 <= len(kept) < len(wavs) and sum(f.stat().st_size for f in kept) <= 2.5 * entry
     assert _assert_all_entries_valid(server, uri) == 5  # evicted from the tier, not from S3
     assert small.get(audio_hash(wavs[-1]), fingerprint(fe)) is not None and small.stats.local_hits == 1
 
@@ -478,9 +487,10 @@ def test_verify_and_gc(rclone_s3, fe):
     res = cache.verify(fp, audio_index=index, feature_extractor=fe)
     assert res == {"checked": 4, "ok": 2, "corrupt": 1, "mismatched": 1, "removed": 2}
     assert sorted(cache.entries(fp)) == sorted(set(index) - {h0, h1})
+    size80 = sum(len(b) for k, b in _objects(server, uri).items() if k.startswith(fp80))  # entries + settings
     out = cache.gc(keep=[fp])
     assert out["removed_fingerprints"] == [fp80] and out["removed_entries"] == 2
-    assert out["bytes"] > 2 * 80 * 3000 * 2
+    assert out["bytes"] == size80 > 0
     assert cache.fingerprints() == [fp]
     assert all(not k.startswith(fp80) for k in _objects(server, uri))
     assert cache.gc(keep=[fp])["removed_fingerprints"] == []

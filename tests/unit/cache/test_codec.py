@@ -128,3 +128,49 @@ def test_encoding_is_deterministic():
     a = codec.encode(_arr(seed=5), audio_hash=H, fp=FP)
     assert a == codec.encode(_arr(seed=5).copy(), audio_hash=H, fp=FP)
     assert (8 + int.from_bytes(a[:8], "little")) % 8 == 0  # data aligned like safetensors writes it
+
+
+def _padded(frames=300, kept=37, fill=-0.5):
+    arr = np.full((1, 8, frames), fill, dtype=np.float16)
+    arr[:, :, :kept] = _arr(1, 8, kept, seed=4)
+    arr[0, 3, kept - 1] = 1.25  # the last stored frame differs from the fill in one mel bin only
+    return arr
+
+
+def test_trailing_fill_is_not_stored_and_comes_back_exactly():
+    arr = _padded()
+    data = codec.encode(arr, audio_hash=H, fp=FP)
+    assert codec.trailing_fill(arr) == (37, int(np.float16(-0.5).view(np.uint16)))
+    assert len(data) < 8 * 300 * 2 / 4  # 37 of 300 frames stored
+    out = codec.decode(data, audio_hash=H, fp=FP, n_mels=8, n_frames=300)
+    assert out.shape == (1, 8, 300) and out.dtype == np.float16 and np.array_equal(out, arr)
+    assert not out.flags.writeable  # as a view of the entry's bytes
+    from safetensors.numpy import load
+
+    assert np.array_equal(load(data)["features"], arr[:, :, :37])  # a standard file: the leading frames
+
+
+def test_no_fill_to_drop_stores_every_frame():
+    arr = _arr(2, 8, 30)
+    assert codec.trailing_fill(arr)[0] == 30
+    all_fill = np.full((1, 8, 30), 0.25, dtype=np.float16)  # silence: one frame kept
+    assert codec.trailing_fill(all_fill)[0] == 1
+    assert np.array_equal(codec.decode(codec.encode(all_fill, audio_hash=H, fp=FP), audio_hash=H, fp=FP), all_fill)
+
+
+@pytest.mark.parametrize("field,value", [("frames", "299"), ("frames", "400"), ("fill", "0"), ("fill", "31744"),
+                                         ("frames", "x"), ("fill", None)])
+def test_tampered_frames_or_fill_is_detected(field, value):
+    """The checksum covers the frame count and the fill: an edited header never yields other features."""
+    data = codec.encode(_padded(), audio_hash=H, fp=FP)
+    header = _header(data)
+    if value is None:
+        header["__metadata__"].pop(field)
+    else:
+        header["__metadata__"][field] = value
+    blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    blob += b" " * (-len(blob) % 8)
+    hlen = int.from_bytes(data[:8], "little")
+    forged = len(blob).to_bytes(8, "little") + blob + data[8 + hlen:]
+    with pytest.raises(codec.CorruptEntry):
+        codec.decode(forged, audio_hash=H, fp=FP)

@@ -60,7 +60,8 @@ def test_failed_write_leaves_neither_final_nor_temp_file(tmp_path, monkeypatch):
 def test_overwrite_is_atomic_for_concurrent_readers(tmp_path):
     """Writers replace one key again and again; a reader never sees anything but a whole entry."""
     store = LocalStore(tmp_path)
-    big = [codec.encode(np.full((4, 64, 3000), v, np.float16), audio_hash=_h(7), fp=FP) for v in (1, 2)]
+    ramp = np.linspace(0, 1, 3000, dtype=np.float16)  # nothing to trim: whole 1.5 MB entries
+    big = [codec.encode(np.full((4, 64, 3000), v, np.float16) + ramp, audio_hash=_h(7), fp=FP) for v in (1, 2)]
     store.write(_rel(7), big[0])
     stop = threading.Event()
 
@@ -95,7 +96,8 @@ fp = "0123456789abcdef"
 i = 0
 while True:
     h = f"{i:064x}"
-    data = codec.encode(np.full((24, 128, 3000), i % 50, np.float16), audio_hash=h, fp=fp)  # ~18 MB
+    arr = np.full((24, 128, 3000), i % 50, np.float16) + np.linspace(0, 1, 3000, dtype=np.float16)  # no fill to trim
+    data = codec.encode(arr, audio_hash=h, fp=fp)  # ~18 MB
     print("begin", i, flush=True)
     store.write(f"{fp}/{h[:2]}/{h}.safetensors", data)
     i += 1
