@@ -41,7 +41,28 @@ def _failure(req: LaunchRequest, job_id: str, state: str) -> StageFailedError:
 PEER_GRACE_S = 10.0
 
 
-class LocalJob:
+class PolledJob:
+    """`result()` for a job of this machine whose `state()` is read from its processes and files."""
+
+    req: LaunchRequest
+    job_id: str
+
+    def state(self) -> JobState:
+        raise NotImplementedError
+
+    def result(self, timeout_s: float | None = None) -> StageResult:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.state() is JobState.RUNNING:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"stage {self.req.stage!r} ({self.job_id}) still running after {timeout_s} s")
+            time.sleep(0.2)
+        state = self.state()
+        if state is not JobState.COMPLETED:
+            raise _failure(self.req, self.job_id, state.value)
+        return StageResult.from_json(self.req.result_file.read_text(encoding="utf-8"))
+
+
+class LocalJob(PolledJob):
     """A stage running in child processes: one, or one per rank (`nproc`), rank 0 first."""
 
     def __init__(self, req: LaunchRequest, procs: list[subprocess.Popen]) -> None:
@@ -74,17 +95,6 @@ class LocalJob:
             return JobState.CANCELLED
         ok = all(c == 0 for c in codes) and self.req.result_file.is_file()
         return JobState.COMPLETED if ok else JobState.FAILED
-
-    def result(self, timeout_s: float | None = None) -> StageResult:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.state() is JobState.RUNNING:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"stage {self.req.stage!r} ({self.job_id}) still running after {timeout_s} s")
-            time.sleep(0.2)
-        state = self.state()
-        if state is not JobState.COMPLETED:
-            raise _failure(self.req, self.job_id, state.value)
-        return StageResult.from_json(self.req.result_file.read_text(encoding="utf-8"))
 
     def cancel(self) -> None:
         for p in self.procs:

@@ -22,19 +22,16 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
 from launch.executor import ExecutorBase, JobState, LaunchRequest
-from launch.local import LocalJob
-from launch.local import _failure as stage_failure
+from launch.local import LocalJob, PolledJob
 from launch.local import _stop as stop_process
 from launch.ray_head import RayHead, is_loopback, ray_env, start_local_head
 from sllm_lib.errors import JobSpecError, SubmissionError
 from sllm_lib.spec import RayProfile
-from sllm_lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +152,7 @@ class RayStageJob(LocalJob):
         self.job_id = f"ray-{proc.pid}"
 
 
-class ServedStageJob:
+class ServedStageJob(PolledJob):
     """A stage run by the pipeline's long-lived driver (`launch.ray_driver --serve`); its job id names that
     driver's pid, as a one-shot driver's does (`sllm cancel` stops it, and the stage with it)."""
 
@@ -174,17 +171,6 @@ class ServedStageJob:
             rc = json.loads(self.done.read_text(encoding="utf-8")).get("rc", 1)
             return JobState.COMPLETED if rc == 0 and self.req.result_file.is_file() else JobState.FAILED
         return JobState.RUNNING if self.server.proc.poll() is None else JobState.FAILED
-
-    def result(self, timeout_s: float | None = None) -> StageResult:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.state() is JobState.RUNNING:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"stage {self.req.stage!r} ({self.job_id}) still running after {timeout_s} s")
-            time.sleep(0.2)
-        state = self.state()
-        if state is not JobState.COMPLETED:
-            raise stage_failure(self.req, self.job_id, state.value)
-        return StageResult.from_json(self.req.result_file.read_text(encoding="utf-8"))
 
     def cancel(self) -> None:
         if not self.ended():
