@@ -336,6 +336,8 @@ def serve(profile_path: str, address: str) -> int:
                 continue
             msg = json.loads(line)
             req = LaunchRequest.from_json(Path(msg["request"]).read_text(encoding="utf-8"))
+            for handler in logging.getLogger().handlers:  # the previous stage's driver.log
+                handler.close()
             configure_logging(Path(req.stage_dir) / "driver.log")
             now = time.time()
             timing = {"driver_start": now, "ray_imported": max(now, ready), "reused_driver": ray.is_initialized()}
