@@ -3,7 +3,7 @@ plus the local head's start time and memory. Ray is timed two ways: a driver pro
 (`reuse_driver: false`), and the pipeline's driver (the default), which stays connected between stages; its rows
 time the stages after a pipeline's first (the first starts the driver, as a driver per stage does).
 
-    python bench/ray_overhead.py [--repeats 3]
+    python bench/ray_overhead.py [--repeats 3] [--only pipeline]
 
 The trivial stage is one optimizer step of LoRA on the tiny model (4 records), so the figures are the fixed
 cost a stage pays before and after its work: process start, imports, (Ray: job + controller + worker group
@@ -15,7 +15,6 @@ without and with the dashboard (the Jobs API needs the dashboard).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -74,6 +73,7 @@ def _timed(executor, req) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="", help="only the Ray rows whose name contains this (e.g. 'pipeline')")
     args = ap.parse_args()
 
     from launch.local import LocalExecutor
@@ -103,8 +103,7 @@ def main() -> None:
                  # a pipeline's stages after its first: the pipeline's driver is already connected
                  ("ray 1w, pipeline driver", ray(1, True), True),
                  ("ray 2w, pipeline driver", ray(2, True), True)]
-        only = os.environ.get("BENCH_ONLY")
-        cases = [c for c in cases if not only or only in c[0] or c[1] is local]
+        cases = [c for c in cases if not args.only or args.only in c[0] or c[1] is local]
         for name, ex, served in cases:
             if served:  # the pipeline's first stage starts its driver; it is not one of the timed stages
                 _timed(ex, _request(tmp, 98, f"first{len(rows)}"))
