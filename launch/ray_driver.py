@@ -249,7 +249,6 @@ def connect(ray: Any, address: str, runtime_env: dict[str, Any], *, tries: int =
 
 
 TIMING_FILE = "ray_timing.json"  # where a stage's time on Ray went (epoch seconds of each step of the driver)
-DONE_FILE = "driver_done.json"  # a served stage's end, with its exit code (`serve`)
 
 
 def poll_env(profile: RayProfile) -> dict[str, str]:
@@ -329,7 +328,6 @@ def serve(profile_path: str, address: str) -> int:
     profile = RayProfile.model_validate_json(Path(profile_path).read_text(encoding="utf-8"))
     ray = import_ray(address)
     os.environ.update(poll_env(profile))
-    ready = time.time()
     try:
         for line in sys.stdin:
             if not line.strip():
@@ -340,7 +338,8 @@ def serve(profile_path: str, address: str) -> int:
                 handler.close()
             configure_logging(Path(req.stage_dir) / "driver.log")
             now = time.time()
-            timing = {"driver_start": now, "ray_imported": max(now, ready), "reused_driver": ray.is_initialized()}
+            # Ray and torch were imported before this request came: nothing of this stage's time went there
+            timing = {"driver_start": now, "ray_imported": now, "reused_driver": ray.is_initialized()}
             rc = _fit(ray, req, profile, address, timing, connected=ray.is_initialized())
             timing["disconnected"] = time.time()  # stays connected: the next stage starts from here
             if ray.is_initialized():

@@ -36,7 +36,7 @@ from sllm_lib.spec import RayProfile
 log = logging.getLogger(__name__)
 
 PROFILE_FILE = "ray_profile.json"
-DONE_FILE = "driver_done.json"  # launch.ray_driver.DONE_FILE: a served stage's end and exit code
+DONE_FILE = "driver_done.json"  # a served stage's end and exit code, written by launch.ray_driver.serve
 
 
 # ------------------------------------------------------------------------------------------ reachability

@@ -524,3 +524,25 @@ def test_entry_read_mid_replacement_is_not_dropped(tmp_path, fe, caplog):
     assert cache.get(h, fp) is None and rel in fake.objects and cache.stats.corrupt == 0
     fake.objects[rel] = whole[:1000]  # stable and bad: corrupt, dropped
     assert cache.get(h, fp) is None and rel not in fake.objects and cache.stats.corrupt == 1
+
+
+class _EchoingRemote(FakeRemote):
+    """A server whose listing names every key twice (as `rclone serve s3` did once right after concurrent PUTs)."""
+
+    def list(self, rel_prefix, *, delimiter=None):
+        rows = list(super().list(rel_prefix, delimiter=delimiter))
+        return iter(rows if delimiter else [r for row in rows for r in (row, row)])
+
+
+def test_a_key_listed_twice_is_one_entry_for_verify_and_gc(tmp_path, fe):
+    cache = FeatureCache("s3://bucket/pre")
+    cache.remote = fake = _EchoingRemote()
+    for p in AUDIO[:3]:
+        cache.features(p, fe)
+    fp = fingerprint(fe)
+    assert sorted(cache.entries(fp)) == sorted({audio_hash(p) for p in AUDIO[:3]})
+    assert cache.verify(fp) == {"checked": 3, "ok": 3, "corrupt": 0, "mismatched": 0, "removed": 0}
+    size = sum(len(v) for k, v in fake.objects.items() if k.startswith(f"{fp}/"))
+    out = cache.gc(keep=[])
+    assert out["removed_fingerprints"] == [fp] and out["removed_entries"] == 3 and out["bytes"] == size
+    assert not [k for k in fake.objects if k.startswith(f"{fp}/")]
