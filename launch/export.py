@@ -134,7 +134,7 @@ def model_card(folder: Path, manifest: dict[str, Any], lineage: Any, metrics: di
     name = repo_id or (f"{lineage.name}" if lineage else folder.name)
     front = ["---", "library_name: transformers", f"pipeline_tag: {_pipeline_tag(config)}", "language:", "- ko",
              "tags:", "- sllm", "- lora", "- korean", "- medical"]
-    if base and not base.startswith(("tiny:", "/", ".")):
+    if base and not base.startswith(("tiny:", "mini:", "/", ".")):
         front += [f"base_model: {base}"]
     front.append("---")
     lines = [*front, "", f"# {name}", ""]

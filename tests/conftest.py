@@ -49,6 +49,8 @@ def _sllm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["SLLM_HOME"] = str(home)
     # DeepSpeed JIT-builds CPU Adam once (~45 s); keep the build between test sessions as a user's cache would
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "sllm-tests" / "torch_extensions"))
+    # the mini presets' wheels (~225 MB, sha256-pinned) are fetched once per machine, not once per session
+    os.environ.setdefault("SLLM_WHEELS", str(Path.home() / ".cache" / "sllm-tests" / "wheels"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their store; a developer's team server is not it
     return home
 

@@ -33,6 +33,10 @@ def load_model_config(model: ModelSpec) -> tuple[Any, str]:
     base = model.base
     if base.startswith("tiny:"):
         return _tiny_config(base[len("tiny:"):]), f"preset {base}"
+    if base.startswith("mini:"):
+        from sllm_lib.models.mini import mini_config
+
+        return mini_config(base[len("mini:"):]), f"preset {base}"
     folder = Path(base).expanduser()
     if folder.is_absolute() or base.startswith("."):
         if not (folder / "config.json").is_file():

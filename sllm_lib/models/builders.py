@@ -17,7 +17,7 @@ from typing import Any
 from sllm_lib.errors import ArtifactNotFoundError, JobSpecError
 from sllm_lib.files import building_folder, sllm_home
 from sllm_lib.spec import ModelSpec, QuantSpec
-from sllm_lib.spec.base import TINY_PREFIX, TINY_PRESETS  # noqa: F401  (also this module's API)
+from sllm_lib.spec.base import MINI_PREFIX, TINY_PREFIX, TINY_PRESETS  # noqa: F401  (also this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,11 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
                            + ", ".join(f"tiny:{p}" for p in TINY_PRESETS))
     key = hashlib.sha256(f"{preset}-{seed}-v{PRESET_VERSION}".encode()).hexdigest()[:12]
     target = _preset_root() / f"{preset}-{key}"
+    return build_preset_once(target, lambda: _build_tiny(preset, seed, target), f"tiny preset {preset!r}")
+
+
+def build_preset_once(target: Path, build: Any, what: str) -> Path:
+    """`target` once `build()` has published it there with its `.complete` marker (skipped when it already has)."""
     if (target / "config.json").is_file() and (target / ".complete").is_file():
         return target
     import torch.distributed as dist
@@ -149,12 +154,12 @@ def materialize_tiny(preset: str, *, seed: int = 0) -> Path:
         # transformers writes model files on rank 0 only once a process group exists (Ray Train makes it before
         # the stage starts): rank 0 builds, the others wait for it
         if dist.get_rank() == 0:
-            _build_tiny(preset, seed, target)
+            build()
         dist.barrier()
         if not (target / ".complete").is_file():
-            raise JobSpecError(f"tiny preset {preset!r}: rank 0 did not finish building {target}")
+            raise JobSpecError(f"{what}: rank 0 did not finish building {target}")
         return target
-    _build_tiny(preset, seed, target)
+    build()
     return target
 
 
@@ -195,6 +200,10 @@ def resolve_model_path(model: ModelSpec) -> str:
     base = model.base
     if base.startswith(TINY_PREFIX):
         return str(materialize_tiny(base[len(TINY_PREFIX):]))
+    if base.startswith(MINI_PREFIX):
+        from sllm_lib.models.mini import materialize_mini
+
+        return str(materialize_mini(base[len(MINI_PREFIX):]))
     p = Path(base).expanduser()
     if p.is_absolute() or base.startswith("."):
         if not (p / "config.json").is_file():

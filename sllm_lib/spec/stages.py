@@ -330,7 +330,7 @@ class DistillStage(CausalSftStage):
 
     kind: Literal["distill"]  # type: ignore[assignment]
     teacher: str = Field(description="The teacher: a model folder, models:/NAME@ALIAS (or NAME@ALIAS, "
-                                     "models:/NAME/VERSION), a merge run id, tiny:<preset> or a hub id.")
+                                     "models:/NAME/VERSION), a merge run id, tiny:<preset>, mini:<preset> or a hub id.")
     teacher_trust_remote_code: bool = False
     alpha: float = Field(default=0.5, ge=0, le=1, description="Weight of the distillation (KL) term; 1 - alpha "
                                                               "weights the cross-entropy on the labels.")
@@ -490,7 +490,7 @@ class QuantizeStage(_StageBase):
         default="dynamic_int8", description="dynamic_int8: torch dynamic int8 Linear layers (CPU serving); "
                                             "bnb8 / bnb4: bitsandbytes LLM.int8() / NF4 (GPU serving).")
     baseline: str | None = Field(default=None, description="The uncompressed model to compare with (folder, "
-                                                           "models:/NAME@ALIAS, run id, tiny:<preset> or hub id); "
+                                                           "models:/NAME@ALIAS, run id, tiny:/mini:<preset> or hub id); "
                                                            "default: this stage's input.")
     datasets: list[EvalDatasetRef] = Field(default_factory=list, description="Task quality, scored for both.")
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
