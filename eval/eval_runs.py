@@ -2,7 +2,8 @@
 
 An eval run carries the metrics ("task/metric"), a `samples.jsonl` artifact with every sample's
 prediction and per-sample scores, and tags that key it: suite name and content digest, the model's
-registry name, version and logged-model id (or folder), and the nightly date when a nightly made it.
+registry name, version and logged-model id (or folder), the nightly date when a nightly made it, and
+`sllm.eval.normalizer.TASK/METRIC` naming the text normaliser behind each CER/WER number.
 `sllm.upstream_run_ids` points at the run that produced the model, so the eval run sits in the
 model's lineage; the metrics are also logged on the MLflow LoggedModel itself.
 """
@@ -28,6 +29,7 @@ TAG_MODEL_ID = "sllm.eval.model_id"
 TAG_MODEL_PATH = "sllm.eval.model_path"
 TAG_NIGHTLY_DATE = "sllm.nightly.date"
 TAG_SAMPLE_LIMIT = "sllm.eval.sample_limit"
+TAG_NORMALIZER_PREFIX = "sllm.eval.normalizer."  # + "task/metric" -> "korean-v1", "whisper-english-v1"
 SAMPLES_ARTIFACT = "samples.jsonl"
 
 
@@ -44,6 +46,7 @@ def eval_tags(resolved: Any, suite: Any, digest: str, *, date: str | None, sampl
                      TAG_MODEL_ID: resolved.model_id or ""})
     if date:
         tags[TAG_NIGHTLY_DATE] = date
+    tags.update({TAG_NORMALIZER_PREFIX + key: label for key, label in suite.normalizers().items()})
     return tags
 
 

@@ -337,7 +337,8 @@ def run_nightly(stage: Any, ctx: StageContext) -> StageResult:
                                                                                         stage.worst_samples),
                            regression=verdict == "no_go", promoted=promoted, notes=notes,
                            confidence=stage.bootstrap.confidence, nightly_run_id=ctx.run_id, verdict=verdict,
-                           reasons=reasons, policy=describe_policy(policy, written=stage.policy is not None))
+                           reasons=reasons, policy=describe_policy(policy, written=stage.policy is not None),
+                           normalizers=suite.normalizers())
     return _publish(stage, ctx, client, result, cand, champ, digest)
 
 

@@ -24,7 +24,7 @@ from datetime import date as _date
 from pathlib import Path
 from typing import Any
 
-from eval.results import VERDICT_LABELS, GateResult, ModelEval, NightlyResult, TrendPoint
+from eval.results import VERDICT_LABELS, GateResult, ModelEval, NightlyResult, TrendPoint, normalizer_lines
 from sllm_lib.files import write_text_atomic
 from sllm_lib.metrics.registry import metric_scale
 from sllm_lib.usage import format_gpu_hours
@@ -377,6 +377,8 @@ def _summary_html(result: NightlyResult) -> str:
     ]
     if result.policy:
         facts.append(("Gate policy", "<br>".join(_e(line) for line in result.policy)))
+    if result.normalizers:
+        facts.append(("Text normaliser", "<br>".join(_e(line) for line in normalizer_lines(result.normalizers))))
     if result.nightly_run_id:
         facts.append(("Nightly run", f'<span class="mono">{_e(result.nightly_run_id)}</span>'))
     reasons = ""
@@ -660,6 +662,9 @@ def render_markdown(result: NightlyResult, max_gates: int = 8, max_worst: int = 
         lines += ["### Notes", ""] + [f"- {_md(n)}" for n in result.notes] + [""]
     if result.policy:
         lines += ["### Gate policy", ""] + [f"- {_md(p)}" for p in result.policy] + [""]
+    if result.normalizers:
+        lines += ["### Text normaliser (CER/WER)", ""] + [f"- {_md(n)}" for n in normalizer_lines(result.normalizers)]
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -21,6 +21,14 @@ Verdict = Literal["go", "no_go", "inconclusive"]
 VERDICT_LABELS: dict[str, str] = {"go": "GO", "no_go": "NO-GO", "inconclusive": "INCONCLUSIVE"}
 
 
+def normalizer_lines(normalizers: dict[str, str]) -> list[str]:
+    """The text normalisers behind the numbers, one line each: "korean-v1: asr/cer, asr/wer"."""
+    by_label: dict[str, list[str]] = {}
+    for key, label in normalizers.items():
+        by_label.setdefault(label, []).append(key)
+    return [f"{label}: {', '.join(keys)}" for label, keys in by_label.items()]
+
+
 @dataclass
 class SampleScore:
     """One evaluated sample of one task: its id, texts and the per-sample value of each metric."""
@@ -133,6 +141,7 @@ class NightlyResult:
     verdict: Verdict = "inconclusive"  # eval/gates.py decide(): GO, NO-GO or INCONCLUSIVE
     reasons: list[str] = field(default_factory=list)  # why, worst first
     policy: list[str] = field(default_factory=list)  # the gate policy, as the report shows it
+    normalizers: dict[str, str] = field(default_factory=dict)  # "task/metric" -> text normaliser (CER, WER)
 
     def model(self, role: str) -> ModelEval | None:
         """The first model picked for `role`, if any."""
@@ -154,4 +163,5 @@ class NightlyResult:
             confidence=d.get("confidence", 0.95), nightly_run_id=d.get("nightly_run_id"),
             verdict=d.get("verdict") or ("no_go" if d.get("regression") else "inconclusive"),
             reasons=list(d.get("reasons", [])), policy=list(d.get("policy", [])),
+            normalizers=dict(d.get("normalizers", {})),
         )

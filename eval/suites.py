@@ -3,6 +3,7 @@
 A suite is a YAML file (eval/suites/*.yaml)::
 
     name: medical_speech
+    language: ko                       # ko (default) | en: CER/WER use this language's normaliser
     generation: {max_new_tokens: 48, batch_size: 8}
     sample_limit: 500
     tasks:
@@ -12,6 +13,11 @@ A suite is a YAML file (eval/suites/*.yaml)::
         metrics: [cer, wer]
         thresholds: {cer: 0.01, wer: "5%"}   # allowed worsening before a nightly gate fails (units or % of baseline)
         tiers: {wer: supporting}       # critical (default) | supporting | advisory: see docs/nightly.md
+
+The language picks the text normaliser of CER and WER (sllm_lib.metrics.language: Korean
+"korean-v1", CER without spaces; English "whisper-english-v1", Whisper's published rules, CER with
+spaces); every CER/WER number is labelled with it (`Suite.normalizers()`, MLflow tags, the nightly
+report). Other metrics do not depend on it.
 
 Data paths resolve against the suite file's folder. Loading checks names against the metric
 registry, so a typo fails at `sllm validate`/`plan` time, never after an hour of generation.
@@ -28,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from sllm_lib.errors import JobSpecError
+from sllm_lib.metrics.language import DEFAULT_LANGUAGE, LANGUAGES, Language
 from sllm_lib.metrics.registry import DEFAULT_METRICS
 from sllm_lib.spec import GateTier, GenerationSpec, Strict, Threshold, raise_problems, read_yaml, validation_problems
 
@@ -82,6 +89,8 @@ class SuiteTask(Strict):
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
+    language: Language = Field(default=DEFAULT_LANGUAGE, description=(
+        f"Language of the references ({', '.join(LANGUAGES)}): CER/WER use its text normaliser."))
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     sample_limit: int | None = Field(default=None, gt=0, description="Per-task default sample limit.")
     tasks: list[SuiteTask] = Field(min_length=1)
@@ -97,9 +106,24 @@ class Suite(Strict):
     def limit_for(self, task: SuiteTask, override: int | None = None) -> int | None:
         return override or task.sample_limit or self.sample_limit
 
+    def normalizers(self) -> dict[str, str]:
+        """"task/metric" -> the label of the text normaliser behind that number, for the metrics that have one
+        (CER, WER): "korean-v1", "whisper-english-v1", with any settings the task's metric_options change."""
+        from sllm_lib.metrics.registry import metric_normalizer
+
+        out: dict[str, str] = {}
+        for t in self.tasks:
+            for m in t.metric_names():
+                label = metric_normalizer(m, language=self.language, options=t.metric_options.get(m))
+                if label is not None:
+                    out[f"{t.name}/{m}"] = label
+        return out
+
     def digest(self) -> str:
         """Content hash of the suite's settings and of every dataset file's bytes (eval reuse key)."""
         settings = self.model_dump(mode="json")
+        if settings["language"] == DEFAULT_LANGUAGE:  # a suite written before languages existed keeps its digest
+            del settings["language"]
         for t in settings["tasks"]:  # a suite written before tiers existed keeps its digest (and its reusable evals)
             if not t["tiers"]:
                 del t["tiers"]
@@ -112,7 +136,7 @@ class Suite(Strict):
 
 
 def _metric_problems(suite: Suite) -> list[str]:
-    from sllm_lib.metrics.registry import METRIC_SPECS
+    from sllm_lib.metrics.registry import METRIC_SPECS, metric_normalizer
 
     problems = []
     for i, t in enumerate(suite.tasks):
@@ -128,6 +152,12 @@ def _metric_problems(suite: Suite) -> list[str]:
             if k in t.metric_names() and k not in t.thresholds:
                 problems.append(f"tasks[{i}].tiers: {k!r} has a tier but no threshold; only thresholded metrics "
                                 f"are gated (add thresholds: {{{k}: 0.0}} to gate it)")
+        for m, opts in t.metric_options.items():
+            if m in METRIC_SPECS and m in t.metric_names():
+                try:
+                    metric_normalizer(m, language=suite.language, options=opts)
+                except ValueError as exc:
+                    problems.append(f"tasks[{i}].metric_options.{m}: {exc}")
         if not Path(t.data).is_file():
             problems.append(f"tasks[{i}].data: no such file {t.data}")
     return problems

@@ -56,6 +56,10 @@ def eval_(model: str = typer.Argument(..., help="Merged model folder, models:/NA
         table.add_row(t.name, *(f"{r.metrics[f'{t.name}/{m}']:.4f}" if f"{t.name}/{m}" in r.metrics else "-"
                                 for m in metric_cols))
     console.print(table)
+    from eval.results import normalizer_lines
+
+    for line in normalizer_lines(s.normalizers()):
+        console.print(f"text normaliser {line}", highlight=False)
     console.print(f"samples: {Path(r.output_dir or '') / 'samples.jsonl'}", highlight=False)
 
 

@@ -14,10 +14,14 @@ metric with its per-metric options:
 
 Options per metric (all optional unless marked):
 
-* ``cer``, ``wer``, ``exact_match``: :class:`KoreanNormalizer` fields
-  (``nfc``, ``lowercase``, ``remove_punctuation``, ``keep_decimal_points``,
-  ``remove_whitespace``; booleans), applied on top of that metric's default
-  normaliser.
+* ``cer``, ``wer``: the fields of the request's language's normaliser
+  (``compute_metrics(language=...)``, :mod:`sllm_lib.metrics.language`), applied on top of that
+  language's CER/WER convention. Korean (default), :class:`KoreanNormalizer`: ``nfc``,
+  ``lowercase``, ``remove_punctuation``, ``keep_decimal_points``, ``remove_whitespace``;
+  English, :class:`~sllm_lib.metrics.english.EnglishTextNormalizer`: ``remove_whitespace``.
+  Their results carry the normaliser's label (:func:`metric_normalizer`).
+* ``exact_match``: :class:`KoreanNormalizer` fields (booleans), applied on top
+  of that metric's default normaliser.
 * ``keyword_match``: ``keywords`` (one list per sample) and normaliser fields.
 * ``bleu``: ``tokenize`` (``"char"``, ``"ko-mecab"``, ``"space"``) and
   normaliser fields.
@@ -40,7 +44,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sllm_lib.metrics import text as _text
-from sllm_lib.metrics.text import KoreanNormalizer, MetricResult
+from sllm_lib.metrics.language import DEFAULT_LANGUAGE, check_language, normalizer_for
+from sllm_lib.metrics.text import KoreanNormalizer, MetricResult, Normalizer, Unit, normalizer_label
 
 Needs = Literal["text", "labels", "model"]
 
@@ -68,6 +73,8 @@ class MetricSpec:
             like ROUGE, CER and Distinct; the reports show it (:attr:`scale`).
         binary_per_sample: Its per-sample values are 0 or 1 and its score is their mean (accuracy, exact
             match): a nightly gate tests it with McNemar's exact test rather than the bootstrap.
+        normalizer_unit: ``"char"`` (CER) or ``"word"`` (WER) for a metric whose text normaliser follows the
+            request's language; None for the others.
     """
 
     name: str
@@ -79,6 +86,7 @@ class MetricSpec:
     result_name: str = ""
     value_range: tuple[float, float | None] = (0.0, 1.0)
     binary_per_sample: bool = False
+    normalizer_unit: Unit | None = None
 
     def __post_init__(self) -> None:
         if not self.result_name:
@@ -96,17 +104,24 @@ class MetricSpec:
 # --------------------------------------------------------------------------- adapters
 
 
-def _normalizer(base: KoreanNormalizer, opts: Mapping[str, Any]) -> KoreanNormalizer:
+def _normalizer(base: Any, opts: Mapping[str, Any]) -> Any:
     fields = {k: v for k, v in opts.items() if k in NORMALIZER_OPTIONS}
     return dataclasses.replace(base, **fields) if fields else base
 
 
-def _cer(refs: list[str], hyps: list[str], *, labels: Any = None, **opts: Any) -> MetricResult:
-    return _text.cer(refs, hyps, normalizer=_normalizer(KoreanNormalizer(remove_whitespace=True), opts))
+def _language_normalizer(unit: Unit, language: str, opts: Mapping[str, Any]) -> Normalizer:
+    norm: Normalizer = _normalizer(normalizer_for(language, unit), opts)
+    return norm
 
 
-def _wer(refs: list[str], hyps: list[str], *, labels: Any = None, **opts: Any) -> MetricResult:
-    return _text.wer(refs, hyps, normalizer=_normalizer(KoreanNormalizer(), opts))
+def _cer(refs: list[str], hyps: list[str], *, labels: Any = None, language: str = DEFAULT_LANGUAGE,
+         **opts: Any) -> MetricResult:
+    return _text.cer(refs, hyps, normalizer=_language_normalizer("char", language, opts))
+
+
+def _wer(refs: list[str], hyps: list[str], *, labels: Any = None, language: str = DEFAULT_LANGUAGE,
+         **opts: Any) -> MetricResult:
+    return _text.wer(refs, hyps, normalizer=_language_normalizer("word", language, opts))
 
 
 def _exact(refs: list[str], hyps: list[str], *, labels: Any = None, **opts: Any) -> MetricResult:
@@ -170,8 +185,8 @@ _BERT_OPTS = ("model_path", "layer", "batch_size", "idf", "device")
 METRIC_SPECS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in [
-        MetricSpec("cer", False, "text", _cer, NORMALIZER_OPTIONS, value_range=(0.0, None)),
-        MetricSpec("wer", False, "text", _wer, NORMALIZER_OPTIONS, value_range=(0.0, None)),
+        MetricSpec("cer", False, "text", _cer, NORMALIZER_OPTIONS, value_range=(0.0, None), normalizer_unit="char"),
+        MetricSpec("wer", False, "text", _wer, NORMALIZER_OPTIONS, value_range=(0.0, None), normalizer_unit="word"),
         MetricSpec("rougeL", True, "text", _rouge(None), _TOKENIZER_OPT, result_name="rougeL_f1"),
         MetricSpec("rouge1", True, "text", _rouge(1), _TOKENIZER_OPT, result_name="rouge1_f1"),
         MetricSpec("rouge2", True, "text", _rouge(2), _TOKENIZER_OPT, result_name="rouge2_f1"),
@@ -236,6 +251,24 @@ def metric_spec(name: str) -> MetricSpec | None:
     return next((spec for spec in METRIC_SPECS.values() if spec.result_name == name), None)
 
 
+def metric_normalizer(name: str, *, language: str = DEFAULT_LANGUAGE,
+                      options: Mapping[str, Any] | None = None) -> str | None:
+    """The label of the text normaliser behind metric `name` in `language` with these metric `options`
+    (``"korean-v1"``, ``"whisper-english-v1"``); None for a metric whose normaliser does not follow the language.
+
+    The same label the computed ``MetricResult.normalizer`` carries, known before anything is scored.
+
+    Raises:
+        ValueError: On an unknown language, or an option the language's normaliser lacks.
+    """
+    check_language(language)
+    spec = metric_spec(name)
+    if spec is None or spec.normalizer_unit is None:
+        return None
+    _check_normalizer_options(spec, options or {}, language)
+    return normalizer_label(_language_normalizer(spec.normalizer_unit, language, options or {}), spec.normalizer_unit)
+
+
 def metric_scale(name: str) -> str:
     """The scale reports print beside metric ``name`` (``"0-1"``, ``"≥0"`` for CER/WER); "" when unknown."""
     spec = metric_spec(name)
@@ -245,11 +278,26 @@ def metric_scale(name: str) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_option_values(name: str, opts: Mapping[str, Any]) -> None:
+def _check_normalizer_options(spec: MetricSpec, opts: Mapping[str, Any], language: str) -> None:
+    """A normaliser option of CER/WER must be a setting of the language's normaliser (English has fewer)."""
+    if spec.normalizer_unit is None:
+        return
+    norm = normalizer_for(language, spec.normalizer_unit)
+    own = [f.name for f in dataclasses.fields(norm)] if dataclasses.is_dataclass(norm) else []
+    foreign = [k for k in opts if k in NORMALIZER_OPTIONS and k not in own]
+    if foreign:
+        raise ValueError(
+            f"option {foreign[0]!r} of metric {spec.name!r} does not apply to language {language!r} "
+            f"(normaliser {norm.name}); valid: {', '.join(own)}"
+        )
+
+
+def _check_option_values(name: str, opts: Mapping[str, Any], language: str) -> None:
     """Cheap up-front checks, so a bad option fails before any metric runs."""
     for key, value in opts.items():
         if key in NORMALIZER_OPTIONS and not isinstance(value, bool):
             raise ValueError(f"option {key!r} of metric {name!r} must be true or false, got {value!r}")
+    _check_normalizer_options(METRIC_SPECS[name], opts, language)
     if "tokenizer" in opts and opts["tokenizer"] not in _text.TOKENIZERS:
         raise ValueError(
             f"option 'tokenizer' of metric {name!r} is {opts['tokenizer']!r}; valid: {', '.join(_text.TOKENIZERS)}"
@@ -272,7 +320,9 @@ def _validate(
     names: Sequence[str],
     labels: Sequence[str] | None,
     options: Mapping[str, Mapping[str, Any]],
+    language: str = DEFAULT_LANGUAGE,
 ) -> None:
+    check_language(language)
     if isinstance(names, str):
         raise ValueError(f"names must be a list of metric names, got the string {names!r}")
     unknown = [n for n in names if n not in METRIC_SPECS]
@@ -307,7 +357,7 @@ def _validate(
                 f"metric {name!r} needs option(s) {', '.join(map(repr, missing))}, "
                 f"e.g. options={{{name!r}: {{{missing[0]!r}: ...}}}}"
             )
-        _check_option_values(name, opts)
+        _check_option_values(name, opts, language)
 
 
 def compute_metrics(
@@ -317,6 +367,7 @@ def compute_metrics(
     *,
     labels: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    language: str = DEFAULT_LANGUAGE,
 ) -> dict[str, MetricResult]:
     """Compute several registry metrics, each with its own options.
 
@@ -334,6 +385,8 @@ def compute_metrics(
             ``macro_f1`` and ``unparseable_rate``, ignored by the others.
         options: ``{metric_name: {option: value}}``; see the module docstring.
             Options for a valid metric that is not requested are ignored.
+        language: ``"ko"`` (default) or ``"en"``: CER and WER use that language's
+            normaliser (:mod:`sllm_lib.metrics.language`) and their results name it.
 
     Returns:
         ``{requested_name: MetricResult}`` in the order of ``names`` (the
@@ -343,13 +396,16 @@ def compute_metrics(
         ValueError: On an unknown metric name (lists the valid ones), an
             unknown option key (names the metric and key), a bad option
             value, a label metric without ``labels``, ``bertscore_f1`` without
-            ``options["bertscore_f1"]["model_path"]``, or a length mismatch.
+            ``options["bertscore_f1"]["model_path"]``, an unknown language, a
+            normaliser option the language's normaliser lacks, or a length mismatch.
         ImportError: For BLEU ``tokenize="ko-mecab"`` without mecab-ko.
     """
     opts_by_metric: Mapping[str, Mapping[str, Any]] = options if options is not None else {}
-    _validate(names, labels, opts_by_metric)
+    _validate(names, labels, opts_by_metric, language)
     _text._check_lengths(references, hypotheses)
-    return {
-        name: METRIC_SPECS[name].compute(references, hypotheses, labels=labels, **opts_by_metric.get(name, {}))
-        for name in names
-    }
+    out: dict[str, MetricResult] = {}
+    for name in names:
+        spec = METRIC_SPECS[name]
+        extra = {"language": language} if spec.normalizer_unit is not None else {}
+        out[name] = spec.compute(references, hypotheses, labels=labels, **extra, **opts_by_metric.get(name, {}))
+    return out

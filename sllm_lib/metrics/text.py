@@ -10,7 +10,9 @@ avoids:
 * ``jiwer.RemovePunctuation`` deletes the decimal point in ``"38.5"`` and turns
   it into ``"385"``. :class:`KoreanNormalizer` keeps a point between digits.
 * Korean spacing (띄어쓰기) is inconsistent in both references and model output,
-  so CER ignores whitespace by default; WER keeps it (by definition).
+  so CER ignores whitespace by default; WER keeps it (by definition). English text
+  takes :class:`sllm_lib.metrics.english.EnglishTextNormalizer` instead (CER keeps
+  spaces there); :mod:`sllm_lib.metrics.language` maps a language to its normaliser.
 * sacrebleu's default ``13a`` tokenizer splits Korean on whitespace only, so a
   spacing-only difference (``"커피 한 잔"`` vs ``"커피 한잔"``) costs BLEU points.
   BLEU here defaults to character n-grams with whitespace removed.
@@ -30,13 +32,14 @@ Conventions shared by all metrics:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
     from kiwipiepy import Kiwi
@@ -50,6 +53,22 @@ BLEU_TOKENIZERS: tuple[str, ...] = ("char", "ko-mecab", "space")
 
 _WHITESPACE_RE = re.compile(r"\s+")
 
+Unit = Literal["char", "word"]
+
+
+class Normalizer(Protocol):
+    """A text normaliser for CER/WER: a frozen dataclass with a versioned ``name`` and its CER/WER conventions."""
+
+    name: ClassVar[str]
+
+    @property
+    def remove_whitespace(self) -> bool: ...
+
+    def __call__(self, text: str) -> str: ...
+
+    @classmethod
+    def for_unit(cls, unit: Unit) -> Normalizer: ...
+
 
 @dataclass(frozen=True)
 class MetricResult:
@@ -61,15 +80,21 @@ class MetricResult:
         per_sample: One value per input sample, same length as the inputs. For
             Distinct-N this is each hypothesis' own distinct ratio
             (informational; the corpus score is *not* their mean).
+        normalizer: For CER/WER, the label of the text normaliser that produced
+            the score (:func:`normalizer_label`, e.g. ``"korean-v1"``); None otherwise.
     """
 
     name: str
     score: float
     per_sample: list[float] = field(default_factory=list)
+    normalizer: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Return a JSON-friendly dict ``{"name", "score", "per_sample"}``."""
-        return {"name": self.name, "score": self.score, "per_sample": list(self.per_sample)}
+        """Return a JSON-friendly dict ``{"name", "score", "per_sample"}`` (and ``"normalizer"`` when set)."""
+        out: dict[str, Any] = {"name": self.name, "score": self.score, "per_sample": list(self.per_sample)}
+        if self.normalizer is not None:
+            out["normalizer"] = self.normalizer
+        return out
 
 
 # Unicode files these under punctuation (Po), but in clinical text they are units.
@@ -102,11 +127,17 @@ class KoreanNormalizer:
         remove_whitespace: Remove all whitespace (use for CER).
     """
 
+    name: ClassVar[str] = "korean-v1"
     nfc: bool = True
     lowercase: bool = True
     remove_punctuation: bool = True
     keep_decimal_points: bool = True
     remove_whitespace: bool = False
+
+    @classmethod
+    def for_unit(cls, unit: Unit) -> KoreanNormalizer:
+        """The convention for CER (``"char"``: whitespace removed, Korean spacing varies) and WER (``"word"``)."""
+        return cls(remove_whitespace=unit == "char")
 
     def __call__(self, text: str) -> str:
         """Normalise one string.
@@ -144,6 +175,26 @@ class KoreanNormalizer:
             else:
                 out.append(" ")
         return "".join(out)
+
+
+def normalizer_label(normalizer: Normalizer, unit: Unit) -> str:
+    """How reports name the normaliser behind a CER (``unit="char"``) or WER (``"word"``) score.
+
+    Its versioned name, plus every setting that differs from that normaliser's convention for the unit.
+
+    Example:
+        >>> normalizer_label(KoreanNormalizer(remove_whitespace=True), "char")
+        'korean-v1'
+        >>> normalizer_label(KoreanNormalizer(remove_punctuation=False), "word")
+        'korean-v1 (remove_punctuation=false)'
+    """
+    name = getattr(type(normalizer), "name", type(normalizer).__name__)
+    if not dataclasses.is_dataclass(normalizer) or not hasattr(normalizer, "for_unit"):
+        return name
+    usual = normalizer.for_unit(unit)
+    changed = [f"{f.name}={str(getattr(normalizer, f.name)).lower()}" for f in dataclasses.fields(normalizer)
+               if getattr(normalizer, f.name) != getattr(usual, f.name)]
+    return f"{name} ({', '.join(changed)})" if changed else name
 
 
 # --------------------------------------------------------------------------- helpers
@@ -219,8 +270,8 @@ def _edit_rate(
     name: str,
     references: list[str],
     hypotheses: list[str],
-    normalizer: KoreanNormalizer,
-    unit: Literal["char", "word"],
+    normalizer: Normalizer,
+    unit: Unit,
 ) -> MetricResult:
     """Shared CER/WER: corpus = total edits / total reference units.
 
@@ -233,8 +284,9 @@ def _edit_rate(
     rates (the fraction of samples with non-empty output).
     """
     _check_lengths(references, hypotheses)
+    label = normalizer_label(normalizer, unit)
     if not references:
-        return MetricResult(name, 0.0, [])
+        return MetricResult(name, 0.0, [], label)
     import jiwer
 
     refs = [normalizer(r) for r in references]
@@ -263,7 +315,7 @@ def _edit_rate(
         score = total_edits / total_ref
     else:
         score = sum(per_sample) / len(per_sample)
-    return MetricResult(name, float(score), per_sample)
+    return MetricResult(name, float(score), per_sample, label)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -273,7 +325,7 @@ def cer(
     references: list[str],
     hypotheses: list[str],
     *,
-    normalizer: KoreanNormalizer | None = None,
+    normalizer: Normalizer | None = None,
 ) -> MetricResult:
     """Character error rate, corpus-level.
 
@@ -293,12 +345,12 @@ def cer(
         normalizer: Text normaliser; default ``KoreanNormalizer(remove_whitespace=True)``.
 
     Returns:
-        ``MetricResult`` named ``"cer"``.
+        ``MetricResult`` named ``"cer"``, labelled with its normaliser.
 
     Raises:
         ValueError: If the two lists differ in length.
     """
-    norm = normalizer if normalizer is not None else KoreanNormalizer(remove_whitespace=True)
+    norm: Normalizer = normalizer if normalizer is not None else KoreanNormalizer(remove_whitespace=True)
     return _edit_rate("cer", references, hypotheses, norm, "char")
 
 
@@ -306,7 +358,7 @@ def wer(
     references: list[str],
     hypotheses: list[str],
     *,
-    normalizer: KoreanNormalizer | None = None,
+    normalizer: Normalizer | None = None,
 ) -> MetricResult:
     """Word (eojeol, whitespace-delimited) error rate, corpus-level.
 
@@ -319,13 +371,13 @@ def wer(
         normalizer: Text normaliser; default ``KoreanNormalizer()`` (spaces kept).
 
     Returns:
-        ``MetricResult`` named ``"wer"``.
+        ``MetricResult`` named ``"wer"``, labelled with its normaliser.
 
     Raises:
         ValueError: If the two lists differ in length, or ``normalizer``
             removes whitespace (words could not be split).
     """
-    norm = normalizer if normalizer is not None else KoreanNormalizer()
+    norm: Normalizer = normalizer if normalizer is not None else KoreanNormalizer()
     if norm.remove_whitespace:
         raise ValueError(
             "wer needs whitespace to split words; use a normalizer with remove_whitespace=False"

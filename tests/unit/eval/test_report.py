@@ -293,3 +293,17 @@ def test_reports_show_each_metric_scale_from_the_registry() -> None:
     assert "| text_qa | my_custom |" in md  # not a registry metric: no invented scale
     gates_html = _section(render_html(result), "gates")
     assert "bleu (0-1)" in gates_html and "cer (≥0)" in gates_html
+
+
+def test_reports_name_the_normaliser_of_each_cer_wer_number() -> None:
+    cand = ModelEval(role="candidate", name="m", version="2", metrics={"asr/cer": 0.12, "asr/wer": 0.2,
+                                                                     "asr_en/wer": 0.1})
+    normalizers = {"asr/cer": "korean-v1", "asr/wer": "korean-v1", "asr_en/wer": "whisper-english-v1"}
+    result = NightlyResult(date="2026-11-20", suite="s", registered_model="m", models=[cand], normalizers=normalizers)
+    assert NightlyResult.from_dict(json.loads(json.dumps(result.to_dict()))).normalizers == normalizers
+    md = render_markdown(result)
+    assert "- korean-v1: asr/cer, asr/wer\n- whisper-english-v1: asr_en/wer" in md
+    summary = _section(render_html(result), "summary")
+    assert "<dt>Text normaliser</dt><dd>korean-v1: asr/cer, asr/wer<br>whisper-english-v1: asr_en/wer</dd>" in summary
+    old = NightlyResult.from_dict({k: v for k, v in result.to_dict().items() if k != "normalizers"})
+    assert old.normalizers == {} and "Text normaliser" not in render_markdown(old)

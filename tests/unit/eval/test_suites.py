@@ -67,3 +67,48 @@ def test_bad_suite_names_file_and_field(tmp_path: Path, task: dict, needle: str)
 def test_find_suite_lists_shipped_names() -> None:
     with pytest.raises(JobSpecError, match="medical_speech"):
         find_suite("no_such_suite")
+
+
+def _asr_suite(tmp_path: Path, **top: object) -> Path:
+    task = {"name": "asr", "type": "asr", "data": str(SAMPLE / "asr_val.jsonl"), "metrics": ["cer", "wer"]}
+    return _write(tmp_path, {"name": "en_asr", **top, "tasks": [task]})
+
+
+def test_language_picks_the_normaliser_and_names_it(tmp_path: Path) -> None:
+    en = load_suite(_asr_suite(tmp_path, language="en"))
+    assert en.language == "en"
+    assert en.normalizers() == {"asr/cer": "whisper-english-v1", "asr/wer": "whisper-english-v1"}
+    assert load_suite(find_suite("medical_speech")).normalizers() == {"asr/cer": "korean-v1", "asr/wer": "korean-v1"}
+
+
+def test_unknown_language_names_file_field_and_allowed_values(tmp_path: Path) -> None:
+    path = _asr_suite(tmp_path, language="xx")
+    with pytest.raises(JobSpecError) as err:
+        load_suite(path)
+    assert f"{path}: 1 problem\n  language: Input should be 'ko' or 'en' (got 'xx')" in str(err.value)
+
+
+def test_a_korean_only_option_under_english_fails_at_load(tmp_path: Path) -> None:
+    task = {"name": "asr", "type": "asr", "data": str(SAMPLE / "asr_val.jsonl"), "metrics": ["cer"],
+            "metric_options": {"cer": {"keep_decimal_points": False}}}
+    path = _write(tmp_path, {"name": "en_asr", "language": "en", "tasks": [task]})
+    with pytest.raises(JobSpecError, match=r"tasks\[0\].metric_options.cer: option 'keep_decimal_points' .* language "
+                                           r"'en' \(normaliser whisper-english-v1\); valid: remove_whitespace"):
+        load_suite(path)
+
+
+def test_digest_keeps_korean_suites_and_separates_languages(tmp_path: Path) -> None:
+    plain = load_suite(_asr_suite(tmp_path)).digest()
+    assert load_suite(_asr_suite(tmp_path, language="ko")).digest() == plain  # earlier evals stay reusable
+    assert load_suite(_asr_suite(tmp_path, language="en")).digest() != plain
+
+
+def test_eval_runs_tag_each_number_with_its_normaliser(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from eval.eval_runs import eval_tags
+
+    suite = load_suite(_asr_suite(tmp_path, language="en"))
+    resolved = SimpleNamespace(path=tmp_path, name=None)
+    tags = eval_tags(resolved, suite, "d" * 64, date=None, sample_limit=None)
+    assert tags["sllm.eval.normalizer.asr/cer"] == tags["sllm.eval.normalizer.asr/wer"] == "whisper-english-v1"

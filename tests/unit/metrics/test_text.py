@@ -428,8 +428,9 @@ def test_registry_is_extensible(monkeypatch):
 
 def test_metric_result_as_dict():
     res = cer(["가나"], ["가다"])
-    assert res.as_dict() == {"name": "cer", "score": 0.5, "per_sample": [0.5]}
+    assert res.as_dict() == {"name": "cer", "score": 0.5, "per_sample": [0.5], "normalizer": "korean-v1"}
     assert isinstance(res.score, float)
+    assert MetricResult("rougeL_f1", 1.0, [1.0]).as_dict() == {"name": "rougeL_f1", "score": 1.0, "per_sample": [1.0]}
 
 
 def test_import_is_cheap():
