@@ -59,13 +59,20 @@ def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
     chat = chat_for(tokenizer, model.config, system_prompt=chain_system_prompt(list(trained_on)), processor=features,
                     render=vision_renderer(list(trained_on)))
     metrics: dict[str, float] = {}
+    normalizers: dict[str, str] = {}  # "eval/task/metric" -> the text normaliser behind that CER/WER number
     predictions: list[dict[str, Any]] = []
     lineage: list[DatasetRecord] = []
+    from sllm_lib.metrics.registry import DEFAULT_METRICS, metric_normalizer
+
     for ref in stage.datasets:
         scores, preds, data = evaluate_dataset(ref, model=model, tokenizer=tokenizer, features=features, chat=chat,
                                                gen=stage.generation)
         name = ref.task_name
         metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+        for m in ref.metrics or DEFAULT_METRICS[ref.kind]:
+            label = metric_normalizer(m, language=ref.language, options=ref.metric_options.get(m))
+            if label is not None:
+                normalizers[f"eval/{name}/{m}"] = label
         predictions += preds
         lineage.append(DatasetRecord(name=name, digest=data.digest(), source=str(data.path),
                                      num_rows=len(preds), context="eval"))
@@ -82,5 +89,9 @@ def run_eval(stage: EvalStage, ctx: StageContext) -> StageResult:
                                       "metrics": metrics, "model": str(ctx.upstream_output)})
     ctx.tracker.log_datasets(lineage)
     ctx.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
+    if normalizers:
+        from eval.eval_runs import TAG_NORMALIZER_PREFIX
+
+        ctx.tracker.set_tags({TAG_NORMALIZER_PREFIX + k: v for k, v in normalizers.items()})
     ctx.tracker.log_artifact(final / "predictions.jsonl", "eval")
     return result

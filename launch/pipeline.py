@@ -8,6 +8,7 @@ latest complete checkpoint in the same MLflow run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -139,11 +140,17 @@ def preflight(spec: JobSpec) -> None:
 
 
 def _eval_metric_problems(stage: Any) -> list[str]:
-    from sllm_lib.metrics.registry import METRIC_SPECS
+    from sllm_lib.metrics.registry import DEFAULT_METRICS, METRIC_SPECS, metric_normalizer
 
     out = []
     for i, ref in enumerate(stage.datasets):
         ok = ("text", "labels", "model") if ref.kind == "classification" else ("text", "model")
+        for m in ref.metrics or DEFAULT_METRICS[ref.kind]:
+            if m in METRIC_SPECS and METRIC_SPECS[m].normalizer_unit is not None:
+                try:  # a normaliser option of another language's normaliser
+                    metric_normalizer(m, language=ref.language, options=ref.metric_options.get(m))
+                except ValueError as exc:
+                    out.append(f"stage {stage.name!r}: datasets[{i}].metric_options.{m}: {exc}")
         for m in ref.metrics or []:
             if m not in METRIC_SPECS or METRIC_SPECS[m].needs not in ok:
                 valid = sorted(k for k, v in METRIC_SPECS.items() if v.needs in ok)
@@ -177,7 +184,28 @@ def _suite_problems(stage: Any) -> list[str]:
     if stage.kind == "suite_eval" and stage.model and stage.model.startswith("/") and not (
             Path(stage.model) / "config.json").is_file():
         return [f"stage {stage.name!r}: model {stage.model} is not a model folder (no config.json)"]
+    if stage.kind == "suite_eval" and stage.model and _model_type(stage.model) == "whisper":
+        from eval.scoring import whisper_task_problems
+
+        return [f"stage {stage.name!r}: {p}" for p in whisper_task_problems(suite, stage.model)]
     return []
+
+
+def _model_type(ref: str) -> str | None:
+    """The model_type of a folder or preset reference, read without loading anything (None: not known before the
+    stage resolves it, e.g. a registry reference)."""
+    if ref.startswith("mini:") or ref.startswith("tiny:"):
+        from sllm_lib.memory.config import load_model_config
+        from sllm_lib.spec import ModelSpec
+
+        try:
+            return getattr(load_model_config(ModelSpec(base=ref))[0], "model_type", None)
+        except (SllmError, ValueError):
+            return None
+    try:
+        return json.loads((Path(ref).expanduser() / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def registry_preflight(spec: JobSpec, uri: str) -> None:

@@ -314,6 +314,12 @@ def is_speech_model(config: Any) -> bool:
     return getattr(config, "model_type", None) in VOXTRAL_TYPES
 
 
+def is_whisper_model(config: Any) -> bool:
+    """True for a Whisper speech recognizer (encoder-decoder, its own decoder and tokenizer): an ASR baseline in
+    evaluation suites, not a model the training stages fine-tune."""
+    return getattr(config, "model_type", None) == "whisper"
+
+
 def chat_for(tokenizer: Any, config: Any, *, system_prompt: str | None = None, processor: Any = None,
              render: Any = None) -> Any:
     """ChatTokens for the speech LLM; VisionChat for a vision-language model (its processor and the stage's prompt
@@ -370,6 +376,11 @@ def load_tokenizer_and_features(path: str, *, revision: str | None = None,
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):  # unreachable or unknown: the loaders below say why if they fail too
         config = None
+    if config is not None and is_whisper_model(config):
+        from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+        return (WhisperTokenizerFast.from_pretrained(path, revision=revision),
+                WhisperFeatureExtractor.from_pretrained(path, revision=revision))
     if config is not None and is_vision_model(config):  # the processor is the "features" of a VLM
         processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         return processor.tokenizer, processor
@@ -431,6 +442,10 @@ def load_base_model(path: str, *, model: ModelSpec, quant: QuantSpec | None = No
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     if is_speech_model(config):
         return VoxtralForConditionalGeneration.from_pretrained(path, **kwargs)
+    if is_whisper_model(config):
+        from transformers import WhisperForConditionalGeneration
+
+        return WhisperForConditionalGeneration.from_pretrained(path, **kwargs)
     if is_vision_model(config):
         from transformers import AutoModelForImageTextToText
 

@@ -72,6 +72,8 @@ def resolve_model(ref: str, tracking_uri: str) -> ResolvedModel:
     Raises:
         ArtifactNotFoundError: the reference names nothing loadable (the message says what was tried).
     """
+    if ref.startswith(("tiny:", "mini:")):  # a preset: built once, then a folder like any other
+        return ResolvedModel(path=model_ref_path(ref, tracking_uri), ref=ref)
     p = Path(ref).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():

@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from sllm_lib.metrics.language import DEFAULT_LANGUAGE, Language
 from sllm_lib.spec.base import NAME_MAX, GateTier, RecordKind, Strict, Threshold, TrainableGroup
 
 
@@ -453,6 +454,8 @@ class EvalDatasetRef(DatasetRef):
     )
     metric_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per metric options, e.g. {embedding_similarity: {model_path: /models/e5}}.")
+    language: Language = Field(default=DEFAULT_LANGUAGE, description=(
+        "Language of the references (ko, en): CER and WER use its text normaliser (korean-v1, whisper-english-v1)."))
 
 
 class EvalStage(_StageBase):

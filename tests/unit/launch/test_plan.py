@@ -166,6 +166,22 @@ def test_preflight_checks_a_local_model_folder(tmp_path: Path) -> None:
     preflight(spec)
 
 
+def test_an_eval_dataset_declares_its_language_and_its_normaliser_options_are_checked(tmp_path: Path) -> None:
+    raw = small_raw(str(SAMPLE / "text_qa_train.jsonl"), str(REPO / "data" / "mini_en" / "asr_val.jsonl"))
+    raw["stages"][2]["datasets"] = [{"kind": "asr", "path": str(REPO / "data" / "mini_en" / "asr_val.jsonl"),
+                                     "language": "en"}]
+    spec = load_job_spec(write_spec(tmp_path, raw))
+    assert spec.stages[2].datasets[0].language == "en"
+    preflight(spec)
+    raw["stages"][2]["datasets"][0]["metric_options"] = {"cer": {"keep_decimal_points": False}}  # a Korean setting
+    with pytest.raises(PlanError, match=r"stage 'eval': datasets\[0\]\.metric_options\.cer: option "
+                                        r"'keep_decimal_points' of metric 'cer' does not apply to language 'en'"):
+        preflight(load_job_spec(write_spec(tmp_path, raw)))
+    raw["stages"][2]["datasets"][0]["language"] = "fr"
+    with pytest.raises(SllmError, match=r"language"):
+        load_job_spec(write_spec(tmp_path, raw))
+
+
 # ------------------------------------------------------------------------------------------ memory (CLI)
 
 VOXTRAL = REPO / "jobs" / "sllm_voxtral_3stage.yaml"
