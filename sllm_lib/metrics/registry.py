@@ -30,7 +30,9 @@ Options per metric (all optional unless marked):
 * ``accuracy``, ``macro_f1``, ``unparseable_rate``: ``aliases``
   (``{label: [spellings]}``); these need ``labels``.
 * ``bertscore_f1``: ``model_path`` (required), ``layer``, ``batch_size``,
-  ``idf``, ``device``.
+  ``idf``, ``rescale_with_baseline``, ``baseline`` (P/R/F numbers or a
+  bert-score baseline file; required with rescaling), ``device``; equal to
+  the ``bert-score`` package (:mod:`sllm_lib.metrics.bertscore`).
 
 :data:`sllm_lib.metrics.text.METRICS` / ``compute_text_metrics`` remain for
 text metrics with default settings.
@@ -180,7 +182,7 @@ def _embedding_similarity(refs: list[str], hyps: list[str], *, labels: Any = Non
 
 _TOKENIZER_OPT = ("tokenizer",)
 _LABEL_OPTS = ("aliases",)
-_BERT_OPTS = ("model_path", "layer", "batch_size", "idf", "device")
+_BERT_OPTS = ("model_path", "layer", "batch_size", "idf", "rescale_with_baseline", "baseline", "device")
 
 METRIC_SPECS: dict[str, MetricSpec] = {
     spec.name: spec
@@ -311,9 +313,12 @@ def _check_option_values(name: str, opts: Mapping[str, Any], language: str) -> N
         if opts["tokenize"] == "ko-mecab":
             _text._require_mecab()
     if "model_path" in opts:
-        from sllm_lib.metrics.bertscore import _check_model_path
+        from sllm_lib.metrics.bertscore import _check_model_path, _check_options
 
         _check_model_path(opts["model_path"])
+        if name == "bertscore_f1":
+            checked = ("batch_size", "idf", "rescale_with_baseline", "baseline")
+            _check_options(**{k: opts[k] for k in checked if k in opts})
 
 
 def _validate(

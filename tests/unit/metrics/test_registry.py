@@ -34,6 +34,7 @@ def test_every_metric_has_a_spec():
         assert callable(spec.compute)
     assert {n for n, s in METRIC_SPECS.items() if s.needs == "labels"} == {"accuracy", "macro_f1", "unparseable_rate"}
     assert METRIC_SPECS["bertscore_f1"].needs == "model"
+    assert {"layer", "idf", "rescale_with_baseline", "baseline"} <= set(METRIC_SPECS["bertscore_f1"].options)
     # every default text metric of the older registry is here too
     assert set(METRICS) <= set(METRIC_SPECS)
 
@@ -146,6 +147,9 @@ def _opts(metric: str, **options) -> dict:
         (_opts("rougeL", tokenizer="bpe"), r"option 'tokenizer' of metric 'rougeL' is 'bpe'"),
         (_opts("bleu", tokenize="13a"), r"option 'tokenize' of metric 'bleu' is '13a'"),
         (_opts("bertscore_f1", model_path="/nonexistent/bert"), "does not exist"),
+        (_opts("bertscore_f1", model_path=".", rescale_with_baseline=True), "rescale_with_baseline needs a baseline"),
+        (_opts("bertscore_f1", model_path=".", baseline=[0.8, 0.8, 0.8]), "rescale_with_baseline is false"),
+        (_opts("bertscore_f1", model_path=".", idf="yes"), "option 'idf' must be true or false"),
         ({"names": "cer"}, "list of metric names"),
     ],
 )
