@@ -78,3 +78,34 @@ def test_eval_unknown_alias_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
     with pytest.raises(ArtifactNotFoundError, match="nope@candidate"):
         _eval(["models:/nope@candidate", "--suite", "mental_health_cls", "--output-dir", str(tmp_path / "runs")])
+
+
+def test_a_whisper_baseline_scores_an_asr_suite_and_is_refused_other_tasks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """mini:whisper (Whisper base, converted from its wheels) on the English held-out clips: its own decoder
+    transcribes in the suite's language, the numbers land in the eval run like any model's; a suite with
+    speech QA / text QA tasks is refused before anything runs, with the reason."""
+    from mlflow import MlflowClient
+
+    from sllm_lib.errors import PlanError
+
+    prof = tmp_path / "inproc.yaml"
+    prof.write_text("kind: local\nname: inproc\nisolation: inprocess\n", encoding="utf-8")
+    common = ["--cluster", str(prof), "--output-dir", str(tmp_path / "runs"), "--sample-limit", "12"]
+    with pytest.raises(PlanError, match=r"mini:whisper is a Whisper speech recognizer: it scores asr tasks only, "
+                                        r"and suite medical_speech_en also has speech_qa \(speech_qa\), text_qa"):
+        _eval(["mini:whisper", "--suite", "medical_speech_en", *common])
+
+    assert _eval(["mini:whisper", "--suite", "medical_asr_en", *common]) == 0
+    out = capsys.readouterr().out
+    assert "medical_asr_en" in out and "wer" in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sllm-eval")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`sllm.stage_kind` = 'suite_eval'")
+    m = run.data.metrics
+    # measured: WER ~0.1, CER ~0.05 on these 12 clips (the held-out voice among them; 0.08 / 0.06 on all 40);
+    # an unconverted or misaligned model scores ~1.0
+    assert m["asr/wer"] < 0.25 and m["asr/cer"] < 0.12, m
+    local = client.download_artifacts(run.info.run_id, "eval/samples.jsonl", str(tmp_path))
+    rows = [json.loads(x) for x in Path(local).read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 12 and sum(r["prediction"].strip() != "" for r in rows) == 12

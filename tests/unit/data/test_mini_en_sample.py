@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import sys
+import zlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,12 +65,12 @@ def test_files_read_through_the_project_loader(name: str, kind: str, count: int)
         assert all("voice" in r and "rate" in r and Path(r["audio_path"]).is_file() for r in result.records)
 
 
-def test_every_clip_is_16k_mono_vorbis_between_half_and_eight_seconds_and_not_silent() -> None:
+def test_every_clip_is_16k_mono_opus_between_half_and_eight_seconds_and_not_silent() -> None:
     paths = sorted({MINI_DIR / r["audio_path"] for n, (k, _) in FILES.items() if k != "text_qa" for r in raw_rows(n)})
     assert len(paths) == 228 + 40 + 80 + 20 == len(list((MINI_DIR / "audio").glob("*.ogg")))
     for path in paths:
         info = soundfile.info(str(path))
-        assert (info.samplerate, info.channels, info.format, info.subtype) == (16_000, 1, "OGG", "VORBIS"), path
+        assert (info.samplerate, info.channels, info.format, info.subtype) == (16_000, 1, "OGG", "OPUS"), path
         assert 0.5 <= info.duration <= 8.0, (path, info.duration)
         wave, _ = soundfile.read(str(path), dtype="float32")
         assert np.sqrt(np.mean(wave**2)) > 0.02 and np.abs(wave).max() > 0.3, path
@@ -79,6 +80,14 @@ def test_the_feature_loader_reads_the_ogg_clips() -> None:
     path = MINI_DIR / raw_rows("asr_val.jsonl")[0]["audio_path"]
     wave = load_audio(path)
     assert wave.dtype == np.float32 and wave.ndim == 1 and len(wave) == soundfile.info(str(path)).frames
+
+
+def test_ogg_streams_have_fixed_serials(generator: ModuleType) -> None:
+    # libsndfile picks a random stream serial; the generator pins it (and the page checksums) for reproducible bytes
+    for path in sorted((MINI_DIR / "audio").glob("*.ogg"))[:20]:
+        data = path.read_bytes()
+        assert data[:4] == b"OggS" and data[28:36] == b"OpusHead", path
+        assert generator.fix_ogg_serial(data, zlib.crc32(path.name.encode()) & 0x7FFFFFFF) == data, path
 
 
 def test_transcripts_follow_the_convention_and_val_sentences_are_held_out() -> None:
