@@ -307,4 +307,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # a rank can still abort in the interpreter's C++ teardown after the stage finished and published its
+        # outputs ("terminate called without an active exception": a native thread of DeepSpeed's shm comm op
+        # destroyed while joinable; seen in CI after _close_distributed), turning a finished stage into a
+        # failure: nothing is left to run, so a distributed rank leaves without that teardown
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
