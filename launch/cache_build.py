@@ -87,7 +87,7 @@ def build_shard(plan_path: str, shard: int) -> dict[str, Any]:
     """Compute (or find) the features of one shard; progress and result go to shard-NNNN.json."""
     import soundfile as sf
 
-    from sllm_lib.audio.features import SAMPLE_RATE, num_chunks
+    from sllm_lib.audio.features import chunk_frames
     from sllm_lib.cache.keys import audio_hash, fingerprint
     from sllm_lib.cache.store import FeatureCache
     from sllm_lib.models.builders import load_tokenizer_and_features
@@ -104,7 +104,7 @@ def build_shard(plan_path: str, shard: int) -> dict[str, Any]:
         info = sf.info(path)
         rows[path] = {"audio_path": path, "audio_hash": audio_hash(path), "duration_s": float(info.duration),
                       "n_chunks": int(feats.shape[0]),
-                      "frames": int(num_chunks(int(round(info.duration * SAMPLE_RATE)))) * 3000}
+                      "frames": int(feats.shape[0]) * chunk_frames(extractor)}
         now = time.perf_counter()
         if now - last >= 1.0 or i == len(paths):
             last = now

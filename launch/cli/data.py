@@ -74,8 +74,8 @@ def data_stats(path: Path, kind: str = KindOpt,
     label_set = [x.strip() for x in labels.split(",")] if labels else None
     res = read_records(path, kind, on_bad_record="skip", labels=label_set)  # type: ignore[arg-type]
     try:
-        tok, _ = load_tokenizer_and_features(resolve_model_path(ModelSpec(base=model)),
-                                             trust_remote_code=trust_remote_code)
+        tok, extractor = load_tokenizer_and_features(resolve_model_path(ModelSpec(base=model)),
+                                                     trust_remote_code=trust_remote_code)
     except SllmError:
         raise
     except Exception as exc:  # transformers' own errors: a missing tokenizer file, remote code not allowed
@@ -91,17 +91,17 @@ def data_stats(path: Path, kind: str = KindOpt,
     for part, row in stats.items():
         table.add_row(part, *(f"{row[c]:.0f}" if c != "mean" else f"{row[c]:.1f}" for c in cols))
     console.print(table)
-    totals = [int(x) for x in _total_lengths(res, tok)]
+    totals = [int(x) for x in _total_lengths(res, tok, extractor)]
     grouped = padding_share(totals, length_grouped_batches(totals, batch_size, seed=0))
     plain = padding_share(totals, random_batches(totals, batch_size, seed=0))
     console.print(f"padding share at batch size {batch_size}: random {plain:.1%}, length-grouped {grouped:.1%}")
 
 
-def _total_lengths(res: Any, tok: Any) -> list[int]:
-    """Text tokens plus the audio placeholders the model will see (375 per started 30 s chunk)."""
+def _total_lengths(res: Any, tok: Any, extractor: Any) -> list[int]:
+    """Text tokens plus the audio placeholders the model will see (375 per started 30 s chunk on Voxtral)."""
     import soundfile as sf
 
-    from sllm_lib.audio.features import SAMPLE_RATE, TOKENS_PER_CHUNK, num_chunks
+    from sllm_lib.audio.features import SAMPLE_RATE, num_chunks, tokens_per_chunk
     from sllm_lib.data.stats import record_text
 
     out = []
@@ -110,6 +110,6 @@ def _total_lengths(res: Any, tok: Any) -> list[int]:
         n = len(tok.encode(prompt + target, add_special_tokens=False))
         if "audio_path" in r:
             info = sf.info(r["audio_path"])
-            n += TOKENS_PER_CHUNK * num_chunks(int(info.duration * SAMPLE_RATE))
+            n += tokens_per_chunk(extractor) * num_chunks(int(info.duration * SAMPLE_RATE), extractor)
         out.append(n)
     return out

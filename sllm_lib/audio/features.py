@@ -1,4 +1,9 @@
-"""Audio loading and Whisper log-mel features in 30 s chunks (Voxtral: 128 x 3000 per chunk -> 375 tokens)."""
+"""Audio loading and Whisper log-mel features in fixed-length chunks.
+
+The chunk length is the feature extractor's (`n_samples`, `nb_max_frames`): Voxtral's is 30 s, 128 mels x 3000
+frames -> 375 audio tokens; `mini:voxtral`'s is 6 s, 80 x 600 -> 75. Every mel frame count becomes audio tokens the
+same way: the encoder's second conv halves the frames and the projector stacks 4 encoder frames per token.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ from sllm_lib.errors import DataError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
-CHUNK_SECONDS = 30
-TOKENS_PER_CHUNK = 375
+CHUNK_SECONDS = 30  # Whisper's and Voxtral's window; a feature extractor without n_samples gets this
+HOP_LENGTH = 160  # Whisper's 10 ms hop at 16 kHz
+FRAMES_PER_AUDIO_TOKEN = 8  # conv2's stride 2 x the projector's stack of 4 encoder frames
 
 
 def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -32,15 +38,36 @@ def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> np.ndarra
     return wave
 
 
-def num_chunks(num_samples: int, *, sample_rate: int = SAMPLE_RATE) -> int:
-    """How many 30 s chunks a waveform takes (at least one)."""
-    per_chunk = CHUNK_SECONDS * sample_rate
-    return max(1, -(-num_samples // per_chunk))
+def chunk_samples(feature_extractor: Any = None) -> int:
+    """Samples per chunk at 16 kHz: the extractor's `n_samples` (30 s when it has none)."""
+    n = getattr(feature_extractor, "n_samples", None)
+    return int(n) if n else CHUNK_SECONDS * SAMPLE_RATE
+
+
+def chunk_seconds(feature_extractor: Any = None) -> float:
+    return chunk_samples(feature_extractor) / SAMPLE_RATE
+
+
+def chunk_frames(feature_extractor: Any = None) -> int:
+    """Mel frames per chunk: the extractor's `nb_max_frames` (samples / hop when it has none)."""
+    n = getattr(feature_extractor, "nb_max_frames", None)
+    hop = getattr(feature_extractor, "hop_length", None) or HOP_LENGTH
+    return int(n) if n else chunk_samples(feature_extractor) // int(hop)
+
+
+def tokens_per_chunk(feature_extractor: Any = None) -> int:
+    """Audio placeholder tokens one chunk becomes in the prompt (375 for 30 s, 75 for 6 s)."""
+    return chunk_frames(feature_extractor) // FRAMES_PER_AUDIO_TOKEN
+
+
+def num_chunks(num_samples: int, feature_extractor: Any = None) -> int:
+    """How many chunks a waveform of `num_samples` (16 kHz) takes (at least one)."""
+    return max(1, -(-num_samples // chunk_samples(feature_extractor)))
 
 
 def log_mel_chunks(wave: np.ndarray, feature_extractor: Any) -> np.ndarray:
-    """(n_chunks, n_mels, 3000) float32 log-mel features, each chunk padded to 30 s."""
-    per_chunk = CHUNK_SECONDS * SAMPLE_RATE
+    """(n_chunks, n_mels, frames per chunk) float32 log-mel features, the last chunk padded to the chunk length."""
+    per_chunk = chunk_samples(feature_extractor)
     chunks = [wave[i:i + per_chunk] for i in range(0, max(len(wave), 1), per_chunk)] or [wave]
     out = feature_extractor(chunks, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length")
     return np.asarray(out["input_features"], dtype=np.float32)

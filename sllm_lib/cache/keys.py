@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sllm_lib.audio.features import CHUNK_SECONDS, SAMPLE_RATE
+from sllm_lib.audio.features import SAMPLE_RATE, chunk_samples
 
 # Bump when sllm's feature computation changes (sllm_lib.audio.features: loading, resampling, chunking).
 CODE_VERSION = "2"  # 2: entries store the frames before the trailing fill (codec FORMAT /2)
@@ -62,6 +62,11 @@ def extractor_key(feature_extractor: Any) -> tuple | None:
     return key
 
 
+def _seconds(samples: int) -> int | float:
+    """Whole seconds stay an int (30, as this field always was), so existing fingerprints do not change."""
+    return samples // SAMPLE_RATE if samples % SAMPLE_RATE == 0 else samples / SAMPLE_RATE
+
+
 def extractor_settings(feature_extractor: Any) -> dict:
     """Everything that determines the cached feature values of `feature_extractor` (JSON-serialisable).
 
@@ -89,7 +94,7 @@ def extractor_settings(feature_extractor: Any) -> dict:
         "padding": "max_length",
         "padding_value": _num(getattr(fe, "padding_value", 0.0)),
         "dither": _num(getattr(fe, "dither", 0.0)),
-        "chunk_seconds": CHUNK_SECONDS,
+        "chunk_seconds": _seconds(chunk_samples(fe)),
         "load_sample_rate": SAMPLE_RATE,
         "dtype": STORED_DTYPE,
     }

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sllm_lib.audio.features import TOKENS_PER_CHUNK, audio_features, audio_features_many
+from sllm_lib.audio.features import FRAMES_PER_AUDIO_TOKEN, audio_features, audio_features_many
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,17 @@ def _encode_prompt(tokenizer: Any, text: str) -> tuple[int, ...]:
     return ids
 
 
-def build_prompt_ids(tokenizer: Any, chat: Any, text: str, n_audio_chunks: int) -> list[int]:
-    """[bos][INST]([BEGIN_AUDIO][AUDIO]*375k)text[/INST]."""
+def build_prompt_ids(tokenizer: Any, chat: Any, text: str, n_audio_tokens: int) -> list[int]:
+    """[bos][INST]([BEGIN_AUDIO][AUDIO]*n_audio_tokens)text[/INST] (375 audio tokens per 30 s chunk)."""
     ids: list[int] = []
     if chat.bos is not None:
         ids.append(chat.bos)
     if chat.inst is not None:
         ids.append(chat.inst)
-    if n_audio_chunks:
+    if n_audio_tokens:
         if chat.begin_audio is not None:
             ids.append(chat.begin_audio)
-        ids += [chat.audio] * (TOKENS_PER_CHUNK * n_audio_chunks)
+        ids += [chat.audio] * n_audio_tokens
     ids += _encode_prompt(tokenizer, text)
     if chat.inst_end is not None:
         ids.append(chat.inst_end)
@@ -118,11 +118,12 @@ def encode_record(
     feats = None
     if kind in ("asr", "speech_qa"):
         feats = audio if audio is not None else audio_features(record["audio_path"], feature_extractor)
-    n_chunks = 0 if feats is None else feats.shape[0]
+    # (chunks, mels, frames): every FRAMES_PER_AUDIO_TOKEN frames of every chunk is one audio token
+    n_audio = 0 if feats is None else feats.shape[0] * (feats.shape[-1] // FRAMES_PER_AUDIO_TOKEN)
     if templated is not None:
         prompt = templated(tokenizer, prompt_text(record, kind))
     else:
-        prompt = build_prompt_ids(tokenizer, chat, prompt_text(record, kind), n_chunks)
+        prompt = build_prompt_ids(tokenizer, chat, prompt_text(record, kind), n_audio)
     target = target_text(record, kind)
     if not with_target:
         return Example(prompt, [IGNORE_INDEX] * len(prompt), feats, target, kind)

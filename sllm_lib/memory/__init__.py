@@ -10,8 +10,9 @@ walk, bytes per tensor), `estimate` (one stage's rows), `suggestions` (the cheap
 from __future__ import annotations
 
 from sllm_lib.memory.constants import (
-    AUDIO_CHUNK_S, BNB_BLOCKSIZE, BNB_NESTED_BLOCKSIZE, CONFIG_DIR, GB, GROUP_LABELS, LLM_GROUPS,
-    LOSS_BYTES_PER_LOGIT, MARGIN_FIXED_BYTES, MARGIN_FRACTION, MEL_FRAMES, Device
+    BNB_BLOCKSIZE, BNB_NESTED_BLOCKSIZE, CONFIG_DIR, GB, GROUP_LABELS, LLM_GROUPS,
+    LOSS_BYTES_PER_LOGIT, MARGIN_FIXED_BYTES, MARGIN_FRACTION, MEL_FRAMES_PER_POSITION, MEL_FRAMES_PER_SECOND,
+    Device
 )
 from sllm_lib.memory.config import bundled_config_path, load_model_config
 from sllm_lib.memory.accounting import (
@@ -23,8 +24,9 @@ from sllm_lib.memory.suggestions import Suggestion, stage_variant, suggest
 from sllm_lib.memory.render import render_plan, render_stage
 
 __all__ = [
-    "AUDIO_CHUNK_S", "BNB_BLOCKSIZE", "BNB_NESTED_BLOCKSIZE", "CONFIG_DIR", "GB", "GROUP_LABELS", "LLM_GROUPS",
-    "LOSS_BYTES_PER_LOGIT", "MARGIN_FIXED_BYTES", "MARGIN_FRACTION", "MEL_FRAMES", "Device", "bundled_config_path",
+    "BNB_BLOCKSIZE", "BNB_NESTED_BLOCKSIZE", "CONFIG_DIR", "GB", "GROUP_LABELS", "LLM_GROUPS",
+    "LOSS_BYTES_PER_LOGIT", "MARGIN_FIXED_BYTES", "MARGIN_FRACTION", "MEL_FRAMES_PER_POSITION", "MEL_FRAMES_PER_SECOND",
+    "Device", "bundled_config_path",
     "load_model_config", "DtypeRules", "LinearInfo", "ModelAccount", "ParamInfo", "account_model", "lora_numel",
     "lora_shapes", "quant4_bytes", "quant8_bytes", "weight_bytes_by_group", "MemoryRow", "StageMemory",
     "plan_memory", "stage_memory", "Suggestion", "stage_variant", "suggest", "render_plan", "render_stage"

@@ -10,7 +10,7 @@ from typing import Any
 
 from sllm_lib.memory.config import load_model_config
 from sllm_lib.errors import JobSpecError
-from sllm_lib.memory.constants import BNB_BLOCKSIZE, BNB_NESTED_BLOCKSIZE, LLM_GROUPS, Device
+from sllm_lib.memory.constants import BNB_BLOCKSIZE, BNB_NESTED_BLOCKSIZE, LLM_GROUPS, MEL_FRAMES_PER_POSITION, Device
 from sllm_lib.spec import ModelSpec, QuantSpec
 
 
@@ -177,6 +177,7 @@ def _audio_dims(config: Any) -> dict[str, int] | None:
     stack = a.intermediate_size // a.hidden_size  # the projector stacks this many encoder frames per token
     return {"d": a.hidden_size, "ffn": a.intermediate_size, "layers": a.num_hidden_layers,
             "frames": a.max_source_positions, "mels": a.num_mel_bins, "proj_in": a.intermediate_size,
+            "mel_frames": a.max_source_positions * MEL_FRAMES_PER_POSITION,
             "tokens_per_chunk": a.max_source_positions // stack}
 
 

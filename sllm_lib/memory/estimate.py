@@ -11,7 +11,7 @@ from sllm_lib.memory.accounting import (
     DtypeRules, ModelAccount, ParamInfo, _trainable, account_model, lora_numel, lora_shapes
 )
 from sllm_lib.memory.constants import (
-    AUDIO_CHUNK_S, GB, GROUP_LABELS, LOSS_BYTES_PER_LOGIT, MARGIN_FIXED_BYTES, MARGIN_FRACTION, MEL_FRAMES, Device
+    GB, GROUP_LABELS, LOSS_BYTES_PER_LOGIT, MARGIN_FIXED_BYTES, MARGIN_FRACTION, MEL_FRAMES_PER_SECOND, Device
 )
 from sllm_lib.errors import SllmError
 from sllm_lib.spec import JobSpec
@@ -361,23 +361,23 @@ def _audio_rows(stage: Any, account: ModelAccount, rules: DtypeRules, llm_acts: 
     t = stage.train
     chunks = max(1, t.max_seq_len // a["tokens_per_chunk"]) * t.per_device_bsz
     e, er = rules.act, rules.residual
-    frames, d, f = a["frames"], a["d"], a["ffn"]
+    frames, mel_frames, d, f = a["frames"], a["mel_frames"], a["d"], a["ffn"]
     rows = []
     if "audio_encoder" in stage.trainable:
         layer = 2 * er * d + 6 * e * d + 2 * e * f
         per_frame = a["layers"] * er * d + layer if t.gradient_checkpointing else a["layers"] * layer
-        convs = MEL_FRAMES * (a["mels"] + 2 * d) * e + frames * d * e
+        convs = mel_frames * (a["mels"] + 2 * d) * e + frames * d * e
         rows.append(MemoryRow("activations: audio encoder", chunks * (frames * per_frame + convs),
                               f"trained: {chunks} chunks x {frames} frames"))
     else:
-        peak = chunks * (MEL_FRAMES * (4 * a["mels"] + 2 * e * d) + frames * e * (6 * d + f))
+        peak = chunks * (mel_frames * (4 * a["mels"] + 2 * e * d) + frames * e * (6 * d + f))
         rows.append(MemoryRow("activations: audio encoder", max(0, peak - llm_acts),
                               f"frozen forward, {chunks} chunks x {frames} frames: transient {_gb(peak)}"))
     if "projector" in stage.trainable:
         audio_tokens = chunks * a["tokens_per_chunk"]
         rows.append(MemoryRow("activations: projector", audio_tokens * e * (a["proj_in"] + 2 * account.text["h"]),
                               f"{audio_tokens:,} audio tokens"))
-    notes.append(f"audio: up to {chunks // t.per_device_bsz} x {AUDIO_CHUNK_S} s chunks per example "
+    notes.append(f"audio: up to {chunks // t.per_device_bsz} x {mel_frames / MEL_FRAMES_PER_SECOND:g} s chunks per example "
                  f"({a['tokens_per_chunk']} tokens each, inside max_seq_len {t.max_seq_len})")
     return rows
 

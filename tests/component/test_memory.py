@@ -280,6 +280,20 @@ def test_audio_stage_counts_chunks_and_projector(voxtral: Any) -> None:
     assert any("2 x 30 s chunks" in n for n in m.notes)
 
 
+def test_mini_voxtral_plans_its_6_s_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mini:voxtral's chunks are 6 s (600 mel frames, 300 encoder positions, 75 tokens): the planner reads that
+    from the config (nothing built or fetched), not Voxtral's 30 s."""
+    monkeypatch.setenv("SLLM_HOME", str(tmp_path))
+    monkeypatch.setenv("SLLM_WHEELS", str(tmp_path / "no-wheels"))
+    spec = load_job_spec(REPO / "jobs" / "demo_sllm_mini.yaml")
+    m = next(s for s in plan_memory(spec, gpus(1, 24)) if s.stage == "asr_projector")
+    chunks = 256 // 75 * 8  # max_seq_len 256 holds 3 chunks, micro-batch 8
+    assert m.row("activations: projector").bytes == chunks * 75 * 4 * (2048 + 2 * 576)  # fp32
+    assert f"frozen forward, {chunks} chunks x 300 frames" in m.row("activations: audio encoder").note
+    assert any("3 x 6 s chunks per example (75 tokens each" in n for n in m.notes), m.notes
+    assert not (tmp_path / "no-wheels").exists()
+
+
 # ------------------------------------------------------------------------------------------ suggestions
 
 

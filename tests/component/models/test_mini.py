@@ -68,10 +68,13 @@ def test_mini_voxtral_is_whisper_base_encoder_plus_smollm2_plus_a_fresh_projecto
             {k: want[k] for k in want if k in got and "name_or_path" not in k and k != "dtype"}
     assert model.config.audio_token_id == planned.audio_token_id == tok.convert_tokens_to_ids("[AUDIO]")
     assert fe.feature_size == model.config.audio_config.num_mel_bins == 80
-    assert audio_features("data/mini_en/audio/asr_228.ogg", fe).shape == (1, 80, 3000)
+    # the 6 s window: 600 mel frames per chunk, the encoder's first 300 positions
+    assert (fe.chunk_length, fe.nb_max_frames, model.config.audio_config.max_source_positions) == (6, 600, 300)
+    assert audio_features("data/mini_en/audio/asr_228.ogg", fe).shape == (1, 80, 600)
 
     whisper = WhisperForConditionalGeneration.from_pretrained(materialize_mini("whisper")).eval()
     for name, w in whisper.model.encoder.state_dict().items():
+        w = w[:300] if name == "embed_positions.weight" else w
         torch.testing.assert_close(model.model.audio_tower.state_dict()[name], w, atol=0, rtol=0, msg=name)
     emb = model.model.language_model.embed_tokens.weight
     n = llm.config.vocab_size
@@ -87,11 +90,11 @@ def test_mini_voxtral_is_whisper_base_encoder_plus_smollm2_plus_a_fresh_projecto
         got = model(input_ids=ids).logits[0, -1, :n]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
-    # speech: an ASR example through the same encoding as training, 375 audio tokens per 30 s chunk
+    # speech: an ASR example through the same encoding as training, 75 audio tokens per 6 s chunk
     rec = {"audio_path": "data/mini_en/audio/asr_228.ogg", "transcript": "your cholesterol results", "language": "en"}
     ex = encode_record(rec, "asr", tokenizer=tok, chat=chat_for(tok, model.config), feature_extractor=fe,
                        max_seq_len=4096)
-    assert ex.input_ids.count(model.config.audio_token_id) == 375
+    assert ex.input_ids.count(model.config.audio_token_id) == 75
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels]),
                     input_features=torch.from_numpy(np.asarray(ex.features, dtype=np.float32)))

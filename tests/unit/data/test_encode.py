@@ -49,6 +49,26 @@ def test_asr_has_375_audio_tokens_per_chunk_and_masks_them(parts) -> None:
     assert tok.decode(target[:-1]) == rec["transcript"]
 
 
+def test_audio_tokens_follow_the_extractors_chunk_length(parts) -> None:
+    """A 6 s extractor (mini:voxtral's window): 600 frames per chunk -> 75 audio tokens per chunk."""
+    from transformers import WhisperFeatureExtractor
+
+    from sllm_lib.audio.features import chunk_frames, chunk_seconds, log_mel_chunks, num_chunks, tokens_per_chunk
+
+    tok, chat, fe30 = parts
+    fe6 = WhisperFeatureExtractor(feature_size=80, chunk_length=6)
+    assert (chunk_seconds(fe30), chunk_frames(fe30), tokens_per_chunk(fe30)) == (30, 3000, 375)
+    assert (chunk_seconds(fe6), chunk_frames(fe6), tokens_per_chunk(fe6)) == (6, 600, 75)
+    assert tokens_per_chunk(None) == 375  # no extractor: Voxtral's 30 s
+    assert [num_chunks(n, fe6) for n in (0, 96_000, 96_001, 200_000)] == [1, 1, 2, 3]
+    rec = read_records(SAMPLE / "asr_train.jsonl", "asr").records[0]
+    feats = log_mel_chunks(np.zeros(7 * 16_000, np.float32), fe6).astype(np.float16)  # 7 s: two 6 s chunks
+    assert feats.shape == (2, 80, 600)
+    ex = encode_record(rec, "asr", tokenizer=tok, chat=chat, feature_extractor=fe6, max_seq_len=1024, audio=feats)
+    assert ex.input_ids.count(chat.audio) == 150
+    assert ex.input_ids.index(chat.audio) == ex.input_ids.index(chat.begin_audio) + 1
+
+
 def test_truncation_keeps_audio_and_drops_answer_tail(parts) -> None:
     tok, chat, fe = parts
     rec = read_records(SAMPLE / "asr_train.jsonl", "asr").records[0]

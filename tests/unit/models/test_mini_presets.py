@@ -22,7 +22,7 @@ def test_the_planner_reads_the_mini_voxtral_config_without_building_it(tmp_path,
     config, source = load_model_config(ModelSpec(base="mini:voxtral"))
     assert source == "preset mini:voxtral"
     a, t = config.audio_config, config.text_config
-    assert (a.num_mel_bins, a.hidden_size, a.num_hidden_layers, a.max_source_positions) == (80, 512, 6, 1500)
+    assert (a.num_mel_bins, a.hidden_size, a.num_hidden_layers, a.max_source_positions) == (80, 512, 6, 300)  # a 6 s window
     assert a.intermediate_size == 4 * a.hidden_size  # the projector's input: 4 stacked encoder frames
     assert (t.hidden_size, t.num_hidden_layers, t.num_key_value_heads) == (576, 30, 3)
     assert t.vocab_size == SMOLLM2_135M["vocab_size"] + len(SPEECH_TOKENS)
