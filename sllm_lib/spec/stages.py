@@ -149,6 +149,9 @@ class TrainSpec(Strict):
     save_total_limit: int = Field(default=2, gt=0, le=10_000, description="Complete checkpoints kept per stage.")
     logging_steps: int = Field(default=5, gt=0, le=1_000_000_000, description="One status line and one tracker write every N steps.")
     group_by_length: bool = Field(default=True, description="Length-grouped batches (less padding).")
+    eval_at_start: bool = Field(default=False, description=(
+        "Score the stage's val data once before the first step: val_loss at step 0 and final/val_loss_start, next "
+        "to the final val_loss, show what the stage changed (needs data.val)."))
     max_seq_len: int = Field(default=2048, gt=0, le=1_048_576, description="Longer examples are truncated (audio tokens kept).")
 
     @model_validator(mode="after")
@@ -252,6 +255,8 @@ class _TrainStageBase(_StageBase):
             raise ValueError("trainable contains 'lora' but the stage has no lora block")
         if self.lora is not None and "lora" not in self.trainable:
             raise ValueError("a lora block is set but 'lora' is not in trainable")
+        if self.train.eval_at_start and not self.data.val:
+            raise ValueError("train.eval_at_start scores the val data before the first step, and data.val is empty")
         if self.quant.bits != "none" and {"llm", "audio_encoder"} & set(self.trainable):
             raise ValueError("full 'llm'/'audio_encoder' training cannot run on a quantized base; use lora")
         ds, q = self.deepspeed, self.quant

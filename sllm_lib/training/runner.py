@@ -332,6 +332,10 @@ def _status_callback(stage_name: str, ctx: StageContext, history: list[tuple[int
             self.logged_upto = ctx.tracker.last_step("train/loss") if ctx.is_main else None
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if logs and "eval_loss" in logs and ctx.is_main:  # train.eval_at_start's score, and the final one
+                log.info("stage=%s step %d/%d | val_loss %.3f", stage_name, state.global_step, state.max_steps,
+                         logs["eval_loss"])
+                ctx.tracker.log_metrics({"val/loss": float(logs["eval_loss"])}, step=state.global_step)
             if not logs or "loss" not in logs:
                 return
             history.append((state.global_step, float(logs["loss"])))
@@ -535,6 +539,9 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
     if resume is not None:
         log.info("stage=%s resuming from %s", stage.name, resume)
         _record_resume(ctx, start_step)
+    # a resumed attempt's checkpoint already holds the step-0 score in its log history
+    trainer.args.eval_on_start = bool(stage.train.eval_at_start and val_ds is not None and len(val_ds)
+                                      and resume is None)
     loop_s = 0.0
     if resume is not None and _holds_final_step(resume):
         # re-run after the last step was saved (e.g. a requeue racing the job's end): publish, don't train on
@@ -569,6 +576,9 @@ def run_training_stage(stage: Any, ctx: StageContext) -> StageResult:
         metrics["train_loop_s"] = loop_s  # the optimizer steps alone (no loading, encoding or saving)
     if torch.cuda.is_available():  # what the memory planner predicts, measured (this rank)
         metrics["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    start = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == 0]
+    if stage.train.eval_at_start and start:
+        metrics["val_loss_start"] = float(start[0])
     if val_ds is not None and len(val_ds):
         ev = trainer.evaluate()
         metrics["val_loss"] = float(ev["eval_loss"])
