@@ -17,7 +17,7 @@ def _hub_ids() -> list[tuple[str, str]]:
     for path in sorted((REPO / "jobs").glob("*.yaml")):
         spec = load_job_spec(path)
         base = spec.model.base if spec.model is not None else ""
-        if base and not base.startswith(("tiny:", "/", ".", "~")):
+        if base and not base.startswith(("tiny:", "mini:", "/", ".", "~")):  # presets are built, not downloaded
             out.append((path.name, base))
     return out
 
