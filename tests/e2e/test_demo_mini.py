@@ -68,14 +68,14 @@ def _asr_val_loss(model_dir: Path, chain: list[Path]) -> tuple[float, float]:
     examples = encode_records(records, "asr", tokenizer=tokenizer, chat=chat, feature_extractor=extractor,
                               max_seq_len=256)
     collate = SpeechCollator(pad_id=chat.pad)
-    real = silent = 0.0
+    real, silent = [], []
     with torch.no_grad():
         for i in range(0, len(examples), 8):
             batch = collate(examples[i:i + 8])
-            real += float(model(**batch).loss) / 3
+            real.append(float(model(**batch).loss))
             batch["input_features"] = torch.zeros_like(batch["input_features"])
-            silent += float(model(**batch).loss) / 3
-    return real, silent
+            silent.append(float(model(**batch).loss))
+    return sum(real) / len(real), sum(silent) / len(silent)
 
 
 def test_stage1_lowers_the_held_out_text_qa_loss(demo: dict) -> None:
