@@ -151,14 +151,55 @@ def _trainer_class() -> type:
         temperature: float = 2.0
         vocab: int = 0  # logits compared over the shared tokenizer's ids
 
+        labelled_logits: bool = True  # off once a model is seen not to take a boolean `logits_to_keep`
+
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             if self.teacher is None:
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
+                loss_outputs = self._labelled_loss(model, inputs, num_items_in_batch) if self.labelled_logits else None
+                if loss_outputs is None:
+                    return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                                num_items_in_batch=num_items_in_batch)
+                return loss_outputs if return_outputs else loss_outputs[0]
             loss, outputs = distillation_loss(model, self.teacher, inputs, alpha=self.alpha,
                                               temperature=self.temperature, vocab=self.vocab)
             return (loss, outputs) if return_outputs else loss
+
+        def _labelled_loss(self, model: Any, inputs: dict, num_items_in_batch: Any) -> tuple[Any, Any] | None:
+            """The Trainer's causal-LM loss with logits computed only where a label follows (None: not applicable).
+
+            An ASR example is ~90 % audio and prompt positions whose logits the loss never reads; a 131K vocabulary
+            makes those logits a large share of the step's compute and memory. transformers' `logits_to_keep`
+            takes a (batch, seq) boolean mask and returns the kept positions' logits flattened; the loss below is
+            the one `ForCausalLMLoss` computes on full logits (float32 cross-entropy, mean over labelled tokens,
+            or their sum over `num_items_in_batch` when the Trainer passes it), so the gradients are the same.
+            """
+            import torch
+            import torch.nn.functional as F
+
+            labels = inputs.get("labels")
+            if labels is None or labels.dim() != 2:
+                return None
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != -100
+            targets = labels[:, 1:][keep[:, :-1]]
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            if logits.dim() != 2 or logits.shape[0] != targets.numel():
+                # this architecture reads logits_to_keep the older way (an int or one index list for every row)
+                log.info("%s does not take a boolean logits_to_keep: full logits for the loss",
+                         type(self.accelerator.unwrap_model(model)).__name__)
+                self.labelled_logits = False
+                return None
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+                loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+                if self.args.average_tokens_across_devices:  # as Trainer.compute_loss scales a model's own loss
+                    loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                                   else self.args.n_gpu)
+            else:
+                loss = F.cross_entropy(logits.float(), targets)
+            return loss, outputs
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             out = Path(output_dir or self.args.output_dir)
