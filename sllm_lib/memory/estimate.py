@@ -295,6 +295,8 @@ def _activation_rows(stage: Any, account: ModelAccount, rules: DtypeRules, notes
     if lora:
         rows.append(MemoryRow("activations: LoRA", lora, f"dropout {stage.lora.dropout}: mask + dropped input per "
                                                          f"target" if stage.lora.dropout else "lora_A outputs"))
+    # the worst case: training computes logits only where a label follows (runner._labelled_loss), and a batch
+    # may be labelled at every position (causal_sft); prompts and audio make the real share smaller
     logits = tokens * (d["vocab"] * LOSS_BYTES_PER_LOGIT + (er + e) * d["h"])
     rows.append(MemoryRow("activations: logits + loss", logits, f"{tokens:,} tokens x {d['vocab']:,} vocab x 12 B "
                                                                 f"(fp32 loss)"))
