@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30  # Whisper's and Voxtral's window; a feature extractor without n_samples gets this
 HOP_LENGTH = 160  # Whisper's 10 ms hop at 16 kHz
-FRAMES_PER_AUDIO_TOKEN = 8  # conv2's stride 2 x the projector's stack of 4 encoder frames
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+MEL_FRAMES_PER_POSITION = 2  # the encoder's second conv (stride 2) halves the mel frames to its positions
+ENCODER_FRAMES_PER_AUDIO_TOKEN = 4  # the projector stacks 4 encoder positions into one LLM token
+FRAMES_PER_AUDIO_TOKEN = MEL_FRAMES_PER_POSITION * ENCODER_FRAMES_PER_AUDIO_TOKEN  # 8
 
 
 def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

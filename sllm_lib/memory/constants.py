@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from sllm_lib.audio.features import MEL_FRAMES_PER_POSITION, MEL_FRAMES_PER_SECOND  # noqa: F401 (re-exported)
+
 
 GB = 1e9
 MARGIN_FIXED_BYTES = 1_000_000_000  # CUDA context + cuBLAS/NCCL workspaces
 MARGIN_FRACTION = 0.10  # allocator fragmentation and temporaries
 BNB_BLOCKSIZE = 64  # bitsandbytes Params4bit default blocksize
 BNB_NESTED_BLOCKSIZE = 256  # double quant: quantize_blockwise(absmax, blocksize=256)
-MEL_FRAMES_PER_POSITION = 2  # the encoder's second conv halves the mel frames to max_source_positions
-MEL_FRAMES_PER_SECOND = 100  # 10 ms hops
 LOSS_BYTES_PER_LOGIT = 12
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"  # sllm_lib/model_configs
 LLM_GROUPS = ("llm_embeddings", "llm_layers", "lm_head")

