@@ -29,7 +29,7 @@ test: $(STAMP)
 	bash scripts/compiler_deps.sh
 	bash scripts/tracking_stack.sh install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest tests -q --durations=25
+	$(PY) -m pytest tests -q --durations=40
 
 clean:
 	rm -rf runs .pytest_cache
