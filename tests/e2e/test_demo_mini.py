@@ -28,11 +28,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 DEMO = REPO / "jobs" / "demo_sllm_mini.yaml"
 STAGES = ["text_lora", "eval_text_lora", "asr_projector", "eval_asr_projector", "multitask", "merge", "eval"]
-SHORT = [  # the CI variant: the same recipe with fewer steps and eval records where the test does not read them.
-    # Stage 2 at 48 steps instead of 80 (the model listens by ~30; its CER keeps falling to ~80: 0.61 at 48, 0.58 at
-    # 80 on the same CPU); stage 3 stays at 30 (at 16 its LoRA is mid-way and the merged CER was 0.94)
+SHORT = [  # the CI variant: the same recipe, stage 2 (the one that learns to listen) unchanged; fewer text steps and
+    # eval records where the test does not read them. Stage 2 stays at 80: measured at 48 steps, its CER was 0.61 but
+    # stage 3 then lost the ASR (merged CER 0.72, beyond the 0.1 margin); stage 3 at 16 steps, merged CER 0.94
     "stages[0].train.max_steps=20", "stages[0].train.save_steps=20",
-    "stages[2].train.max_steps=48", "stages[2].train.save_steps=48",
     "stages[1].datasets[0].max_records=8", "stages[1].datasets[1].max_records=4",
     "stages[6].datasets[2].max_records=10",
 ]
