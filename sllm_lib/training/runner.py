@@ -180,6 +180,9 @@ def _trainer_class() -> type:
             labels = inputs.get("labels")
             if labels is None or labels.dim() != 2:
                 return None
+            if not _takes_logits_to_keep(self.accelerator.unwrap_model(model)):
+                self.labelled_logits = False
+                return None
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100
             targets = labels[:, 1:][keep[:, :-1]]
@@ -256,6 +259,17 @@ def _trainer_class() -> type:
             return LengthGroupedSampler(self.group_lengths, self.args.per_device_train_batch_size, seed=self.args.seed)
 
     return StageTrainer
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward names `logits_to_keep` (causal LMs of transformers 4.50+)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def distillation_loss(student: Any, teacher: Any, inputs: dict, *, alpha: float, temperature: float,

@@ -124,3 +124,34 @@ def test_a_model_without_boolean_logits_to_keep_falls_back_to_full_logits(tmp_pa
     assert trainer.labelled_logits is False  # decided once, not retried every step
     expected = model(**batch).loss
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_a_model_whose_forward_has_no_logits_to_keep_gets_the_trainers_loss(tmp_path: Any) -> None:
+    from transformers import LlamaForCausalLM
+
+    class NoParam(LlamaForCausalLM):
+        def forward(self, input_ids: Any = None, attention_mask: Any = None, labels: Any = None) -> Any:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    torch.manual_seed(0)
+    model = NoParam(tiny_llama_config(vocab_size=VOCAB))
+    trainer = _trainer(model, tmp_path)
+    trainer.model_accepts_loss_kwargs = False
+    batch = _text_batch()
+    loss = trainer.compute_loss(model, dict(batch))  # no TypeError for the unknown keyword
+    assert trainer.labelled_logits is False
+    assert float(loss) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+
+
+def test_a_peft_wrapped_model_takes_the_labelled_path(tmp_path: Any) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(tiny_llama_config(vocab_size=VOCAB)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    trainer = _trainer(model, tmp_path)
+    trainer.model_accepts_loss_kwargs = False
+    ours, full, g_ours, g_full = _both(trainer, model, _text_batch())
+    assert trainer.labelled_logits is True
+    _assert_same(ours, full, g_ours, g_full)
