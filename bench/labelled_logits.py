@@ -2,10 +2,10 @@
 
 One forward + backward per batch through the stage trainer's `compute_loss`, the same batches both ways in one
 process (alternating, so drift hits both), on `mini:voxtral` (SmolLM2's 49,152-token vocabulary) by default or
-`tiny:voxtral` (random weights). Rows: the ASR set (audio tokens and prompt carry no label), the speech QA set and the text QA set of
-`data/mini_en`. It reports the labelled share of positions, ms per step both ways, the ratio, the largest loss
-difference and the logits' bytes per batch both ways (fp32; Voxtral-Mini-3B's 131,072-token vocabulary scales
-them by 2.7x).
+`tiny:voxtral` (random weights). Rows: the ASR set (audio tokens and prompt carry no label), the speech QA set
+and the text QA set of `data/mini_en` (`data/sample` for tiny). It reports the labelled share of positions, ms
+per step both ways, the ratio, the largest loss difference and the logits' bytes per batch both ways (fp32;
+Voxtral-Mini-3B's 131,072-token vocabulary scales them by 2.7x).
 
     python bench/labelled_logits.py [--model mini|tiny] [--batch-size 8] [--batches 3] [--json out.json]
 """

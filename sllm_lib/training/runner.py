@@ -152,6 +152,7 @@ def _trainer_class() -> type:
         vocab: int = 0  # logits compared over the shared tokenizer's ids
 
         labelled_logits: bool = True  # off once a model is seen not to take a boolean `logits_to_keep`
+        labelled_logits_seen_working: bool = False
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
@@ -186,7 +187,17 @@ def _trainer_class() -> type:
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100
             targets = labels[:, 1:][keep[:, :-1]]
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+            unlabelled = {k: v for k, v in inputs.items() if k != "labels"}
+            if self.labelled_logits_seen_working:
+                outputs = model(**unlabelled, logits_to_keep=keep)
+            else:
+                try:  # the first batch: remote-code models may name logits_to_keep but only take an int
+                    outputs = model(**unlabelled, logits_to_keep=keep)
+                except (TypeError, IndexError, RuntimeError) as exc:  # a real error recurs on the full-logits path
+                    log.info("%s does not take a boolean logits_to_keep (%s): full logits for the loss",
+                             type(self.accelerator.unwrap_model(model)).__name__, exc)
+                    self.labelled_logits = False
+                    return None
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             if logits.dim() != 2 or logits.shape[0] != targets.numel():
                 # this architecture reads logits_to_keep the older way (an int or one index list for every row)
@@ -194,6 +205,7 @@ def _trainer_class() -> type:
                          type(self.accelerator.unwrap_model(model)).__name__)
                 self.labelled_logits = False
                 return None
+            self.labelled_logits_seen_working = True
             if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 loss = F.cross_entropy(logits.float(), targets, reduction="sum")
                 loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)

@@ -155,3 +155,22 @@ def test_a_peft_wrapped_model_takes_the_labelled_path(tmp_path: Any) -> None:
     ours, full, g_ours, g_full = _both(trainer, model, _text_batch())
     assert trainer.labelled_logits is True
     _assert_same(ours, full, g_ours, g_full)
+
+
+def test_a_model_that_fails_on_a_boolean_mask_falls_back_on_the_first_batch(tmp_path: Any) -> None:
+    from transformers import LlamaForCausalLM
+
+    class IntOnly(LlamaForCausalLM):  # remote code written for an int: -logits_to_keep fails on a bool tensor
+        def forward(self, *args: Any, logits_to_keep: Any = 0, **kw: Any) -> Any:
+            out = super().forward(*args, **kw)
+            out.logits = out.logits[:, -logits_to_keep:, :]
+            return out
+
+    torch.manual_seed(0)
+    model = IntOnly(tiny_llama_config(vocab_size=VOCAB))
+    trainer = _trainer(model, tmp_path)
+    trainer.model_accepts_loss_kwargs = False
+    batch = _text_batch()
+    loss = trainer.compute_loss(model, dict(batch))
+    assert trainer.labelled_logits is False
+    assert float(loss) == pytest.approx(float(model(**batch).loss), rel=1e-6)
