@@ -181,7 +181,8 @@ def _trainer_class() -> type:
             labels = inputs.get("labels")
             if labels is None or labels.dim() != 2:
                 return None
-            if not _takes_logits_to_keep(self.accelerator.unwrap_model(model)):
+            unwrapped = self.accelerator.unwrap_model(model)
+            if not self.labelled_logits_seen_working and not _takes_logits_to_keep(unwrapped):
                 self.labelled_logits = False
                 return None
             keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -195,14 +196,14 @@ def _trainer_class() -> type:
                     outputs = model(**unlabelled, logits_to_keep=keep)
                 except (TypeError, IndexError, RuntimeError) as exc:  # a real error recurs on the full-logits path
                     log.info("%s does not take a boolean logits_to_keep (%s): full logits for the loss",
-                             type(self.accelerator.unwrap_model(model)).__name__, exc)
+                             type(unwrapped).__name__, exc)
                     self.labelled_logits = False
                     return None
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             if logits.dim() != 2 or logits.shape[0] != targets.numel():
                 # this architecture reads logits_to_keep the older way (an int or one index list for every row)
                 log.info("%s does not take a boolean logits_to_keep: full logits for the loss",
-                         type(self.accelerator.unwrap_model(model)).__name__)
+                         type(unwrapped).__name__)
                 self.labelled_logits = False
                 return None
             self.labelled_logits_seen_working = True

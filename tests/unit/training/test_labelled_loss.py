@@ -108,6 +108,18 @@ def test_speech_model_only_labelled_positions_reach_the_lm_head(tmp_path: Any) -
     _assert_same(ours, full, g_ours, g_full)
 
 
+def _assert_falls_back(model_class: type, tmp_path: Any) -> None:
+    """The model gets the Trainer's own loss, and the labelled path is switched off once, not retried each step."""
+    torch.manual_seed(0)
+    model = model_class(tiny_llama_config(vocab_size=VOCAB))
+    trainer = _trainer(model, tmp_path)
+    trainer.model_accepts_loss_kwargs = False
+    batch = _text_batch()
+    loss = trainer.compute_loss(model, dict(batch))
+    assert trainer.labelled_logits is False
+    assert float(loss) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+
+
 def test_a_model_without_boolean_logits_to_keep_falls_back_to_full_logits(tmp_path: Any) -> None:
     from transformers import LlamaForCausalLM
 
@@ -115,15 +127,7 @@ def test_a_model_without_boolean_logits_to_keep_falls_back_to_full_logits(tmp_pa
         def forward(self, *args: Any, logits_to_keep: Any = 0, **kw: Any) -> Any:  # ignores the mask
             return super().forward(*args, **kw)
 
-    torch.manual_seed(0)
-    model = OldStyle(tiny_llama_config(vocab_size=VOCAB))
-    trainer = _trainer(model, tmp_path)
-    trainer.model_accepts_loss_kwargs = False
-    batch = _text_batch()
-    loss = trainer.compute_loss(model, dict(batch))
-    assert trainer.labelled_logits is False  # decided once, not retried every step
-    expected = model(**batch).loss
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    _assert_falls_back(OldStyle, tmp_path)
 
 
 def test_a_model_whose_forward_has_no_logits_to_keep_gets_the_trainers_loss(tmp_path: Any) -> None:
@@ -133,14 +137,7 @@ def test_a_model_whose_forward_has_no_logits_to_keep_gets_the_trainers_loss(tmp_
         def forward(self, input_ids: Any = None, attention_mask: Any = None, labels: Any = None) -> Any:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
-    torch.manual_seed(0)
-    model = NoParam(tiny_llama_config(vocab_size=VOCAB))
-    trainer = _trainer(model, tmp_path)
-    trainer.model_accepts_loss_kwargs = False
-    batch = _text_batch()
-    loss = trainer.compute_loss(model, dict(batch))  # no TypeError for the unknown keyword
-    assert trainer.labelled_logits is False
-    assert float(loss) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+    _assert_falls_back(NoParam, tmp_path)  # no TypeError for the unknown keyword
 
 
 def test_a_peft_wrapped_model_takes_the_labelled_path(tmp_path: Any) -> None:
@@ -166,11 +163,4 @@ def test_a_model_that_fails_on_a_boolean_mask_falls_back_on_the_first_batch(tmp_
             out.logits = out.logits[:, -logits_to_keep:, :]
             return out
 
-    torch.manual_seed(0)
-    model = IntOnly(tiny_llama_config(vocab_size=VOCAB))
-    trainer = _trainer(model, tmp_path)
-    trainer.model_accepts_loss_kwargs = False
-    batch = _text_batch()
-    loss = trainer.compute_loss(model, dict(batch))
-    assert trainer.labelled_logits is False
-    assert float(loss) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+    _assert_falls_back(IntOnly, tmp_path)
