@@ -8,11 +8,13 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar
 
 from launch.executor import ExecutorBase, JobState, LaunchRequest
+from launch.warm_start import ForkedProcess, StarterUnavailable, WarmStarter
 from sllm_lib.errors import StageFailedError
 from sllm_lib.ports import free_port
 from sllm_lib.spec import LocalProfile
@@ -65,7 +67,7 @@ class PolledJob:
 class LocalJob(PolledJob):
     """A stage running in child processes: one, or one per rank (`nproc`), rank 0 first."""
 
-    def __init__(self, req: LaunchRequest, procs: list[subprocess.Popen]) -> None:
+    def __init__(self, req: LaunchRequest, procs: list[subprocess.Popen | ForkedProcess]) -> None:
         self.req = req
         self.procs = procs
         self.job_id = f"local-{procs[0].pid}"
@@ -105,7 +107,7 @@ class LocalJob(PolledJob):
             _stop(p)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen | ForkedProcess) -> None:
     if proc.poll() is None:
         proc.terminate()
     try:
@@ -163,6 +165,9 @@ class LocalExecutor(ExecutorBase):
 
     def __init__(self, profile: LocalProfile) -> None:
         self.profile = profile
+        self._starter: WarmStarter | None = None
+        self._starter_lock = threading.Lock()
+        self._warm = profile.warm and profile.isolation == "subprocess" and hasattr(os, "fork")
 
     def nproc(self, req: LaunchRequest) -> int:
         """Processes for this stage: the profile's nproc for training, one for merge/eval."""
@@ -208,6 +213,36 @@ class LocalExecutor(ExecutorBase):
         line = f"{env} {cmd}".strip()
         return f"{line}  # x{n} processes" if n > 1 else line
 
+    def _start(self, req: LaunchRequest) -> subprocess.Popen | ForkedProcess:
+        """A single-process stage: forked by the warm starter when its environment is the starter's (the first
+        such stage starts it; later ones skip torch's and transformers' imports), else a fresh interpreter."""
+        env, cwd = self._env(req), os.getcwd()
+        if self._warm:
+            with self._starter_lock:
+                if self._starter is not None and not self._starter.alive:
+                    self._starter = None  # it left (idle) or failed: a new one for this stage
+                if self._starter is None:
+                    self._starter = WarmStarter(env, cwd)
+                starter = self._starter
+            if starter.env == env:
+                try:
+                    return starter.spawn(req.request_file, env, cwd, req.result_file)
+                except StarterUnavailable as exc:
+                    log.warning("stage %s: the warm starter could not start it (%s); starting it in a new "
+                                "interpreter", req.stage, exc)
+                    if starter.failed:
+                        self._warm = False  # it cannot import here: every stage starts the usual way
+            else:
+                log.debug("stage %s: environment differs from the warm starter's; starting a new interpreter",
+                          req.stage)
+        return subprocess.Popen(self.command(req), env=env, cwd=cwd)
+
+    def close(self) -> None:
+        with self._starter_lock:
+            if self._starter is not None:
+                self._starter.close()
+                self._starter = None
+
     def submit(self, req: LaunchRequest) -> LocalJob | InProcessJob:
         Path(req.stage_dir).mkdir(parents=True, exist_ok=True)
         req.result_file.unlink(missing_ok=True)
@@ -216,7 +251,7 @@ class LocalExecutor(ExecutorBase):
             return InProcessJob(req)
         n = self.nproc(req)
         if n == 1:
-            procs = [subprocess.Popen(self.command(req), env=self._env(req), cwd=os.getcwd())]
+            procs = [self._start(req)]
         else:
             port = free_port()
             procs = []

@@ -28,6 +28,12 @@ class LocalProfile(Strict):
     isolation: Literal["subprocess", "inprocess"] = Field(
         default="subprocess", description="subprocess: one process per stage (memory freed); inprocess: for tests."
     )
+    warm_start: bool | None = Field(
+        default=None, description="Fork each single-process stage from a process that has imported torch, "
+                                  "transformers and the stage code once, so it starts without those imports "
+                                  "(subprocess isolation). Default: on when gpus is 0; CPU only (CUDA does not "
+                                  "survive a fork once an import has touched it)."
+    )
     gpus: int = Field(default=0, ge=0, le=64, description="GPUs visible to a stage (0 = CPU).")
     cpus: int | None = Field(default=None, gt=0, le=4096, description="Threads per process (OMP_NUM_THREADS); default all "
                                                              "cores shared by the processes.")
@@ -43,7 +49,15 @@ class LocalProfile(Strict):
             raise ValueError(f"nproc ({self.nproc}) exceeds gpus ({self.gpus}): one process per GPU")
         if self.nproc > 1 and self.isolation == "inprocess":
             raise ValueError("nproc > 1 needs isolation: subprocess (one process per rank)")
+        if self.warm_start and self.gpus:
+            raise ValueError(f"warm_start: true needs gpus: 0 (got {self.gpus}): a stage forked after the imports "
+                             f"cannot use CUDA once an import has initialised it; leave warm_start out")
         return self
+
+    @property
+    def warm(self) -> bool:
+        """Whether single-process stages are forked from the warm starter (warm_start, default: on without GPUs)."""
+        return self.gpus == 0 if self.warm_start is None else self.warm_start
 
     @property
     def world_size(self) -> int:

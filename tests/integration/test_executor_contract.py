@@ -33,13 +33,15 @@ def _request(tmp: Path, *, data_path: Path, max_steps: int) -> LaunchRequest:
                          single_process=True)  # one process on every backend: the contract, not the ranks
 
 
-@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm),
+@pytest.fixture(params=["local", "local_cold", pytest.param("slurm", marks=pytest.mark.slurm),
                         pytest.param("ray", marks=pytest.mark.ray)])
 def executor(request: pytest.FixtureRequest):
-    if request.param == "local":
+    if request.param.startswith("local"):  # stages forked by the warm starter (the default), and fresh interpreters
         from launch.local import LocalExecutor
 
-        yield LocalExecutor(LocalProfile(kind="local", cpus=1))
+        executor = LocalExecutor(LocalProfile(kind="local", cpus=1, warm_start=request.param == "local"))
+        yield executor
+        executor.close()
         return
     if request.param == "slurm":
         from launch.slurm import SlurmExecutor

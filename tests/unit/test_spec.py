@@ -923,3 +923,11 @@ def test_a_real_size_spec_defaults_to_a_gpu_cluster(path: Path) -> None:
     spec = load_job_spec(path)
     profile = find_cluster_profile(spec.cluster, spec_path=path)
     assert profile.kind != "local" or profile.gpus, f"{path.name}: cluster {spec.cluster!r} is this machine's CPU"
+
+
+def test_local_profile_warm_start_only_without_gpus() -> None:
+    assert LocalProfile(kind="local").warm
+    assert not LocalProfile(kind="local", gpus=1).warm
+    assert not LocalProfile(kind="local", warm_start=False).warm
+    with pytest.raises(ValueError, match="warm_start: true needs gpus: 0"):
+        LocalProfile(kind="local", gpus=1, warm_start=True)

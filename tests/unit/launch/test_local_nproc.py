@@ -69,7 +69,8 @@ def test_each_rank_gets_the_rendezvous_variables(tmp_path: Path, monkeypatch) ->
 def test_merge_and_eval_run_as_one_process_without_rendezvous(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_MODE", "ok")
     req = _req(tmp_path, single=True)
-    job = FakeExecutor(LocalProfile(kind="local", nproc=2)).submit(req)
+    # the fake rank script replaces `launch.worker`, which the warm starter would fork instead
+    job = FakeExecutor(LocalProfile(kind="local", nproc=2, warm_start=False)).submit(req)
     job.result(timeout_s=60)
     assert len(job.procs) == 1
     env = json.loads((Path(req.stage_dir) / "envx.json").read_text())
