@@ -222,9 +222,13 @@ class LocalExecutor(ExecutorBase):
                 if self._starter is not None and not self._starter.alive:
                     self._starter = None  # it left (idle) or failed: a new one for this stage
                 if self._starter is None:
-                    self._starter = WarmStarter(env, cwd)
+                    try:
+                        self._starter = WarmStarter(env, cwd)
+                    except OSError as exc:
+                        log.warning("could not start the warm starter (%s); stages start in new interpreters", exc)
+                        self._warm = False
                 starter = self._starter
-            if starter.env == env:
+            if starter is not None and starter.env == env:
                 try:
                     return starter.spawn(req.request_file, env, cwd, req.result_file)
                 except StarterUnavailable as exc:
@@ -232,7 +236,7 @@ class LocalExecutor(ExecutorBase):
                                 "interpreter", req.stage, exc)
                     if starter.failed:
                         self._warm = False  # it cannot import here: every stage starts the usual way
-            else:
+            elif starter is not None:
                 log.debug("stage %s: environment differs from the warm starter's; starting a new interpreter",
                           req.stage)
         return subprocess.Popen(self.command(req), env=env, cwd=cwd)
