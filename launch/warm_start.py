@@ -76,6 +76,8 @@ def _child(msg: dict[str, Any], out_fd: int) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the starter ignores Ctrl-C; a stage stops on it
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        with contextlib.suppress(OSError):  # `top` and `ps -o comm` name it a stage, not its starter
+            Path("/proc/self/comm").write_text("sllm-stage")
         os.environ.clear()
         os.environ.update(msg["env"])
         os.chdir(msg["cwd"])
