@@ -3,7 +3,11 @@ plus the local head's start time and memory. Ray is timed two ways: a driver pro
 (`reuse_driver: false`), and the pipeline's driver (the default), which stays connected between stages; its rows
 time the stages after a pipeline's first (the first starts the driver, as a driver per stage does).
 
-    python bench/ray_overhead.py [--repeats 3] [--only pipeline]
+    python bench/ray_overhead.py [--repeats 3] [--only pipeline|fresh]
+
+The local executor's row is its default, stages forked from its warm starter (the untimed first stage starts it);
+"fresh interpreter" is the same with `warm_start: false`, each stage importing torch and transformers itself
+(`--only fresh`: the two local rows alone).
 
 The trivial stage is one optimizer step of LoRA on the tiny model (4 records), so the figures are the fixed
 cost a stage pays before and after its work: process start, imports, (Ray: job + controller + worker group
@@ -73,7 +77,8 @@ def _timed(executor, req) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="", help="only the Ray rows whose name contains this (e.g. 'pipeline')")
+    ap.add_argument("--only", default="", help="only the rows whose name contains this (e.g. 'pipeline'), and the "
+                                               "local executor's")
     args = ap.parse_args()
 
     from launch.local import LocalExecutor
@@ -98,6 +103,9 @@ def main() -> None:
 
         _timed(local, _request(tmp, 99, "warm"))  # the tiny preset and OS caches, once, for everyone
         cases = [("local executor (1 process)", local, False),
+                 # the same without the warm starter: each stage imports torch and transformers itself
+                 ("local executor, fresh interpreter", LocalExecutor(LocalProfile(kind="local", cpus=1,
+                                                                                 warm_start=False)), False),
                  ("ray 1w, driver per stage", ray(1, False), False),
                  ("ray 2w, driver per stage", ray(2, False), False),
                  # a pipeline's stages after its first: the pipeline's driver is already connected
