@@ -41,13 +41,16 @@ PRELOAD = ("torch", "transformers", "transformers.trainer", "peft", "launch.work
 
 
 def _send(fd: int, msg: dict[str, Any]) -> None:
-    os.write(fd, (json.dumps(msg) + "\n").encode())  # one write of < PIPE_BUF bytes: never interleaved
+    """The starter's answer (one write of < PIPE_BUF bytes: never interleaved); it leaves once nobody reads them."""
+    try:
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+    except BrokenPipeError:
+        raise SystemExit(0) from None  # the executor is gone: stages already forked go on
 
 
 def _preload() -> str | None:
     """Import PRELOAD; the reason the process cannot fork safely, or None."""
     import importlib
-    import threading
 
     for name in PRELOAD:
         importlib.import_module(name)
@@ -88,8 +91,8 @@ def _child(msg: dict[str, Any], out_fd: int) -> None:
         if "numpy" in sys.modules:  # a new process seeds numpy's global generator from the OS; `random` reseeds itself
             sys.modules["numpy"].random.seed()
         code = entry.main([msg["request"]])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    except SystemExit as exc:  # sys.exit() in the stage, as the interpreter would read it
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - the stage process must end here, never return into the starter's loop
         import traceback
 
@@ -98,7 +101,6 @@ def _child(msg: dict[str, Any], out_fd: int) -> None:
     finally:
         try:
             import atexit
-            import logging
 
             logging.shutdown()
             atexit._run_exitfuncs()  # what the interpreter's exit would run; os._exit below skips it
