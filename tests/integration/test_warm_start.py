@@ -120,7 +120,7 @@ def test_a_starter_that_cannot_import_says_why(tmp_path: Path) -> None:
 
 
 def _stage_request(tmp: Path, name: str, **env: str) -> LaunchRequest:
-    spec = {"name": "warm", "model": {"base": "tiny:voxtral"}, "output_dir": str(tmp / "runs"), "stages": [{
+    spec = {"name": "warm", "model": {"base": "tiny:voxtral"}, "output_dir": str(tmp / name / "runs"), "stages": [{
         "name": "text", "kind": "text_sft",
         "data": {"train": [{"kind": "text_qa", "path": str(SAMPLE / "text_qa_train.jsonl")}]},
         "train": {"per_device_bsz": 2, "max_steps": 2, "precision": "fp32", "save_steps": 1000,
@@ -128,11 +128,14 @@ def _stage_request(tmp: Path, name: str, **env: str) -> LaunchRequest:
         "lora": {"r": 2, "alpha": 4}, "trainable": ["lora"]}]}
     import yaml
 
-    src = tmp / "job.yaml"
+    # each request its own spec files: a forked stage starts at once and reads its spec while the next is written
+    run = tmp / name
+    run.mkdir()
+    src = run / "job.yaml"
     src.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    resolved = tmp / "spec.resolved.yaml"
+    resolved = run / "spec.resolved.yaml"
     resolved.write_text(dump_resolved_yaml(load_job_spec(src)), encoding="utf-8")
-    return LaunchRequest(job_name="warm", stage="text", spec_path=str(resolved), spec_hash="h", run_dir=str(tmp),
+    return LaunchRequest(job_name="warm", stage="text", spec_path=str(resolved), spec_hash="h", run_dir=str(run),
                          stage_dir=str(tmp / name / "text"), tracking_uri="", tracking_strict=False, run_id=None,
                          single_process=True, env=dict(env))
 
